@@ -1,0 +1,13 @@
+//! The kernel side as the collector sees it: the embedded wg-ebpf object, loaded and
+//! attached once per WireGuard device, and the maps kept in sync with the device's peers.
+
+mod probe;
+mod slots;
+
+pub use probe::{DeviceProbe, ProbeOptions, ProgramStats};
+pub use slots::SlotTable;
+
+/// The wg-ebpf object built by build.rs.
+pub fn object() -> &'static [u8] {
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/wg-ebpf.o"))
+}

@@ -1,0 +1,204 @@
+//! One WireGuard device's programs and maps.
+
+use std::{collections::HashMap, net::IpAddr, time::Duration};
+
+use anyhow::{anyhow, Context, Result};
+use aya::{
+    maps::{lpm_trie::Key as LpmKey, LpmTrie, MapData, PerCpuArray, PerCpuValues},
+    programs::{tc, SchedClassifier, TcAttachType},
+    util::nr_cpus,
+    Ebpf, EbpfLoader,
+};
+use ipnet::IpNet;
+use wg_common::{names, Counter, PeerCounters, Unattributed, DIRECTIONS, DEFAULT_MAX_ALLOWED_IPS, DEFAULT_MAX_PEERS};
+
+use super::{object, SlotTable};
+use crate::wireguard::{Key, Peer};
+
+/// Sizes of the maps, set at load time.
+#[derive(Clone, Copy, Debug)]
+pub struct ProbeOptions {
+    pub max_peers: u32,
+    pub max_allowed_ips: u32,
+}
+
+impl Default for ProbeOptions {
+    fn default() -> Self {
+        Self { max_peers: DEFAULT_MAX_PEERS, max_allowed_ips: DEFAULT_MAX_ALLOWED_IPS }
+    }
+}
+
+/// The kernel's accounting of one program (bpf stats): cumulative run time and runs.
+#[derive(Clone, Debug)]
+pub struct ProgramStats {
+    pub program: &'static str,
+    pub run_time: Duration,
+    pub runs: u64,
+}
+
+/// The programs of one device and the maps that attribute its packets to peers.
+pub struct DeviceProbe {
+    // Owns the programs and, once attached, their links: dropping it detaches them.
+    ebpf: Ebpf,
+    v4: LpmTrie<MapData, [u8; 4], u32>,
+    v6: LpmTrie<MapData, [u8; 16], u32>,
+    counters: PerCpuArray<MapData, PeerCounters>,
+    unattributed: PerCpuArray<MapData, Counter>,
+    slots: SlotTable,
+    /// What the tries hold now: prefix → slot.
+    prefixes: HashMap<IpNet, u32>,
+    cpus: usize,
+}
+
+const PROGRAMS: [(&str, TcAttachType); 2] =
+    [(names::PROG_INGRESS, TcAttachType::Ingress), (names::PROG_EGRESS, TcAttachType::Egress)];
+
+impl DeviceProbe {
+    /// Loads the programs into the kernel (verified, not attached yet).
+    pub fn load(opts: ProbeOptions) -> Result<Self> {
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(names::PEER_COUNTERS, opts.max_peers)
+            .map_max_entries(names::PEERS_V4, opts.max_allowed_ips)
+            .map_max_entries(names::PEERS_V6, opts.max_allowed_ips)
+            .load(object())
+            .context("loading the eBPF programs")?;
+        for (name, _) in PROGRAMS {
+            let prog: &mut SchedClassifier = program(&mut ebpf, name)?;
+            prog.load().with_context(|| format!("verifying program {name}"))?;
+        }
+        let mut take = |name: &str| ebpf.take_map(name).ok_or_else(|| anyhow!("map {name} missing from the object"));
+        let v4 = LpmTrie::try_from(take(names::PEERS_V4)?)?;
+        let v6 = LpmTrie::try_from(take(names::PEERS_V6)?)?;
+        let counters = PerCpuArray::try_from(take(names::PEER_COUNTERS)?)?;
+        let unattributed = PerCpuArray::try_from(take(names::UNATTRIBUTED)?)?;
+        let cpus = nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))?;
+        Ok(Self {
+            ebpf,
+            v4,
+            v6,
+            counters,
+            unattributed,
+            slots: SlotTable::new(opts.max_peers),
+            prefixes: HashMap::new(),
+            cpus,
+        })
+    }
+
+    /// Attaches both programs to `iface` (TCX on kernels ≥ 6.6, clsact before). They run
+    /// after programs already there and pass every packet on.
+    pub fn attach(&mut self, iface: &str) -> Result<()> {
+        // Needed only for the netlink (pre-TCX) path; harmless if it exists.
+        let _ = tc::qdisc_add_clsact(iface);
+        for (name, attach_type) in PROGRAMS {
+            let prog: &mut SchedClassifier = program(&mut self.ebpf, name)?;
+            prog.attach(iface, attach_type).with_context(|| format!("attaching {name} to {iface}"))?;
+        }
+        Ok(())
+    }
+
+    /// A program, for BPF_PROG_TEST_RUN in tests and benchmarks.
+    pub fn program(&mut self, name: &str) -> Result<&mut SchedClassifier> {
+        program(&mut self.ebpf, name)
+    }
+
+    /// Makes the maps say what `peers` say: every peer has a slot, every allowed IP points
+    /// at its peer's slot, nothing else is in the tries. A peer seen for the first time
+    /// starts from zero; a removed peer's slot is freed.
+    pub fn sync(&mut self, peers: &[Peer]) -> Result<()> {
+        let mut wanted: HashMap<IpNet, u32> = HashMap::new();
+        for p in peers {
+            let (slot, fresh) = self.slots.assign(p.public_key)?;
+            if fresh {
+                let zero = PerCpuValues::try_from(vec![PeerCounters::default(); self.cpus])?;
+                self.counters.set(slot, zero, 0).context("zeroing a peer slot")?;
+            }
+            for net in &p.allowed_ips {
+                wanted.insert(*net, slot);
+            }
+        }
+        for (net, slot) in &wanted {
+            if self.prefixes.get(net) != Some(slot) {
+                self.insert_prefix(net, *slot).with_context(|| format!("adding allowed IP {net}"))?;
+                self.prefixes.insert(*net, *slot);
+            }
+        }
+        let stale: Vec<IpNet> = self.prefixes.keys().filter(|n| !wanted.contains_key(n)).copied().collect();
+        for net in stale {
+            self.remove_prefix(&net).with_context(|| format!("removing allowed IP {net}"))?;
+            self.prefixes.remove(&net);
+        }
+        let gone: Vec<Key> = self.slots.keys().filter(|k| !peers.iter().any(|p| &p.public_key == *k)).copied().collect();
+        for k in gone {
+            self.slots.release(&k);
+        }
+        Ok(())
+    }
+
+    fn insert_prefix(&mut self, net: &IpNet, slot: u32) -> Result<()> {
+        match net.addr() {
+            IpAddr::V4(a) => self.v4.insert(&LpmKey::new(net.prefix_len().into(), a.octets()), slot, 0)?,
+            IpAddr::V6(a) => self.v6.insert(&LpmKey::new(net.prefix_len().into(), a.octets()), slot, 0)?,
+        }
+        Ok(())
+    }
+
+    fn remove_prefix(&mut self, net: &IpNet) -> Result<()> {
+        match net.addr() {
+            IpAddr::V4(a) => self.v4.remove(&LpmKey::new(net.prefix_len().into(), a.octets()))?,
+            IpAddr::V6(a) => self.v6.remove(&LpmKey::new(net.prefix_len().into(), a.octets()))?,
+        }
+        Ok(())
+    }
+
+    /// A peer's counters summed over all CPUs; `None` for a peer without a slot.
+    pub fn peer_counters(&self, key: &Key) -> Result<Option<PeerCounters>> {
+        let Some(slot) = self.slots.get(key) else { return Ok(None) };
+        let mut sum = PeerCounters::default();
+        for c in self.counters.get(&slot, 0)?.iter() {
+            for d in 0..DIRECTIONS {
+                sum.dir[d].packets += c.dir[d].packets;
+                sum.dir[d].bytes += c.dir[d].bytes;
+            }
+        }
+        Ok(Some(sum))
+    }
+
+    /// Packets no peer could be given, by direction and reason, summed over all CPUs.
+    pub fn unattributed(&self) -> Result<[[Counter; Unattributed::ALL.len()]; DIRECTIONS]> {
+        let mut out = [[Counter::default(); Unattributed::ALL.len()]; DIRECTIONS];
+        for (d, row) in out.iter_mut().enumerate() {
+            for reason in Unattributed::ALL {
+                let cell = &mut row[reason as usize];
+                for c in self.unattributed.get(&wg_common::unattributed_index(d, reason), 0)?.iter() {
+                    cell.packets += c.packets;
+                    cell.bytes += c.bytes;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The kernel's run time and run count of each program (non-zero only while bpf stats
+    /// are enabled).
+    pub fn program_stats(&self) -> Vec<ProgramStats> {
+        PROGRAMS
+            .iter()
+            .filter_map(|(name, _)| {
+                let info = self.ebpf.program(name)?.info().ok()?;
+                Some(ProgramStats { program: name, run_time: info.run_time(), runs: info.run_count() })
+            })
+            .collect()
+    }
+
+    /// Peers with a slot.
+    pub fn peers(&self) -> usize {
+        self.slots.len()
+    }
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| anyhow!("program {name} missing from the object"))?
+        .try_into()
+        .with_context(|| format!("program {name} is not a TC classifier"))
+}

@@ -1,0 +1,9 @@
+//! wg-collector: per-peer WireGuard telemetry from eBPF programs on the WireGuard interface,
+//! merged with WireGuard's own state and served to Prometheus.
+
+pub mod bpf;
+pub mod metrics;
+pub mod monitor;
+pub mod privileges;
+pub mod server;
+pub mod wireguard;

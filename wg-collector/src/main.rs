@@ -1,0 +1,109 @@
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use prometheus_client::registry::Registry;
+use wg_collector::{
+    bpf::ProbeOptions,
+    metrics::WireguardCollector,
+    monitor::{Monitor, Options},
+    privileges, server,
+    wireguard::discovery::DEFAULT_UAPI_DIR,
+};
+use wg_common::{DEFAULT_MAX_ALLOWED_IPS, DEFAULT_MAX_PEERS};
+
+/// WireGuard telemetry collector: per-peer packet counters measured by eBPF on the
+/// WireGuard interface, merged with WireGuard's own state, served to Prometheus.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// Address to serve metrics on.
+    #[arg(long = "web.listen-address", default_value = "[::]:9586")]
+    listen_address: SocketAddr,
+    /// Path under which metrics are served.
+    #[arg(long = "web.telemetry-path", default_value = "/metrics")]
+    telemetry_path: String,
+    /// Only watch this device (repeat for several; default: every WireGuard device).
+    #[arg(long = "device", value_name = "NAME")]
+    devices: Vec<String>,
+    /// Directory of the UAPI sockets of userspace WireGuard implementations.
+    #[arg(long = "uapi-dir", default_value = DEFAULT_UAPI_DIR)]
+    uapi_dir: PathBuf,
+    /// How often devices and peers are re-read to keep the eBPF maps in sync, in seconds.
+    #[arg(long = "poll-interval", default_value_t = 1.0)]
+    poll_interval: f64,
+    /// Peer slots per device in the eBPF maps.
+    #[arg(long = "bpf.max-peers", default_value_t = DEFAULT_MAX_PEERS)]
+    max_peers: u32,
+    /// Allowed-IP prefixes per address family and device in the eBPF maps.
+    #[arg(long = "bpf.max-allowed-ips", default_value_t = DEFAULT_MAX_ALLOWED_IPS)]
+    max_allowed_ips: u32,
+    /// Enable the kernel's per-program run-time accounting (costs ~40 ns per packet while
+    /// on) and export it as wireguard_collector_bpf_*.
+    #[arg(long = "bpf.stats")]
+    bpf_stats: bool,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
+    let args = Args::parse();
+    if !args.telemetry_path.starts_with('/') || args.telemetry_path == "/" {
+        bail!("--web.telemetry-path {:?}: must start with / and not be / itself", args.telemetry_path);
+    }
+    if !(0.05..=3600.0).contains(&args.poll_interval) {
+        bail!("--poll-interval {}: must be between 0.05 and 3600 seconds", args.poll_interval);
+    }
+    let missing = privileges::missing();
+    if !missing.is_empty() {
+        let list: Vec<String> = missing.iter().map(|(c, why)| format!("{c} (to {why})")).collect();
+        bail!("missing privileges: {}; run as root or grant these capabilities", list.join(", "));
+    }
+    let _stats = if args.bpf_stats {
+        Some(aya::sys::enable_stats(aya::sys::Stats::RunTime).context("enabling bpf stats (--bpf.stats)")?)
+    } else {
+        None
+    };
+
+    let monitor = Arc::new(Monitor::new(Options {
+        uapi_dir: args.uapi_dir,
+        devices: args.devices,
+        probe: ProbeOptions { max_peers: args.max_peers, max_allowed_ips: args.max_allowed_ips },
+    }));
+    // First sync before serving, so the first scrape already finds the programs attached.
+    let first = monitor.clone();
+    tokio::task::spawn_blocking(move || first.refresh()).await?;
+
+    let poller = monitor.clone();
+    let interval = Duration::from_secs_f64(args.poll_interval);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let m = poller.clone();
+            let _ = tokio::task::spawn_blocking(move || m.refresh()).await;
+        }
+    });
+
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(WireguardCollector::new(monitor)));
+    let app = server::router(registry, &args.telemetry_path);
+    let listener = tokio::net::TcpListener::bind(args.listen_address)
+        .await
+        .with_context(|| format!("listening on --web.listen-address {}", args.listen_address))?;
+    tracing::info!(address = %listener.local_addr()?, path = %args.telemetry_path, "serving metrics");
+    axum::serve(listener, app).with_graceful_shutdown(shutdown()).await?;
+    Ok(())
+}
+
+async fn shutdown() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+}

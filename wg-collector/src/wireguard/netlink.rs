@@ -1,0 +1,259 @@
+//! Kernel WireGuard: device state over generic netlink (family "wireguard"), as `wg show`
+//! reads it. Messages are built and parsed by the rust-netlink crates; this module only
+//! sends the dump request and folds the multipart answer into a [`Device`].
+//!
+//! A large device does not fit one message: the kernel splits the peer list over several,
+//! and may split one peer's allowed IPs too, repeating that peer's public key at the start
+//! of the next message. [`fold`] merges such continuations.
+
+use std::time::Duration;
+
+use ipnet::IpNet;
+use netlink_packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
+use netlink_packet_generic::{
+    ctrl::{nlas::GenlCtrlAttrs, GenlCtrl, GenlCtrlCmd},
+    GenlMessage,
+};
+use netlink_packet_wireguard::{
+    WireguardAllowedIpAttr, WireguardAttribute, WireguardCmd, WireguardMessage, WireguardPeerAttribute,
+};
+use netlink_sys::{protocols::NETLINK_GENERIC, Socket, SocketAddr};
+
+use super::{Device, Key, Peer};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    #[error("netlink socket: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the kernel has no generic netlink family \"wireguard\" (is the module loaded?)")]
+    NoFamily,
+    #[error("device {device}: the kernel answered: {source}")]
+    Kernel { device: String, source: std::io::Error },
+    #[error("device {device}: undecodable netlink message: {what}")]
+    Decode { device: String, what: String },
+}
+
+/// Reads the full state of kernel device `name`.
+pub fn get(name: &str) -> Result<Device, NetlinkError> {
+    let sock = open()?;
+    let family = resolve_family(&sock)?;
+    let mut msg = GenlMessage::from_payload(WireguardMessage {
+        cmd: WireguardCmd::GetDevice,
+        attributes: vec![WireguardAttribute::IfName(name.to_string())],
+    });
+    msg.set_resolved_family_id(family);
+    let parts = request(&sock, msg, NLM_F_REQUEST | NLM_F_DUMP, name)?;
+    Ok(fold(name, parts.into_iter().map(|m| m.payload)))
+}
+
+fn open() -> Result<Socket, NetlinkError> {
+    let mut sock = Socket::new(NETLINK_GENERIC)?;
+    sock.bind_auto()?;
+    sock.connect(&SocketAddr::new(0, 0))?;
+    Ok(sock)
+}
+
+fn resolve_family(sock: &Socket) -> Result<u16, NetlinkError> {
+    let msg = GenlMessage::from_payload(GenlCtrl {
+        cmd: GenlCtrlCmd::GetFamily,
+        nlas: vec![GenlCtrlAttrs::FamilyName("wireguard".into())],
+    });
+    let answers = request(sock, msg, NLM_F_REQUEST | NLM_F_ACK, "wireguard").map_err(|e| match e {
+        NetlinkError::Kernel { .. } => NetlinkError::NoFamily,
+        e => e,
+    })?;
+    answers
+        .iter()
+        .flat_map(|m| m.payload.nlas.iter())
+        .find_map(|a| if let GenlCtrlAttrs::FamilyId(id) = a { Some(*id) } else { None })
+        .ok_or(NetlinkError::NoFamily)
+}
+
+/// Sends one request and collects the answers until the kernel says it is done.
+fn request<F>(sock: &Socket, payload: GenlMessage<F>, flags: u16, device: &str) -> Result<Vec<GenlMessage<F>>, NetlinkError>
+where
+    F: netlink_packet_generic::GenlFamily
+        + netlink_packet_core::Emitable
+        + netlink_packet_core::ParseableParametrized<[u8], netlink_packet_generic::GenlHeader>
+        + std::fmt::Debug,
+{
+    let mut nl = NetlinkMessage::from(payload);
+    nl.header.flags = flags;
+    nl.header.sequence_number = 1;
+    nl.finalize();
+    let mut buf = vec![0u8; nl.buffer_len()];
+    nl.serialize(&mut buf);
+    sock.send(&buf, 0)?;
+
+    // A dump ends with NLMSG_DONE; a plain request with the ACK asked for by NLM_F_ACK.
+    let mut out = Vec::new();
+    loop {
+        let (data, _) = sock.recv_from_full()?;
+        let mut off = 0;
+        while off < data.len() {
+            let msg = NetlinkMessage::<GenlMessage<F>>::deserialize(&data[off..])
+                .map_err(|e| NetlinkError::Decode { device: device.into(), what: e.to_string() })?;
+            let len = msg.header.length as usize;
+            match msg.payload {
+                NetlinkPayload::InnerMessage(m) => out.push(m),
+                NetlinkPayload::Done(_) => return Ok(out),
+                NetlinkPayload::Error(e) => match e.code {
+                    None => return Ok(out), // the ACK that ends a non-dump request
+                    Some(_) => return Err(NetlinkError::Kernel { device: device.into(), source: e.to_io() }),
+                },
+                _ => {}
+            }
+            if len == 0 {
+                break;
+            }
+            off += (len + 3) & !3;
+        }
+    }
+}
+
+/// Folds the messages of one dump into a device.
+pub fn fold(name: &str, parts: impl IntoIterator<Item = WireguardMessage>) -> Device {
+    let mut dev = Device { name: name.to_string(), ..Device::default() };
+    for part in parts {
+        for attr in part.attributes {
+            match attr {
+                WireguardAttribute::PublicKey(k) => dev.public_key = Some(Key(k)),
+                WireguardAttribute::ListenPort(p) => dev.listen_port = p,
+                WireguardAttribute::Fwmark(m) => dev.fwmark = m,
+                WireguardAttribute::Peers(peers) => {
+                    for (i, p) in peers.into_iter().enumerate() {
+                        let peer = peer_from(p.0);
+                        match dev.peers.last_mut() {
+                            // The first peer of a message continues the last one of the
+                            // previous message when the kernel split its allowed IPs.
+                            Some(last) if i == 0 && last.public_key == peer.public_key => {
+                                last.allowed_ips.extend(peer.allowed_ips)
+                            }
+                            _ => dev.peers.push(peer),
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    dev
+}
+
+fn peer_from(attrs: Vec<WireguardPeerAttribute>) -> Peer {
+    let mut peer = Peer::new(Key([0; 32]));
+    for a in attrs {
+        match a {
+            WireguardPeerAttribute::PublicKey(k) => peer.public_key = Key(k),
+            WireguardPeerAttribute::Endpoint(e) => peer.endpoint = Some(e),
+            WireguardPeerAttribute::PersistentKeepalive(s) => peer.persistent_keepalive = s,
+            WireguardPeerAttribute::LastHandshake(t) => {
+                peer.last_handshake = (t.seconds > 0 || t.nano_seconds > 0)
+                    .then(|| Duration::new(t.seconds.max(0) as u64, t.nano_seconds.clamp(0, 999_999_999) as u32))
+            }
+            WireguardPeerAttribute::RxBytes(b) => peer.rx_bytes = b,
+            WireguardPeerAttribute::TxBytes(b) => peer.tx_bytes = b,
+            WireguardPeerAttribute::AllowedIps(ips) => {
+                for ip in ips {
+                    let (mut addr, mut cidr) = (None, None);
+                    for a in ip.0 {
+                        match a {
+                            WireguardAllowedIpAttr::IpAddr(x) => addr = Some(x),
+                            WireguardAllowedIpAttr::Cidr(c) => cidr = Some(c),
+                            _ => {}
+                        }
+                    }
+                    if let (Some(addr), Some(cidr)) = (addr, cidr) {
+                        if let Ok(net) = IpNet::new(addr, cidr) {
+                            peer.allowed_ips.push(net.trunc());
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    peer
+}
+
+
+#[cfg(test)]
+mod tests {
+    use netlink_packet_core::{Emitable, ParseableParametrized};
+    use netlink_packet_generic::GenlHeader;
+    use netlink_packet_wireguard::{
+        WireguardAddressFamily, WireguardAllowedIp, WireguardPeer, WireguardTimeSpec,
+    };
+
+    use std::net::IpAddr;
+
+    use super::*;
+
+    fn allowed(ip: &str, cidr: u8) -> WireguardAllowedIp {
+        let addr: IpAddr = ip.parse().unwrap();
+        let family = if addr.is_ipv4() { WireguardAddressFamily::Ipv4 } else { WireguardAddressFamily::Ipv6 };
+        WireguardAllowedIp(vec![
+            WireguardAllowedIpAttr::Family(family),
+            WireguardAllowedIpAttr::IpAddr(addr),
+            WireguardAllowedIpAttr::Cidr(cidr),
+        ])
+    }
+
+    /// Emits a message with the crate's own encoder and parses it back, as the kernel's
+    /// bytes would be.
+    fn wire(msg: WireguardMessage) -> WireguardMessage {
+        let mut buf = vec![0u8; msg.buffer_len()];
+        msg.emit(&mut buf);
+        let header = GenlHeader { cmd: WireguardCmd::GetDevice.into(), version: 1 };
+        WireguardMessage::parse_with_param(&buf, header).unwrap()
+    }
+
+    #[test]
+    fn folds_a_dump_split_inside_a_peer() {
+        let k1 = [1u8; 32];
+        let k2 = [2u8; 32];
+        let first = WireguardMessage {
+            cmd: WireguardCmd::GetDevice,
+            attributes: vec![
+                WireguardAttribute::IfName("wg0".into()),
+                WireguardAttribute::PublicKey([9; 32]),
+                WireguardAttribute::ListenPort(51820),
+                WireguardAttribute::Fwmark(0),
+                WireguardAttribute::Peers(vec![WireguardPeer(vec![
+                    WireguardPeerAttribute::PublicKey(k1),
+                    WireguardPeerAttribute::Endpoint("10.200.0.2:51820".parse().unwrap()),
+                    WireguardPeerAttribute::LastHandshake(WireguardTimeSpec { seconds: 1_700_000_000, nano_seconds: 7 }),
+                    WireguardPeerAttribute::RxBytes(10),
+                    WireguardPeerAttribute::TxBytes(20),
+                    WireguardPeerAttribute::AllowedIps(vec![allowed("10.99.0.2", 32)]),
+                ])]),
+            ],
+        };
+        let second = WireguardMessage {
+            cmd: WireguardCmd::GetDevice,
+            attributes: vec![
+                WireguardAttribute::IfName("wg0".into()),
+                WireguardAttribute::Peers(vec![
+                    WireguardPeer(vec![
+                        WireguardPeerAttribute::PublicKey(k1),
+                        WireguardPeerAttribute::AllowedIps(vec![allowed("fd99::1", 64)]),
+                    ]),
+                    WireguardPeer(vec![
+                        WireguardPeerAttribute::PublicKey(k2),
+                        WireguardPeerAttribute::LastHandshake(WireguardTimeSpec { seconds: 0, nano_seconds: 0 }),
+                    ]),
+                ]),
+            ],
+        };
+        let d = fold("wg0", [wire(first), wire(second)]);
+        assert_eq!(d.public_key, Some(Key([9; 32])));
+        assert_eq!(d.listen_port, 51820);
+        assert_eq!(d.peers.len(), 2);
+        let p = &d.peers[0];
+        assert_eq!(p.public_key, Key(k1));
+        assert_eq!((p.rx_bytes, p.tx_bytes), (10, 20));
+        assert_eq!(p.last_handshake, Some(Duration::new(1_700_000_000, 7)));
+        assert_eq!(p.allowed_ips, vec!["10.99.0.2/32".parse::<IpNet>().unwrap(), "fd99::/64".parse().unwrap()]);
+        assert_eq!(d.peers[1].last_handshake, None);
+    }
+}

@@ -1,0 +1,210 @@
+//! The cross-platform userspace API (UAPI) of wireguard-go, boringtun and friends: a Unix
+//! socket per device, `get=1` answered by `key=value` lines that end with `errno=N`.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::SocketAddr,
+    os::unix::net::UnixStream,
+    path::Path,
+    time::Duration,
+};
+
+use ipnet::IpNet;
+use zeroize::Zeroizing;
+
+use super::{Device, Implementation, Key, Peer};
+
+#[derive(Debug, thiserror::Error)]
+pub enum UapiError {
+    #[error("UAPI socket {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("UAPI socket {path}: line {line}: {what}: {text:?}")]
+    Parse { path: String, line: usize, what: &'static str, text: String },
+    #[error("UAPI socket {path}: the device answered errno={errno}")]
+    Errno { path: String, errno: i64 },
+}
+
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Asks the device behind `socket` for its full state.
+///
+/// `now` is the current time since the Unix epoch: boringtun reports the time *since* the
+/// last handshake where the protocol (and wireguard-go) report the time *of* it.
+pub fn get(socket: &Path, name: &str, implementation: &Implementation, now: Duration) -> Result<Device, UapiError> {
+    let path = socket.display().to_string();
+    let io = |source| UapiError::Io { path: path.clone(), source };
+    let mut stream = UnixStream::connect(socket).map_err(io)?;
+    stream.set_read_timeout(Some(TIMEOUT)).map_err(io)?;
+    stream.set_write_timeout(Some(TIMEOUT)).map_err(io)?;
+    stream.write_all(b"get=1\n\n").map_err(io)?;
+    let mut text = String::new();
+    let mut reader = BufReader::new(stream);
+    loop {
+        let start = text.len();
+        if reader.read_line(&mut text).map_err(io)? == 0 {
+            break;
+        }
+        let line = &text[start..];
+        if line == "\n" || line.starts_with("errno=") {
+            break;
+        }
+    }
+    let text = Zeroizing::new(text);
+    parse(&text, &path, name, implementation, now)
+}
+
+/// Parses a `get=1` answer. Unknown keys are ignored (the protocol grows); malformed values
+/// of keys we use are errors that name the line.
+pub fn parse(text: &str, path: &str, name: &str, implementation: &Implementation, now: Duration) -> Result<Device, UapiError> {
+    let mut dev = Device { name: name.to_string(), ..Device::default() };
+    let mut peer: Option<Peer> = None;
+    let mut handshake = (0u64, 0u32);
+    let mut saw_handshake = false;
+    let finish = |peer: Option<Peer>, handshake: (u64, u32), saw: bool, dev: &mut Device| {
+        if let Some(mut p) = peer {
+            p.last_handshake = handshake_time(implementation, handshake, saw, now);
+            dev.peers.push(p);
+        }
+    };
+    for (i, line) in text.lines().enumerate() {
+        if line.is_empty() {
+            continue;
+        }
+        let err = |what| UapiError::Parse { path: path.to_string(), line: i + 1, what, text: redact(line) };
+        let (k, v) = line.split_once('=').ok_or_else(|| err("not key=value"))?;
+        match (k, peer.as_mut()) {
+            ("errno", _) => {
+                let errno: i64 = v.parse().map_err(|_| err("bad errno"))?;
+                if errno != 0 {
+                    return Err(UapiError::Errno { path: path.to_string(), errno });
+                }
+            }
+            ("private_key", None) => {
+                let private = Zeroizing::new(Key::from_hex(v).ok_or_else(|| err("bad private key"))?.0);
+                dev.public_key = Some(Key::public_of(&private));
+            }
+            ("listen_port", None) => dev.listen_port = v.parse().map_err(|_| err("bad listen_port"))?,
+            ("fwmark", None) => dev.fwmark = v.parse().map_err(|_| err("bad fwmark"))?,
+            ("public_key", _) => {
+                finish(peer.take(), handshake, saw_handshake, &mut dev);
+                handshake = (0, 0);
+                saw_handshake = false;
+                peer = Some(Peer::new(Key::from_hex(v).ok_or_else(|| err("bad public key"))?));
+            }
+            ("endpoint", Some(p)) => {
+                p.endpoint = Some(v.parse::<SocketAddr>().map_err(|_| err("bad endpoint"))?)
+            }
+            ("allowed_ip", Some(p)) => {
+                p.allowed_ips.push(v.parse::<IpNet>().map_err(|_| err("bad allowed_ip"))?.trunc())
+            }
+            ("rx_bytes", Some(p)) => p.rx_bytes = v.parse().map_err(|_| err("bad rx_bytes"))?,
+            ("tx_bytes", Some(p)) => p.tx_bytes = v.parse().map_err(|_| err("bad tx_bytes"))?,
+            ("persistent_keepalive_interval", Some(p)) => {
+                p.persistent_keepalive = v.parse().map_err(|_| err("bad persistent_keepalive_interval"))?
+            }
+            ("last_handshake_time_sec", Some(_)) => {
+                handshake.0 = v.parse().map_err(|_| err("bad last_handshake_time_sec"))?;
+                saw_handshake = true;
+            }
+            ("last_handshake_time_nsec", Some(_)) => {
+                handshake.1 = v.parse().map_err(|_| err("bad last_handshake_time_nsec"))?;
+                saw_handshake = true;
+            }
+            _ => {}
+        }
+    }
+    finish(peer.take(), handshake, saw_handshake, &mut dev);
+    Ok(dev)
+}
+
+fn handshake_time(implementation: &Implementation, (sec, nsec): (u64, u32), saw: bool, now: Duration) -> Option<Duration> {
+    if !saw {
+        return None;
+    }
+    let t = Duration::new(sec, nsec);
+    match implementation {
+        // boringtun 0.7 writes the time elapsed since the handshake, and no line at all
+        // when there was none.
+        Implementation::Boringtun => now.checked_sub(t),
+        _ if t.is_zero() => None,
+        _ => Some(t),
+    }
+}
+
+/// A line for an error message, with key material cut out.
+fn redact(line: &str) -> String {
+    match line.split_once('=') {
+        Some((k @ ("private_key" | "preshared_key"), _)) => format!("{k}=(redacted)"),
+        _ => line.chars().take(120).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PRIV: &str = "77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a";
+    const PUB_A: &str = "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a";
+    const PUB_B: &str = "de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f";
+
+    fn answer(handshake: &str) -> String {
+        format!(
+            "private_key={PRIV}\nlisten_port=51820\nfwmark=7\n\
+             public_key={PUB_A}\npreshared_key=0000000000000000000000000000000000000000000000000000000000000000\n\
+             protocol_version=1\nendpoint=10.200.0.2:51820\n{handshake}\
+             tx_bytes=1000\nrx_bytes=2000\npersistent_keepalive_interval=25\n\
+             allowed_ip=10.99.0.2/32\nallowed_ip=10.98.0.7/24\n\
+             public_key={PUB_B}\nendpoint=[fd00::2]:51821\nallowed_ip=fd99::/64\n\
+             errno=0\n"
+        )
+    }
+
+    #[test]
+    fn parses_wireguard_go_answer() {
+        let now = Duration::from_secs(2_000_000_000);
+        let text = answer("last_handshake_time_sec=1700000000\nlast_handshake_time_nsec=5\n");
+        let d = parse(&text, "s", "wg0", &Implementation::WireguardGo, now).unwrap();
+        assert_eq!(d.name, "wg0");
+        assert_eq!(d.public_key.unwrap().to_hex(), PUB_A);
+        assert_eq!((d.listen_port, d.fwmark), (51820, 7));
+        assert_eq!(d.peers.len(), 2);
+        let a = &d.peers[0];
+        assert_eq!(a.public_key.to_hex(), PUB_A);
+        assert_eq!(a.endpoint, Some("10.200.0.2:51820".parse().unwrap()));
+        assert_eq!((a.tx_bytes, a.rx_bytes, a.persistent_keepalive), (1000, 2000, 25));
+        // Host bits are cleared, as WireGuard itself does.
+        assert_eq!(a.allowed_ips, vec!["10.99.0.2/32".parse::<IpNet>().unwrap(), "10.98.0.0/24".parse().unwrap()]);
+        assert_eq!(a.last_handshake, Some(Duration::new(1_700_000_000, 5)));
+        let b = &d.peers[1];
+        assert_eq!(b.endpoint, Some("[fd00::2]:51821".parse().unwrap()));
+        assert_eq!(b.last_handshake, None);
+    }
+
+    #[test]
+    fn zero_handshake_means_never() {
+        let text = answer("last_handshake_time_sec=0\nlast_handshake_time_nsec=0\n");
+        let d = parse(&text, "s", "wg0", &Implementation::WireguardGo, Duration::from_secs(5)).unwrap();
+        assert_eq!(d.peers[0].last_handshake, None);
+    }
+
+    #[test]
+    fn boringtun_reports_elapsed_time() {
+        let now = Duration::from_secs(1_800_000_000);
+        let text = answer("last_handshake_time_sec=30\nlast_handshake_time_nsec=0\n");
+        let d = parse(&text, "s", "wg0", &Implementation::Boringtun, now).unwrap();
+        assert_eq!(d.peers[0].last_handshake, Some(Duration::from_secs(1_799_999_970)));
+        assert_eq!(d.peers[1].last_handshake, None);
+    }
+
+    #[test]
+    fn errors_name_the_line_and_hide_secrets() {
+        let e = parse("listen_port=x\n", "/run/wireguard/wg0.sock", "wg0", &Implementation::WireguardGo, Duration::ZERO)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/run/wireguard/wg0.sock") && e.contains("line 1") && e.contains("listen_port=x"), "{e}");
+        let e = parse("private_key=zz\n", "s", "wg0", &Implementation::WireguardGo, Duration::ZERO).unwrap_err().to_string();
+        assert!(e.contains("(redacted)") && !e.contains("zz"), "{e}");
+        let e = parse("errno=22\n", "s", "wg0", &Implementation::WireguardGo, Duration::ZERO).unwrap_err().to_string();
+        assert!(e.contains("errno=22"), "{e}");
+    }
+}

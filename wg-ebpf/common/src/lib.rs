@@ -1,0 +1,93 @@
+//! Types and names shared by the kernel programs (`wg-ebpf`) and the collector.
+//!
+//! Everything here is `#[repr(C)]` plain data: the kernel writes it into maps and the
+//! collector reads it back byte for byte. With the `user` feature the types implement
+//! `aya::Pod` so aya can copy them in and out of maps.
+#![no_std]
+
+/// Map and program names, declared once for both sides.
+pub mod names {
+    /// LPM trie: IPv4 allowed IP (network order) → peer slot.
+    pub const PEERS_V4: &str = "PEERS_V4";
+    /// LPM trie: IPv6 allowed IP (network order) → peer slot.
+    pub const PEERS_V6: &str = "PEERS_V6";
+    /// Per-CPU array indexed by peer slot: [`crate::PeerCounters`].
+    pub const PEER_COUNTERS: &str = "PEER_COUNTERS";
+    /// Per-CPU array indexed by [`crate::unattributed_index`]: [`crate::Counter`].
+    pub const UNATTRIBUTED: &str = "UNATTRIBUTED";
+    /// TC program on the WireGuard interface's ingress (plaintext received from peers).
+    pub const PROG_INGRESS: &str = "wg_plain_ingress";
+    /// TC program on the WireGuard interface's egress (plaintext sent to peers).
+    pub const PROG_EGRESS: &str = "wg_plain_egress";
+}
+
+/// Default number of peer slots per device (the maps' `max_entries`; the collector can
+/// change it at load time).
+pub const DEFAULT_MAX_PEERS: u32 = 65_536;
+/// Default number of allowed-IP prefixes per family and device.
+pub const DEFAULT_MAX_ALLOWED_IPS: u32 = 262_144;
+
+/// Direction of a plaintext packet on the WireGuard interface, seen from this host.
+pub const DIR_RX: usize = 0;
+/// Sent to a peer (egress of the WireGuard interface).
+pub const DIR_TX: usize = 1;
+pub const DIRECTIONS: usize = 2;
+
+/// A packet and byte count.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// What the programs count for one peer slot, indexed by `DIR_RX` / `DIR_TX`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerCounters {
+    pub dir: [Counter; DIRECTIONS],
+}
+
+/// Why a packet on the WireGuard interface could not be given to a peer.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unattributed {
+    /// An IP packet whose address is in no peer's allowed IPs.
+    NoPeer = 0,
+    /// Not IPv4 or IPv6 (version nibble).
+    NotIp = 1,
+    /// Shorter than its IP header.
+    Truncated = 2,
+}
+
+impl Unattributed {
+    pub const ALL: [Unattributed; 3] = [Self::NoPeer, Self::NotIp, Self::Truncated];
+
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::NoPeer => "no_peer",
+            Self::NotIp => "not_ip",
+            Self::Truncated => "truncated",
+        }
+    }
+}
+
+/// Entries in the `UNATTRIBUTED` map.
+pub const UNATTRIBUTED_ENTRIES: u32 = (DIRECTIONS * Unattributed::ALL.len()) as u32;
+
+/// Index of (direction, reason) in the `UNATTRIBUTED` map.
+#[inline(always)]
+pub const fn unattributed_index(dir: usize, reason: Unattributed) -> u32 {
+    (dir as u32) * Unattributed::ALL.len() as u32 + reason as u32
+}
+
+/// TC verdict that lets the packet continue unchanged to the next program (TC_ACT_UNSPEC,
+/// which is also TCX_NEXT): our programs only observe.
+pub const TC_NEXT: i32 = -1;
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain #[repr(C)] integers, no padding, every bit pattern valid.
+    unsafe impl aya::Pod for super::Counter {}
+    unsafe impl aya::Pod for super::PeerCounters {}
+}

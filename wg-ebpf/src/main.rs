@@ -1,0 +1,193 @@
+//! TC programs on a WireGuard interface (plaintext side).
+//!
+//! The interface is L3: data starts at the IP header. Each packet is given to the peer
+//! whose allowed IPs contain its source address (ingress, received from the peer) or its
+//! destination address (egress, sent to the peer), through LPM tries that the collector
+//! keeps in sync with WireGuard's own configuration. WireGuard routes and filters by
+//! exactly these prefixes, so the match is the peer.
+//!
+//! Both programs only observe: they return TC_NEXT whatever happens.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    macros::{classifier, map},
+    maps::{lpm_trie::Key, LpmTrie, PerCpuArray},
+    programs::TcContext,
+};
+use wg_common::{
+    unattributed_index, Counter, PeerCounters, Unattributed, DEFAULT_MAX_ALLOWED_IPS,
+    DEFAULT_MAX_PEERS, DIR_RX, DIR_TX, TC_NEXT, UNATTRIBUTED_ENTRIES,
+};
+
+#[map(name = "PEERS_V4")]
+static PEERS_V4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(DEFAULT_MAX_ALLOWED_IPS, 0);
+
+#[map(name = "PEERS_V6")]
+static PEERS_V6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(DEFAULT_MAX_ALLOWED_IPS, 0);
+
+#[map(name = "PEER_COUNTERS")]
+static PEER_COUNTERS: PerCpuArray<PeerCounters> =
+    PerCpuArray::with_max_entries(DEFAULT_MAX_PEERS, 0);
+
+#[map(name = "UNATTRIBUTED")]
+static UNATTRIBUTED: PerCpuArray<Counter> = PerCpuArray::with_max_entries(UNATTRIBUTED_ENTRIES, 0);
+
+#[classifier]
+pub fn wg_plain_ingress(ctx: TcContext) -> i32 {
+    count::<DIR_RX>(&ctx);
+    TC_NEXT
+}
+
+#[classifier]
+pub fn wg_plain_egress(ctx: TcContext) -> i32 {
+    count::<DIR_TX>(&ctx);
+    TC_NEXT
+}
+
+const IPV4_HDR: usize = 20;
+const IPV6_HDR: usize = 40;
+const PROTO_TCP: u8 = 6;
+const PROTO_UDP: u8 = 17;
+
+/// The fields of an IP header this program needs.
+struct Ip {
+    /// Length of the IP header (IPv4 IHL, or the fixed IPv6 header).
+    hdr_len: u32,
+    /// Transport protocol (IPv4 protocol / IPv6 next header).
+    proto: u8,
+    /// Source (ingress) or destination (egress) address, network order.
+    addr: Addr,
+}
+
+enum Addr {
+    V4([u8; 4]),
+    V6([u8; 16]),
+}
+
+#[inline(always)]
+fn count<const DIR: usize>(ctx: &TcContext) {
+    let len = ctx.len();
+    let ip = match parse_ip::<DIR>(ctx) {
+        Ok(ip) => ip,
+        Err(reason) => return add_unattributed(DIR, reason, 1, len),
+    };
+    let (packets, bytes) = segments(ctx, &ip, len);
+    let slot = match ip.addr {
+        Addr::V4(a) => PEERS_V4.get(Key::new(32, a)),
+        Addr::V6(a) => PEERS_V6.get(Key::new(128, a)),
+    };
+    let Some(&slot) = slot else {
+        return add_unattributed(DIR, Unattributed::NoPeer, packets, bytes);
+    };
+    if let Some(c) = PEER_COUNTERS.get_ptr_mut(slot) {
+        // SAFETY: a per-CPU value: nothing else writes it while this program runs on this CPU.
+        let c = unsafe { &mut (*c).dir[DIR] };
+        c.packets += packets;
+        c.bytes += bytes;
+    }
+}
+
+/// Reads the IP header by direct packet access; falls back to `bpf_skb_load_bytes` only
+/// when the header is not in the linear part of the skb (rare: some drivers hand up paged
+/// packets).
+#[inline(always)]
+fn parse_ip<const DIR: usize>(ctx: &TcContext) -> Result<Ip, Unattributed> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    let mut hdr = [0u8; IPV6_HDR];
+    let bytes: &[u8; IPV6_HDR] = if start + IPV6_HDR <= end {
+        // SAFETY: bounds checked against data_end just above.
+        unsafe { &*(start as *const [u8; IPV6_HDR]) }
+    } else if start + IPV4_HDR <= end {
+        // Short but linear: an IPv4 packet of 20..39 bytes (a bare ACK, a small ping).
+        // SAFETY: bounds checked against data_end just above.
+        let v4 = unsafe { &*(start as *const [u8; IPV4_HDR]) };
+        hdr[..IPV4_HDR].copy_from_slice(v4);
+        &hdr
+    } else {
+        let avail = core::cmp::min(ctx.len() as usize, IPV6_HDR);
+        if avail < IPV4_HDR {
+            return Err(match ctx.load::<u8>(0) {
+                Ok(b) if b >> 4 != 4 && b >> 4 != 6 => Unattributed::NotIp,
+                _ => Unattributed::Truncated,
+            });
+        }
+        if ctx.load_bytes(0, &mut hdr[..avail]).is_err() {
+            return Err(Unattributed::Truncated);
+        }
+        &hdr
+    };
+    let len = ctx.len() as usize;
+    match bytes[0] >> 4 {
+        4 => {
+            let ihl = ((bytes[0] & 0x0f) as u32) * 4;
+            if len < IPV4_HDR || (ihl as usize) < IPV4_HDR || ihl as usize > len {
+                return Err(Unattributed::Truncated);
+            }
+            let off = if DIR == DIR_RX { 12 } else { 16 };
+            let mut a = [0u8; 4];
+            a.copy_from_slice(&bytes[off..off + 4]);
+            Ok(Ip { hdr_len: ihl, proto: bytes[9], addr: Addr::V4(a) })
+        }
+        6 => {
+            if len < IPV6_HDR {
+                return Err(Unattributed::Truncated);
+            }
+            let off = if DIR == DIR_RX { 8 } else { 24 };
+            let mut a = [0u8; 16];
+            a.copy_from_slice(&bytes[off..off + 16]);
+            Ok(Ip { hdr_len: IPV6_HDR as u32, proto: bytes[6], addr: Addr::V6(a) })
+        }
+        _ => Err(Unattributed::NotIp),
+    }
+}
+
+/// Packets and bytes this skb stands for on the wire. A GSO super-packet (TCP bulk
+/// traffic on egress; coalesced packets from a TUN device on ingress) becomes
+/// ceil(payload / gso_size) segments, each carrying its own copy of the headers. The
+/// kernel leaves `gso_segs` at 0 for packets that come from a TUN device, so it is
+/// computed here rather than read.
+#[inline(always)]
+fn segments(ctx: &TcContext, ip: &Ip, len: u32) -> (u64, u64) {
+    // SAFETY: reading fields of the context the kernel handed us.
+    let (gso_size, gso_segs) = unsafe { ((*ctx.skb.skb).gso_size, (*ctx.skb.skb).gso_segs) };
+    if gso_size == 0 {
+        return (1, len as u64);
+    }
+    let l4_len = match ip.proto {
+        PROTO_TCP => match ctx.load::<u8>(ip.hdr_len as usize + 12) {
+            Ok(doff) => ((doff >> 4) as u32) * 4,
+            Err(_) => 0,
+        },
+        PROTO_UDP => 8,
+        _ => 0,
+    };
+    let hdr = ip.hdr_len + l4_len;
+    let segs = if l4_len == 0 {
+        // Unknown transport: trust the kernel's count if it has one.
+        if gso_segs > 0 { gso_segs } else { 1 }
+    } else if len > hdr {
+        (len - hdr).div_ceil(gso_size)
+    } else {
+        1
+    };
+    let segs = if segs == 0 { 1 } else { segs };
+    (segs as u64, len as u64 + (segs as u64 - 1) * hdr as u64)
+}
+
+#[inline(always)]
+fn add_unattributed(dir: usize, reason: Unattributed, packets: u64, bytes: impl Into<u64>) {
+    if let Some(c) = UNATTRIBUTED.get_ptr_mut(unattributed_index(dir, reason)) {
+        // SAFETY: a per-CPU value, see `count`.
+        let c = unsafe { &mut *c };
+        c.packets += packets;
+        c.bytes += bytes.into();
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
