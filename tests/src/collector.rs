@@ -1,0 +1,102 @@
+//! The real collector binary, run inside a lab namespace, scraped over that namespace's
+//! loopback.
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    process::{Child, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Result};
+
+use crate::{lab::terminate, netns, scrape::{http_get, Metrics}};
+
+pub struct Collector {
+    child: Child,
+    ns: String,
+    addr: SocketAddr,
+    pub log: PathBuf,
+}
+
+/// The collector binary: $WG_COLLECTOR_BIN, or target/debug/wg-collector of this workspace
+/// (`cargo xtask test` builds it before the tests run).
+pub fn binary() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("WG_COLLECTOR_BIN") {
+        return Ok(p.into());
+    }
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/wg-collector");
+    if !p.exists() {
+        bail!("{} does not exist: build it first (cargo xtask test does)", p.display());
+    }
+    Ok(p)
+}
+
+impl Collector {
+    /// Starts the collector in namespace `ns` with `args` and waits until it serves.
+    pub fn start(ns: &str, args: &[&str]) -> Result<Self> {
+        let addr: SocketAddr = "127.0.0.1:9586".parse().unwrap();
+        let log = std::env::temp_dir().join(format!("{ns}-collector-{}.log", std::process::id()));
+        let out = std::fs::File::create(&log)?;
+        let bin = binary()?;
+        let child = netns::cmd(ns, bin.to_str().unwrap())
+            .args(["--web.listen-address", &addr.to_string(), "--poll-interval", "0.2"])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()?;
+        let mut c = Collector { child, ns: ns.to_string(), addr, log };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(status)) = c.child.try_wait() {
+                bail!("collector exited with {status}: {}", c.log_text());
+            }
+            if c.scrape().is_ok() {
+                return Ok(c);
+            }
+            if Instant::now() > deadline {
+                bail!("collector did not serve within 15 s: {}", c.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// GET /metrics from inside the namespace.
+    pub fn scrape(&self) -> Result<Metrics> {
+        let addr = self.addr;
+        let body = netns::within(&self.ns, move || http_get(addr, "/metrics"))?;
+        Metrics::parse(&body)
+    }
+
+    /// Scrapes until `pred` holds; returns that page and how long it took.
+    pub fn wait_for(&self, timeout: Duration, mut pred: impl FnMut(&Metrics) -> bool) -> Result<(Metrics, Duration)> {
+        let start = Instant::now();
+        loop {
+            let m = self.scrape()?;
+            if pred(&m) {
+                return Ok((m, start.elapsed()));
+            }
+            if start.elapsed() > timeout {
+                bail!("condition not met within {timeout:?}; last page:\n{}", m.text);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        terminate(&mut self.child);
+        let _ = std::fs::remove_file(&self.log);
+    }
+}

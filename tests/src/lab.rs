@@ -1,0 +1,325 @@
+//! A lab of two real WireGuard peers, `a` and `b`, each in its own network namespace,
+//! joined by a veth pair (the underlay, 10.200.0.0/24). Tunnel addresses are 10.99.0.1/24
+//! and fd99::1/64 on `a`, 10.99.0.2/24 and fd99::2/64 on `b`; each side's only peer is the
+//! other, with allowed IPs of its /32 and /128.
+//!
+//! Interface names are unique on the host (`wgl<pid>x<n><side>`), so the userspace daemons'
+//! UAPI sockets (/var/run/wireguard/<iface>.sock) never collide and no mount namespace is
+//! needed; the collector in a namespace ignores sockets whose interface is not there.
+
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::netns::{self, run, sh};
+
+/// Which WireGuard implementation runs the peers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Implementation {
+    WireguardGo,
+    Boringtun,
+}
+
+impl Implementation {
+    /// The name the collector reports in its `implementation` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::WireguardGo => "wireguard-go",
+            Self::Boringtun => "boringtun",
+        }
+    }
+}
+
+/// Where the UAPI sockets live.
+pub const UAPI_DIR: &str = "/var/run/wireguard";
+/// WireGuard's listen port on both sides.
+pub const PORT: u16 = 51820;
+const PREFIX: &str = "wgl";
+
+/// One peer of the lab.
+pub struct Side {
+    pub name: char,
+    /// Network namespace, also the WireGuard interface's name.
+    pub ns: String,
+    pub iface: String,
+    pub private_key_file: PathBuf,
+    pub public_key: String,
+    pub tunnel_v4: Ipv4Addr,
+    pub tunnel_v6: Ipv6Addr,
+    pub underlay: Ipv4Addr,
+    daemon: Option<Child>,
+}
+
+pub struct Lab {
+    pub implementation: Implementation,
+    pub a: Side,
+    pub b: Side,
+    dir: PathBuf,
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+impl Lab {
+    /// Builds the lab and waits until the tunnel carries a ping both ways (so the first
+    /// handshake is behind it).
+    pub fn new(implementation: Implementation) -> Result<Self> {
+        sweep_stale();
+        let id = format!("{PREFIX}{}x{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let dir = std::env::temp_dir().join(&id);
+        std::fs::create_dir_all(&dir)?;
+        let side = |name: char, n: u8| -> Result<Side> {
+            let (private_key_file, public_key) = keypair(&dir, &name.to_string())?;
+            Ok(Side {
+                name,
+                ns: format!("{id}{name}"),
+                iface: format!("{id}{name}"),
+                private_key_file,
+                public_key,
+                tunnel_v4: Ipv4Addr::new(10, 99, 0, n),
+                tunnel_v6: Ipv6Addr::new(0xfd99, 0, 0, 0, 0, 0, 0, n as u16),
+                underlay: Ipv4Addr::new(10, 200, 0, n),
+                daemon: None,
+            })
+        };
+        let mut lab = Lab { implementation, a: side('a', 1)?, b: side('b', 2)?, dir };
+        // From here on, Drop cleans up whatever was made.
+        lab.build().with_context(|| format!("building lab {id} ({implementation:?})"))?;
+        Ok(lab)
+    }
+
+    fn build(&mut self) -> Result<()> {
+        for s in [&self.a, &self.b] {
+            sh(&["ip", "netns", "add", &s.ns])?;
+            sh(&["ip", "-n", &s.ns, "link", "set", "lo", "up"])?;
+        }
+        sh(&["ip", "-n", &self.a.ns, "link", "add", "under", "type", "veth", "peer", "name", "under", "netns", &self.b.ns])?;
+        for s in [&self.a, &self.b] {
+            sh(&["ip", "-n", &s.ns, "addr", "add", &format!("{}/24", s.underlay), "dev", "under"])?;
+            sh(&["ip", "-n", &s.ns, "link", "set", "under", "up"])?;
+        }
+        self.start_daemon('a')?;
+        self.start_daemon('b')?;
+        self.wait_tunnel()
+    }
+
+    pub fn side(&self, name: char) -> &Side {
+        if name == 'a' { &self.a } else { &self.b }
+    }
+
+    fn side_mut(&mut self, name: char) -> &mut Side {
+        if name == 'a' { &mut self.a } else { &mut self.b }
+    }
+
+    fn other(&self, name: char) -> &Side {
+        self.side(if name == 'a' { 'b' } else { 'a' })
+    }
+
+    /// Starts the side's WireGuard daemon, configures it, and brings the interface up.
+    pub fn start_daemon(&mut self, name: char) -> Result<()> {
+        let imp = self.implementation;
+        let (ns, iface) = (self.side(name).ns.clone(), self.side(name).iface.clone());
+        let log = std::fs::File::create(self.dir.join(format!("{name}.log")))?;
+        let mut c = match imp {
+            Implementation::WireguardGo => {
+                let mut c = netns::cmd(&ns, "wireguard-go");
+                c.args(["-f", &iface]);
+                c
+            }
+            Implementation::Boringtun => {
+                let mut c = netns::cmd(&ns, &tool("boringtun-cli")?);
+                c.args([&iface, "--foreground", "--disable-drop-privileges"]);
+                c
+            }
+        };
+        let child = c.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log).spawn().with_context(|| format!("starting {c:?}"))?;
+        self.side_mut(name).daemon = Some(child);
+
+        let sock = Path::new(UAPI_DIR).join(format!("{iface}.sock"));
+        wait_until(Duration::from_secs(10), || sock.exists() && sh(&["ip", "-n", &ns, "link", "show", &iface]).is_ok())
+            .with_context(|| format!("{imp:?} did not create {} and {iface}", sock.display()))?;
+
+        let me = self.side(name);
+        let peer = self.other(name);
+        run(netns::cmd(&ns, "wg").args([
+            "set",
+            &iface,
+            "private-key",
+            me.private_key_file.to_str().unwrap(),
+            "listen-port",
+            &PORT.to_string(),
+            "peer",
+            &peer.public_key,
+            "allowed-ips",
+            &format!("{}/32,{}/128", peer.tunnel_v4, peer.tunnel_v6),
+            "endpoint",
+            &format!("{}:{PORT}", peer.underlay),
+        ]))?;
+        sh(&["ip", "-n", &ns, "link", "set", &iface, "mtu", "1420"])?;
+        sh(&["ip", "-n", &ns, "addr", "add", &format!("{}/24", me.tunnel_v4), "dev", &iface])?;
+        sh(&["ip", "-n", &ns, "addr", "add", &format!("{}/64", me.tunnel_v6), "dev", &iface, "nodad"])?;
+        sh(&["ip", "-n", &ns, "link", "set", &iface, "up"])?;
+        Ok(())
+    }
+
+    /// Stops the side's daemon; its interface and socket go with it.
+    pub fn stop_daemon(&mut self, name: char) -> Result<()> {
+        let (ns, iface) = (self.side(name).ns.clone(), self.side(name).iface.clone());
+        if let Some(mut child) = self.side_mut(name).daemon.take() {
+            terminate(&mut child);
+        }
+        wait_until(Duration::from_secs(10), || sh(&["ip", "-n", &ns, "link", "show", &iface]).is_err())
+            .with_context(|| format!("{iface} still exists after its daemon stopped"))?;
+        let _ = std::fs::remove_file(Path::new(UAPI_DIR).join(format!("{iface}.sock")));
+        Ok(())
+    }
+
+    /// Pings from a to b until the tunnel answers (first handshake done).
+    pub fn wait_tunnel(&self) -> Result<()> {
+        let target = self.b.tunnel_v4.to_string();
+        wait_until(Duration::from_secs(15), || run(netns::cmd(&self.a.ns, "ping").args(["-c", "1", "-W", "1", &target])).is_ok())
+            .context("the tunnel never answered a ping")
+    }
+
+    /// Runs `program args` in the side's namespace.
+    pub fn exec(&self, name: char, program: &str, args: &[&str]) -> Result<String> {
+        run(netns::cmd(&self.side(name).ns, program).args(args))
+    }
+
+    /// Runs `wg <args>` against the side's device (`{iface}` in args is replaced).
+    pub fn wg(&self, name: char, args: &[&str]) -> Result<String> {
+        let iface = &self.side(name).iface;
+        let args: Vec<String> = args.iter().map(|a| a.replace("{iface}", iface)).collect();
+        run(netns::cmd(&self.side(name).ns, "wg").args(&args))
+    }
+
+    /// A fresh key pair (private key file, public key) in the lab's directory.
+    pub fn keypair(&self, name: &str) -> Result<(PathBuf, String)> {
+        keypair(&self.dir, name)
+    }
+
+    /// A side's kernel SNMP counter, e.g. ("Tcp", "OutSegs"), from /proc/net/snmp in its
+    /// namespace.
+    pub fn snmp(&self, name: char, proto: &str, field: &str) -> Result<u64> {
+        let text = self.exec(name, "cat", &["/proc/net/snmp"])?;
+        let mut lines = text.lines().filter(|l| l.starts_with(&format!("{proto}:")));
+        let (head, vals) = (lines.next().context("no header")?, lines.next().context("no values")?);
+        let i = head.split_whitespace().position(|h| h == field).with_context(|| format!("no {proto} {field}"))?;
+        Ok(vals.split_whitespace().nth(i).context("short line")?.parse()?)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for name in ['a', 'b'] {
+            if let Some(mut child) = self.side_mut(name).daemon.take() {
+                terminate(&mut child);
+            }
+        }
+        for s in [&self.a, &self.b] {
+            remove_namespace(&s.ns);
+            let _ = std::fs::remove_file(Path::new(UAPI_DIR).join(format!("{}.sock", s.iface)));
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// SIGTERM, then SIGKILL after 3 s; always reaps.
+pub fn terminate(child: &mut Child) {
+    // SAFETY: signalling a child we own.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Kills what still runs in a namespace and deletes it.
+fn remove_namespace(ns: &str) {
+    if let Ok(pids) = sh(&["ip", "netns", "pids", ns]) {
+        for pid in pids.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+            // SAFETY: plain kill(2).
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+    let _ = sh(&["ip", "netns", "del", ns]);
+}
+
+/// Removes namespaces and sockets of labs whose process is gone (killed before its Drop).
+fn sweep_stale() {
+    let owner_alive = |name: &str| -> bool {
+        let Some(rest) = name.strip_prefix(PREFIX) else { return true };
+        let Some((pid, _)) = rest.split_once('x') else { return true };
+        Path::new(&format!("/proc/{pid}")).exists()
+    };
+    if let Ok(list) = sh(&["ip", "netns", "list"]) {
+        for ns in list.lines().filter_map(|l| l.split_whitespace().next()) {
+            if !owner_alive(ns) {
+                remove_namespace(ns);
+            }
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(UAPI_DIR) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(PREFIX) && !owner_alive(&name) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+fn keypair(dir: &Path, name: &str) -> Result<(PathBuf, String)> {
+    let private = sh(&["wg", "genkey"])?;
+    let file = dir.join(format!("{name}.key"));
+    std::fs::write(&file, &private)?;
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    let mut c = Command::new("wg").arg("pubkey").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn()?;
+    std::io::Write::write_all(c.stdin.as_mut().unwrap(), private.as_bytes())?;
+    let out = c.wait_with_output()?;
+    if !out.status.success() {
+        bail!("wg pubkey failed");
+    }
+    Ok((file, String::from_utf8(out.stdout)?.trim().to_string()))
+}
+
+/// Polls `f` every 50 ms until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A tool from PATH, or from cargo's bin directory (where `cargo xtask setup` installs
+/// boringtun).
+pub fn tool(name: &str) -> Result<String> {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
+    if let Some(home) = std::env::var_os("CARGO_HOME") {
+        dirs.push(PathBuf::from(home).join("bin"));
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        dirs.push(PathBuf::from(home).join(".cargo/bin"));
+    }
+    dirs.iter()
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .map(|p| p.display().to_string())
+        .with_context(|| format!("{name} not found (cargo xtask setup installs it)"))
+}

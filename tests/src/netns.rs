@@ -1,0 +1,43 @@
+//! Running commands and closures inside a named network namespace (/run/netns/NAME).
+
+use std::{fs::File, os::fd::AsRawFd, process::Command};
+
+use anyhow::{bail, Context, Result};
+
+/// A command to run inside namespace `ns` (through `ip netns exec`, which also gives it
+/// that namespace's /sys).
+pub fn cmd(ns: &str, program: &str) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns, program]);
+    c
+}
+
+/// Runs a command to completion and returns its stdout; fails with its stderr.
+pub fn run(c: &mut Command) -> Result<String> {
+    let out = c.output().with_context(|| format!("running {c:?}"))?;
+    if !out.status.success() {
+        bail!("{c:?} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs `args` as a command line (first word the program).
+pub fn sh(args: &[&str]) -> Result<String> {
+    run(Command::new(args[0]).args(&args[1..]))
+}
+
+/// Runs `f` on a thread that has entered network namespace `ns`: sockets it opens live
+/// there. The calling thread is not moved.
+pub fn within<T: Send + 'static>(ns: &str, f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = File::open(&path).with_context(|| format!("opening {path}"))?;
+        // SAFETY: setns on this thread only, with a valid namespace fd.
+        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            bail!("setns {path}: {}", std::io::Error::last_os_error());
+        }
+        f()
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("thread in {ns} panicked"))?
+}

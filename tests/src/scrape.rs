@@ -1,0 +1,128 @@
+//! Fetches a metrics page over plain HTTP and reads the Prometheus text format back into
+//! samples, so tests can ask for one value by name and labels.
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    time::Duration,
+};
+
+use anyhow::{bail, Context, Result};
+
+/// GET `path` from `addr`; returns the body of a 200 answer.
+pub fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).with_context(|| format!("connecting to {addr}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)?;
+    let (head, body) = raw.split_once("\r\n\r\n").context("no HTTP header end")?;
+    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
+        bail!("GET {path}: {}", head.lines().next().unwrap_or(""));
+    }
+    Ok(body.to_string())
+}
+
+/// One sample: name, labels in order, value.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: Vec<(String, String)>,
+    pub value: f64,
+}
+
+/// A parsed metrics page.
+#[derive(Clone, Debug, Default)]
+pub struct Metrics {
+    pub samples: Vec<Sample>,
+    pub text: String,
+}
+
+impl Metrics {
+    pub fn parse(text: &str) -> Result<Self> {
+        let mut samples = Vec::new();
+        for line in text.lines().filter(|l| !l.is_empty() && !l.starts_with('#')) {
+            let (series, value) = line.rsplit_once(' ').with_context(|| format!("no value: {line}"))?;
+            let value: f64 = value.parse().with_context(|| format!("bad value: {line}"))?;
+            let (name, labels) = match series.split_once('{') {
+                Some((n, rest)) => (n, parse_labels(rest.strip_suffix('}').with_context(|| format!("bad labels: {line}"))?)?),
+                None => (series, Vec::new()),
+            };
+            samples.push(Sample { name: name.to_string(), labels, value });
+        }
+        Ok(Self { samples, text: text.to_string() })
+    }
+
+    /// Samples of `name` whose labels include all of `want`.
+    pub fn find<'a>(&'a self, name: &'a str, want: &'a [(&'a str, &'a str)]) -> impl Iterator<Item = &'a Sample> + 'a {
+        self.samples.iter().filter(move |s| {
+            s.name == name && want.iter().all(|(k, v)| s.labels.iter().any(|(lk, lv)| lk == k && lv == v))
+        })
+    }
+
+    /// The one sample of `name` with labels `want`; `None` if there is none, an error if
+    /// there are several.
+    pub fn get(&self, name: &str, want: &[(&str, &str)]) -> Option<f64> {
+        let mut it = self.find(name, want);
+        let first = it.next()?.value;
+        assert!(it.next().is_none(), "{name} {want:?} matches several series");
+        Some(first)
+    }
+
+    /// Like [`get`](Self::get) but 0 when the series does not exist (a counter not yet
+    /// created).
+    pub fn get_or_zero(&self, name: &str, want: &[(&str, &str)]) -> f64 {
+        self.get(name, want).unwrap_or(0.0)
+    }
+
+    /// Whether any series of any family carries label `key` = `value`.
+    pub fn mentions(&self, key: &str, value: &str) -> bool {
+        self.samples.iter().any(|s| s.labels.iter().any(|(k, v)| k == key && v == value))
+    }
+}
+
+fn parse_labels(s: &str) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    let mut rest = s;
+    while !rest.is_empty() {
+        let (key, after) = rest.split_once("=\"").with_context(|| format!("bad label in {s}"))?;
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let mut end = None;
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => match chars.next() {
+                    Some((_, 'n')) => value.push('\n'),
+                    Some((_, c)) => value.push(c),
+                    None => break,
+                },
+                '"' => {
+                    end = Some(i);
+                    break;
+                }
+                c => value.push(c),
+            }
+        }
+        let end = end.with_context(|| format!("unterminated label value in {s}"))?;
+        out.push((key.trim_start_matches(',').to_string(), value));
+        rest = after[end + 1..].trim_start_matches(',');
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_samples_with_escaped_labels() {
+        let m = Metrics::parse(
+            "# HELP x y\n# TYPE x counter\nx_total{a=\"1\",b=\"q\\\"uote\"} 5\nup 1\nh{le=\"+Inf\"} 2.5e3\n",
+        )
+        .unwrap();
+        assert_eq!(m.get("x_total", &[("b", "q\"uote")]), Some(5.0));
+        assert_eq!(m.get("up", &[]), Some(1.0));
+        assert_eq!(m.get("h", &[("le", "+Inf")]), Some(2500.0));
+        assert_eq!(m.get_or_zero("nope", &[]), 0.0);
+    }
+}
