@@ -41,3 +41,32 @@ pub fn within<T: Send + 'static>(ns: &str, f: impl FnOnce() -> Result<T> + Send 
     .join()
     .map_err(|_| anyhow::anyhow!("thread in {ns} panicked"))?
 }
+
+/// Forwards TCP connections accepted on `listen` (in this process's namespace) to `target`
+/// inside namespace `ns`, until the process ends. Lets a browser on the host reach a
+/// collector that serves inside a lab namespace.
+pub fn forward(listen: std::net::SocketAddr, ns: &str, target: std::net::SocketAddr) -> Result<std::net::SocketAddr> {
+    use std::net::{TcpListener, TcpStream};
+    let listener = TcpListener::bind(listen).with_context(|| format!("listening on {listen}"))?;
+    let local = listener.local_addr()?;
+    let ns = ns.to_string();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let ns = ns.clone();
+            std::thread::spawn(move || -> Result<()> {
+                let upstream = within(&ns, move || Ok(TcpStream::connect(target)?))?;
+                let (mut c_r, mut c_w) = (client.try_clone()?, client);
+                let (mut u_r, mut u_w) = (upstream.try_clone()?, upstream);
+                let up = std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut c_r, &mut u_w);
+                    let _ = u_w.shutdown(std::net::Shutdown::Write);
+                });
+                let _ = std::io::copy(&mut u_r, &mut c_w);
+                let _ = c_w.shutdown(std::net::Shutdown::Write);
+                let _ = up.join();
+                Ok(())
+            });
+        }
+    });
+    Ok(local)
+}

@@ -1,1 +1,111 @@
-fn main() {}
+//! Project tasks: `cargo xtask <setup|build|test|lab|demo>`. Every task but `setup` runs
+//! `setup` first, so a fresh Debian 12 machine needs nothing but cargo and root.
+
+mod demo;
+mod setup;
+
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use wg_tests::Implementation;
+
+#[derive(Parser)]
+#[command(about = "wg-collector project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need (Debian packages, bpf-linker, boringtun); idempotent.
+    Setup,
+    /// Build the eBPF programs and the collector.
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build, then run every unit and integration test (needs root: labs use namespaces and BPF).
+    Test,
+    /// Start a lab of two WireGuard peers in namespaces and keep it until Ctrl-C.
+    Lab {
+        #[arg(long = "impl", value_enum, default_value_t = Impl::WireguardGo)]
+        implementation: Impl,
+    },
+    /// A lab with traffic and the collector attached; serves the metrics on the host's loopback.
+    Demo {
+        #[arg(long = "impl", value_enum, default_value_t = Impl::WireguardGo)]
+        implementation: Impl,
+        /// Stop after this many seconds instead of waiting for Ctrl-C.
+        #[arg(long)]
+        seconds: Option<u64>,
+        /// Host address for the metrics.
+        #[arg(long, default_value = "127.0.0.1:9586")]
+        listen: std::net::SocketAddr,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Impl {
+    WireguardGo,
+    Boringtun,
+}
+
+impl From<Impl> for Implementation {
+    fn from(i: Impl) -> Self {
+        match i {
+            Impl::WireguardGo => Implementation::WireguardGo,
+            Impl::Boringtun => Implementation::Boringtun,
+        }
+    }
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    std::env::set_current_dir(workspace_root())?;
+    match cli.task {
+        Task::Setup => setup::run(),
+        Task::Build { release } => {
+            setup::run()?;
+            build(release)
+        }
+        Task::Test => {
+            setup::run()?;
+            build(false)?;
+            cargo(&["test", "--workspace", "--no-fail-fast"])?;
+            // The README's demo, briefly, so it cannot rot.
+            demo::run(Implementation::WireguardGo, Some(3), "127.0.0.1:0".parse()?)
+        }
+        Task::Lab { implementation } => {
+            setup::run()?;
+            demo::lab(implementation.into())
+        }
+        Task::Demo { implementation, seconds, listen } => {
+            setup::run()?;
+            build(false)?;
+            demo::run(implementation.into(), seconds, listen)
+        }
+    }
+}
+
+fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn build(release: bool) -> Result<()> {
+    let mut args = vec!["build", "--package", "wg-collector"];
+    if release {
+        args.push("--release");
+    }
+    cargo(&args)
+}
+
+fn cargo(args: &[&str]) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(&cargo).args(args).status().with_context(|| format!("running cargo {args:?}"))?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}

@@ -1,0 +1,38 @@
+//! The collector refuses to start, with a message naming the problem, when it cannot work.
+
+use std::process::Command;
+
+use wg_tests::collector::binary;
+
+fn run_refused(prefix: &[&str], args: &[&str]) -> String {
+    let bin = binary().unwrap();
+    let mut c = if prefix.is_empty() { Command::new(&bin) } else { Command::new(prefix[0]) };
+    if !prefix.is_empty() {
+        c.args(&prefix[1..]).arg(&bin);
+    }
+    let out = c.args(args).output().unwrap();
+    assert!(!out.status.success(), "{c:?} should fail");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn names_the_missing_capabilities() {
+    // As root, but with every capability dropped from the bounding set.
+    let err = run_refused(&["setpriv", "--bounding-set=-all", "--inh-caps=-all", "--"], &[]);
+    for cap in ["CAP_BPF", "CAP_NET_ADMIN", "CAP_PERFMON"] {
+        assert!(err.contains(cap), "{err}");
+    }
+    // Only CAP_NET_ADMIN dropped.
+    let err = run_refused(&["setpriv", "--bounding-set=-net_admin", "--inh-caps=-net_admin", "--"], &[]);
+    assert!(err.contains("missing privileges: CAP_NET_ADMIN") && !err.contains("CAP_BPF"), "{err}");
+}
+
+#[test]
+fn refuses_bad_flags_naming_them() {
+    let err = run_refused(&[], &["--web.telemetry-path", "metrics"]);
+    assert!(err.contains("--web.telemetry-path \"metrics\""), "{err}");
+    let err = run_refused(&[], &["--web.listen-address", "nonsense"]);
+    assert!(err.contains("--web.listen-address") && err.contains("nonsense"), "{err}");
+    let err = run_refused(&[], &["--poll-interval", "0"]);
+    assert!(err.contains("--poll-interval 0"), "{err}");
+}

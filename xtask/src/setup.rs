@@ -1,0 +1,89 @@
+//! Installs what the project needs, only what is missing: the recipe of
+//! ../shared/docs/toolchain.md (Debian's rustc-web with the BPF std, bpf-linker built
+//! against Debian's LLVM 22) and the lab's tools. Nothing is downloaded by rustup.
+
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context, Result};
+
+/// Debian packages: the BPF toolchain, WireGuard implementations and tools, traffic and
+/// namespace tools.
+const PACKAGES: &[&str] = &[
+    "rustc-web",
+    "cargo-web",
+    "libstd-rust-web-dev-bpf",
+    "llvm-22-dev",
+    "wireguard-tools",
+    "wireguard-go",
+    "iperf3",
+    "iputils-ping",
+    "iproute2",
+    "util-linux",
+    "bpftool",
+];
+
+const BPF_LINKER: &str = "0.13.0";
+const BORINGTUN: &str = "0.7.1";
+
+pub fn run() -> Result<()> {
+    let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+    if !missing.is_empty() {
+        require_root(&format!("installing {}", missing.join(" ")))?;
+        eprintln!("setup: installing {}", missing.join(" "));
+        sh(Command::new("apt-get").arg("update").arg("-q"))?;
+        // Without --no-install-recommends wireguard-tools pulls in a kernel image.
+        sh(Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    if !has_version("bpf-linker", BPF_LINKER) {
+        eprintln!("setup: building bpf-linker {BPF_LINKER} against LLVM 22 (about a minute)");
+        sh(cargo()
+            .args(["install", "bpf-linker", "--locked", "--version", BPF_LINKER, "--no-default-features", "--features", "llvm-22"])
+            .env("LLVM_PREFIX", "/usr/lib/llvm-22"))?;
+    }
+    if !has_version("boringtun-cli", BORINGTUN) {
+        eprintln!("setup: building boringtun-cli {BORINGTUN} (about a minute)");
+        sh(cargo().args(["install", "boringtun-cli", "--locked", "--version", BORINGTUN]))?;
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .stderr(Stdio::null())
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+/// Whether `tool --version` (on PATH or in cargo's bin directory) names `version`.
+fn has_version(tool: &str, version: &str) -> bool {
+    let path = wg_tests::lab::tool(tool).unwrap_or_else(|_| tool.into());
+    Command::new(path)
+        .arg("--version")
+        .stderr(Stdio::null())
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(version))
+}
+
+fn require_root(what: &str) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("{what} needs root: run `sudo cargo xtask setup` once");
+    }
+    Ok(())
+}
+
+fn sh(c: &mut Command) -> Result<()> {
+    let status = c.status().with_context(|| format!("running {c:?}"))?;
+    if !status.success() {
+        bail!("{c:?} failed ({status})");
+    }
+    Ok(())
+}
