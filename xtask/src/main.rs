@@ -3,6 +3,7 @@
 
 mod demo;
 mod setup;
+mod test;
 
 use std::process::Command;
 
@@ -73,9 +74,16 @@ fn main() -> Result<()> {
         Task::Test => {
             setup::run()?;
             build(false)?;
-            cargo(&["test", "--workspace", "--no-fail-fast"])?;
+            let (passed, failed) = test::run()?;
             // The README's demo, briefly, so it cannot rot.
-            demo::run(Implementation::WireguardGo, Some(3), "127.0.0.1:0".parse()?)
+            let demo = demo::run(Implementation::WireguardGo, Some(3), "127.0.0.1:0".parse()?);
+            let (passed, failed) = if demo.is_ok() { (passed + 1, failed) } else { (passed, failed + 1) };
+            println!("\nxtask test: {passed} passed, {failed} failed (cargo test and the demo)");
+            demo?;
+            if failed > 0 {
+                bail!("{failed} tests failed");
+            }
+            Ok(())
         }
         Task::Lab { implementation } => {
             setup::run()?;
@@ -99,6 +107,10 @@ fn build(release: bool) -> Result<()> {
         args.push("--release");
     }
     cargo(&args)
+}
+
+pub(crate) fn cargo_bin() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
 }
 
 fn cargo(args: &[&str]) -> Result<()> {
