@@ -16,6 +16,8 @@ pub struct Collector {
     child: Child,
     ns: String,
     addr: SocketAddr,
+    /// The telemetry path (`--web.telemetry-path` if given).
+    path: String,
     pub log: PathBuf,
 }
 
@@ -35,6 +37,11 @@ pub fn binary() -> Result<PathBuf> {
 impl Collector {
     /// Starts the collector in namespace `ns` with `args` and waits until it serves.
     pub fn start(ns: &str, args: &[&str]) -> Result<Self> {
+        Self::start_with_log(ns, args, "info")
+    }
+
+    /// Like [`start`](Self::start), with RUST_LOG set to `filter`.
+    pub fn start_with_log(ns: &str, args: &[&str], filter: &str) -> Result<Self> {
         let addr: SocketAddr = "127.0.0.1:9586".parse().unwrap();
         let log = std::env::temp_dir().join(format!("{ns}-collector-{}.log", std::process::id()));
         let out = std::fs::File::create(&log)?;
@@ -42,12 +49,13 @@ impl Collector {
         let child = netns::cmd(ns, bin.to_str().unwrap())
             .args(["--web.listen-address", &addr.to_string(), "--poll-interval", "0.2"])
             .args(args)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", filter)
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)
             .spawn()?;
-        let mut c = Collector { child, ns: ns.to_string(), addr, log };
+        let path = args.windows(2).find(|w| w[0] == "--web.telemetry-path").map_or("/metrics", |w| w[1]).to_string();
+        let mut c = Collector { child, ns: ns.to_string(), addr, path, log };
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Ok(Some(status)) = c.child.try_wait() {
@@ -67,11 +75,22 @@ impl Collector {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// GET /metrics from inside the namespace.
+    /// GET the telemetry path from inside the namespace.
     pub fn scrape(&self) -> Result<Metrics> {
-        let addr = self.addr;
-        let body = netns::within(&self.ns, move || http_get(addr, "/metrics"))?;
+        let (addr, path) = (self.addr, self.path.clone());
+        let body = netns::within(&self.ns, move || http_get(addr, &path))?;
         Metrics::parse(&body)
+    }
+
+    /// GET `path` with request headers from inside the namespace: (head, body).
+    pub fn get(&self, path: &str, headers: &[(&str, &str)]) -> Result<(String, String)> {
+        let addr = self.addr;
+        let path = path.to_string();
+        let headers: Vec<(String, String)> = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        netns::within(&self.ns, move || {
+            let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            crate::scrape::http_get_with(addr, &path, &h)
+        })
     }
 
     /// Scrapes until `pred` holds; returns that page and how long it took.

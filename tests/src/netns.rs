@@ -70,3 +70,46 @@ pub fn forward(listen: std::net::SocketAddr, ns: &str, target: std::net::SocketA
     });
     Ok(local)
 }
+
+/// Sends `frames` as raw L3 packets out of interface `iface` in namespace `ns` (an
+/// AF_PACKET datagram socket): whatever bytes they are, they reach the interface's egress,
+/// which is how tests put malformed packets in front of our programs.
+pub fn send_raw(ns: &str, iface: &str, frames: Vec<Vec<u8>>) -> Result<()> {
+    let iface = iface.to_string();
+    within(ns, move || {
+        let c = std::ffi::CString::new(iface.clone())?;
+        // SAFETY: plain socket calls with valid arguments; the fd is closed below.
+        unsafe {
+            let ifindex = libc::if_nametoindex(c.as_ptr());
+            if ifindex == 0 {
+                bail!("no interface {iface}");
+            }
+            let proto = (libc::ETH_P_IP as u16).to_be();
+            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM, proto as i32);
+            if fd < 0 {
+                bail!("AF_PACKET socket: {}", std::io::Error::last_os_error());
+            }
+            let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+            addr.sll_family = libc::AF_PACKET as u16;
+            addr.sll_protocol = proto;
+            addr.sll_ifindex = ifindex as i32;
+            let mut result = Ok(());
+            for f in &frames {
+                let n = libc::sendto(
+                    fd,
+                    f.as_ptr().cast(),
+                    f.len(),
+                    0,
+                    (&addr as *const libc::sockaddr_ll).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                );
+                if n < 0 {
+                    result = Err(anyhow::anyhow!("sendto {iface}: {}", std::io::Error::last_os_error()));
+                    break;
+                }
+            }
+            libc::close(fd);
+            result
+        }
+    })
+}

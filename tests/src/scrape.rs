@@ -11,16 +11,28 @@ use anyhow::{bail, Context, Result};
 
 /// GET `path` from `addr`; returns the body of a 200 answer.
 pub fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).with_context(|| format!("connecting to {addr}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(20)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw)?;
-    let (head, body) = raw.split_once("\r\n\r\n").context("no HTTP header end")?;
+    let (head, body) = http_get_with(addr, path, &[])?;
     if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
         bail!("GET {path}: {}", head.lines().next().unwrap_or(""));
     }
-    Ok(body.to_string())
+    Ok(body)
+}
+
+/// GET `path` with extra request headers; returns the response head and body, whatever
+/// the status.
+pub fn http_get_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Result<(String, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).with_context(|| format!("connecting to {addr}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    let mut req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes())?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)?;
+    let (head, body) = raw.split_once("\r\n\r\n").context("no HTTP header end")?;
+    Ok((head.to_string(), body.to_string()))
 }
 
 /// One sample: name, labels in order, value.

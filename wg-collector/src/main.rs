@@ -86,7 +86,7 @@ async fn run(args: Args) -> Result<()> {
     let monitor = Arc::new(Monitor::new(Options {
         uapi_dir: args.uapi_dir,
         devices: args.devices,
-        probe: ProbeOptions { max_peers: args.max_peers, max_allowed_ips: args.max_allowed_ips },
+        probe: ProbeOptions { max_peers: args.max_peers, max_allowed_ips: args.max_allowed_ips, log_level: log::max_level() },
     }));
     // First sync before serving, so the first scrape already finds the programs attached.
     let first = monitor.clone();

@@ -165,6 +165,7 @@ impl Monitor {
                     Err(e) => self.error(ErrorSource::Bpf, format_args!("reading counters of {}: {e:#}", snap.found.name)),
                 }
                 snap.program_stats = p.program_stats();
+                p.flush_logs();
             }
             *spent.entry(ErrorSource::Bpf).or_default() += t0.elapsed();
             devices.push(snap);

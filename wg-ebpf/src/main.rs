@@ -15,6 +15,7 @@ use aya_ebpf::{
     maps::{lpm_trie::Key, LpmTrie, PerCpuArray},
     programs::TcContext,
 };
+use aya_log_ebpf::debug;
 use wg_common::{
     unattributed_index, Counter, PeerCounters, Unattributed, DEFAULT_MAX_ALLOWED_IPS,
     DEFAULT_MAX_PEERS, DIR_RX, DIR_TX, TC_NEXT, UNATTRIBUTED_ENTRIES,
@@ -70,7 +71,13 @@ fn count<const DIR: usize>(ctx: &TcContext) {
     let len = ctx.len();
     let ip = match parse_ip::<DIR>(ctx) {
         Ok(ip) => ip,
-        Err(reason) => return add_unattributed(DIR, reason, 1, len),
+        Err(reason) => {
+            // Rare on a WireGuard interface, so worth a line in the collector's debug log
+            // (the log level is set at load time; disabled levels cost a compare).
+            let first = ctx.load::<u8>(0).unwrap_or(0);
+            debug!(ctx, "malformed packet (reason {}, direction {}): {} bytes, first byte {:x}", reason as u32, DIR, len, first);
+            return add_unattributed(DIR, reason, 1, len);
+        }
     };
     let (packets, bytes) = segments(ctx, &ip, len);
     let slot = match ip.addr {

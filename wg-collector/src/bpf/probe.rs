@@ -3,6 +3,7 @@
 use std::{collections::HashMap, net::IpAddr, time::Duration};
 
 use anyhow::{anyhow, Context, Result};
+use aya_log::EbpfLogger;
 use aya::{
     maps::{lpm_trie::Key as LpmKey, LpmTrie, MapData, PerCpuArray, PerCpuValues},
     programs::{tc, SchedClassifier, TcAttachType},
@@ -20,11 +21,13 @@ use crate::wireguard::{Key, Peer};
 pub struct ProbeOptions {
     pub max_peers: u32,
     pub max_allowed_ips: u32,
+    /// The most verbose level the programs' log statements (aya-log) emit at.
+    pub log_level: log::LevelFilter,
 }
 
 impl Default for ProbeOptions {
     fn default() -> Self {
-        Self { max_peers: DEFAULT_MAX_PEERS, max_allowed_ips: DEFAULT_MAX_ALLOWED_IPS }
+        Self { max_peers: DEFAULT_MAX_PEERS, max_allowed_ips: DEFAULT_MAX_ALLOWED_IPS, log_level: log::max_level() }
     }
 }
 
@@ -40,6 +43,8 @@ pub struct ProgramStats {
 pub struct DeviceProbe {
     // Owns the programs and, once attached, their links: dropping it detaches them.
     ebpf: Ebpf,
+    /// Forwards the programs' log records to the `log` crate (and so to our tracing).
+    logger: Option<EbpfLogger<&'static dyn log::Log>>,
     v4: LpmTrie<MapData, [u8; 4], u32>,
     v6: LpmTrie<MapData, [u8; 16], u32>,
     counters: PerCpuArray<MapData, PeerCounters>,
@@ -56,7 +61,11 @@ const PROGRAMS: [(&str, TcAttachType); 2] =
 impl DeviceProbe {
     /// Loads the programs into the kernel (verified, not attached yet).
     pub fn load(opts: ProbeOptions) -> Result<Self> {
+        // Disabled levels cost the programs one compare; aya_log_common::Level counts
+        // Error = 1 up to Trace = 5, as log::LevelFilter does.
+        let level = opts.log_level as u8;
         let mut ebpf = EbpfLoader::new()
+            .override_global(aya_log::LEVEL, &level, true)
             .map_max_entries(names::PEER_COUNTERS, opts.max_peers)
             .map_max_entries(names::PEERS_V4, opts.max_allowed_ips)
             .map_max_entries(names::PEERS_V6, opts.max_allowed_ips)
@@ -66,6 +75,13 @@ impl DeviceProbe {
             let prog: &mut SchedClassifier = program(&mut ebpf, name)?;
             prog.load().with_context(|| format!("verifying program {name}"))?;
         }
+        let logger = match EbpfLogger::init(&mut ebpf) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::warn!("the programs' log records will not be shown: {e}");
+                None
+            }
+        };
         let mut take = |name: &str| ebpf.take_map(name).ok_or_else(|| anyhow!("map {name} missing from the object"));
         let v4 = LpmTrie::try_from(take(names::PEERS_V4)?)?;
         let v6 = LpmTrie::try_from(take(names::PEERS_V6)?)?;
@@ -74,6 +90,7 @@ impl DeviceProbe {
         let cpus = nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))?;
         Ok(Self {
             ebpf,
+            logger,
             v4,
             v6,
             counters,
@@ -188,6 +205,13 @@ impl DeviceProbe {
                 Some(ProgramStats { program: name, run_time: info.run_time(), runs: info.run_count() })
             })
             .collect()
+    }
+
+    /// Passes the programs' pending log records on.
+    pub fn flush_logs(&mut self) {
+        if let Some(l) = self.logger.as_mut() {
+            l.flush();
+        }
     }
 
     /// Peers with a slot.
