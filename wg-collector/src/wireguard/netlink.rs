@@ -36,7 +36,7 @@ pub enum NetlinkError {
 /// Reads the full state of kernel device `name`.
 pub fn get(name: &str) -> Result<Device, NetlinkError> {
     let sock = open()?;
-    let family = resolve_family(&sock)?;
+    let family = resolve_family(&sock, "wireguard")?;
     let mut msg = GenlMessage::from_payload(WireguardMessage {
         cmd: WireguardCmd::GetDevice,
         attributes: vec![WireguardAttribute::IfName(name.to_string())],
@@ -53,12 +53,13 @@ fn open() -> Result<Socket, NetlinkError> {
     Ok(sock)
 }
 
-fn resolve_family(sock: &Socket) -> Result<u16, NetlinkError> {
+/// The id the kernel gave generic netlink family `name`.
+fn resolve_family(sock: &Socket, name: &str) -> Result<u16, NetlinkError> {
     let msg = GenlMessage::from_payload(GenlCtrl {
         cmd: GenlCtrlCmd::GetFamily,
-        nlas: vec![GenlCtrlAttrs::FamilyName("wireguard".into())],
+        nlas: vec![GenlCtrlAttrs::FamilyName(name.into())],
     });
-    let answers = request(sock, msg, NLM_F_REQUEST | NLM_F_ACK, "wireguard").map_err(|e| match e {
+    let answers = request(sock, msg, NLM_F_REQUEST | NLM_F_ACK, name).map_err(|e| match e {
         NetlinkError::Kernel { .. } => NetlinkError::NoFamily,
         e => e,
     })?;
@@ -206,6 +207,20 @@ mod tests {
         msg.emit(&mut buf);
         let header = GenlHeader { cmd: WireguardCmd::GetDevice.into(), version: 1 };
         WireguardMessage::parse_with_param(&buf, header).unwrap()
+    }
+
+    /// Against this machine's kernel: the control family always exists (id 16, GENL_ID_CTRL);
+    /// without the WireGuard module, "wireguard" does not, and says so.
+    #[test]
+    fn resolves_families_with_the_running_kernel() {
+        let sock = open().unwrap();
+        assert_eq!(resolve_family(&sock, "nlctrl").unwrap(), 16);
+        let wg = resolve_family(&sock, "wireguard");
+        let has_module = std::path::Path::new("/sys/module/wireguard").exists();
+        assert_eq!(wg.is_ok(), has_module, "{wg:?}");
+        if !has_module {
+            assert!(get("wg0").unwrap_err().to_string().contains("no generic netlink family \"wireguard\""));
+        }
     }
 
     #[test]
