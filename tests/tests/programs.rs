@@ -170,3 +170,20 @@ fn sync_moves_prefixes_and_a_reused_slot_starts_from_zero() {
     let err = p.sync(&[peer(1, &[]), peer(3, &[]), peer(4, &[])]).unwrap_err();
     assert!(format!("{err:#}").contains("--bpf.max-peers"), "{err:#}");
 }
+
+#[test]
+fn a_host_address_beats_the_prefix_that_contains_it() {
+    // WireGuard routes by longest match: 10.5.0.7 belongs to peer 2 though peer 1 has the /16.
+    let peers = [peer(1, &["10.5.0.0/16", "fd05::/64"]), peer(2, &["10.5.0.7/32", "fd05::7/128"])];
+    let mut p = probe_with(&peers, 16);
+    run(&mut p, names::PROG_EGRESS, &ipv4(v4("10.0.0.1"), v4("10.5.0.7"), UDP, 100), None, 2);
+    run(&mut p, names::PROG_EGRESS, &ipv4(v4("10.0.0.1"), v4("10.5.0.8"), UDP, 100), None, 3);
+    run(&mut p, names::PROG_EGRESS, &ipv6(v6("fd00::1"), v6("fd05::7"), UDP, 100), None, 1);
+    run(&mut p, names::PROG_EGRESS, &ipv6(v6("fd00::1"), v6("fd05::8"), UDP, 100), None, 4);
+    assert_eq!(counters(&p, 2).dir[DIR_TX], c(3, 300));
+    assert_eq!(counters(&p, 1).dir[DIR_TX], c(7, 700));
+    // The host address goes back to the /16 when peer 2 lets it go.
+    p.sync(&[peers[0].clone(), peer(2, &[])]).unwrap();
+    run(&mut p, names::PROG_EGRESS, &ipv4(v4("10.0.0.1"), v4("10.5.0.7"), UDP, 100), None, 1);
+    assert_eq!(counters(&p, 1).dir[DIR_TX], c(8, 800));
+}

@@ -11,8 +11,9 @@
 #![no_main]
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::{classifier, map},
-    maps::{lpm_trie::Key, LpmTrie, PerCpuArray},
+    maps::{lpm_trie::Key, HashMap, LpmTrie, PerCpuArray},
     programs::TcContext,
 };
 use aya_log_ebpf::debug;
@@ -20,6 +21,12 @@ use wg_common::{
     unattributed_index, Counter, PeerCounters, Unattributed, DEFAULT_MAX_ALLOWED_IPS,
     DEFAULT_MAX_PEERS, DIR_RX, DIR_TX, TC_NEXT, UNATTRIBUTED_ENTRIES,
 };
+
+#[map(name = "HOSTS_V4")]
+static HOSTS_V4: HashMap<[u8; 4], u32> = HashMap::with_max_entries(DEFAULT_MAX_ALLOWED_IPS, BPF_F_NO_PREALLOC);
+
+#[map(name = "HOSTS_V6")]
+static HOSTS_V6: HashMap<[u8; 16], u32> = HashMap::with_max_entries(DEFAULT_MAX_ALLOWED_IPS, BPF_F_NO_PREALLOC);
 
 #[map(name = "PEERS_V4")]
 static PEERS_V4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(DEFAULT_MAX_ALLOWED_IPS, 0);
@@ -80,11 +87,13 @@ fn count<const DIR: usize>(ctx: &TcContext) {
         }
     };
     let (packets, bytes) = segments(ctx, &ip, len);
+    // Host addresses first (exact match), then the prefixes.
     let slot = match ip.addr {
-        Addr::V4(a) => PEERS_V4.get(Key::new(32, a)),
-        Addr::V6(a) => PEERS_V6.get(Key::new(128, a)),
+        Addr::V4(a) => HOSTS_V4.get_ptr(a).or_else(|| PEERS_V4.get(Key::new(32, a)).map(|s| s as *const u32)),
+        Addr::V6(a) => HOSTS_V6.get_ptr(a).or_else(|| PEERS_V6.get(Key::new(128, a)).map(|s| s as *const u32)),
     };
-    let Some(&slot) = slot else {
+    // SAFETY: a pointer to a map value, valid for this program run.
+    let Some(slot) = slot.map(|s| unsafe { *s }) else {
         return add_unattributed(DIR, Unattributed::NoPeer, packets, bytes);
     };
     if let Some(c) = PEER_COUNTERS.get_ptr_mut(slot) {

@@ -5,7 +5,7 @@ use std::{collections::HashMap, net::IpAddr, time::Duration};
 use anyhow::{anyhow, Context, Result};
 use aya_log::EbpfLogger;
 use aya::{
-    maps::{lpm_trie::Key as LpmKey, LpmTrie, MapData, PerCpuArray, PerCpuValues},
+    maps::{lpm_trie::Key as LpmKey, HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray, PerCpuValues},
     programs::{tc, SchedClassifier, TcAttachType},
     util::nr_cpus,
     Ebpf, EbpfLoader,
@@ -45,6 +45,8 @@ pub struct DeviceProbe {
     ebpf: Ebpf,
     /// Forwards the programs' log records to the `log` crate (and so to our tracing).
     logger: Option<EbpfLogger<&'static dyn log::Log>>,
+    hosts_v4: BpfHashMap<MapData, [u8; 4], u32>,
+    hosts_v6: BpfHashMap<MapData, [u8; 16], u32>,
     v4: LpmTrie<MapData, [u8; 4], u32>,
     v6: LpmTrie<MapData, [u8; 16], u32>,
     counters: PerCpuArray<MapData, PeerCounters>,
@@ -67,6 +69,8 @@ impl DeviceProbe {
         let mut ebpf = EbpfLoader::new()
             .override_global(aya_log::LEVEL, &level, true)
             .map_max_entries(names::PEER_COUNTERS, opts.max_peers)
+            .map_max_entries(names::HOSTS_V4, opts.max_allowed_ips)
+            .map_max_entries(names::HOSTS_V6, opts.max_allowed_ips)
             .map_max_entries(names::PEERS_V4, opts.max_allowed_ips)
             .map_max_entries(names::PEERS_V6, opts.max_allowed_ips)
             .load(object())
@@ -83,6 +87,8 @@ impl DeviceProbe {
             }
         };
         let mut take = |name: &str| ebpf.take_map(name).ok_or_else(|| anyhow!("map {name} missing from the object"));
+        let hosts_v4 = BpfHashMap::try_from(take(names::HOSTS_V4)?)?;
+        let hosts_v6 = BpfHashMap::try_from(take(names::HOSTS_V6)?)?;
         let v4 = LpmTrie::try_from(take(names::PEERS_V4)?)?;
         let v6 = LpmTrie::try_from(take(names::PEERS_V6)?)?;
         let counters = PerCpuArray::try_from(take(names::PEER_COUNTERS)?)?;
@@ -91,6 +97,8 @@ impl DeviceProbe {
         Ok(Self {
             ebpf,
             logger,
+            hosts_v4,
+            hosts_v6,
             v4,
             v6,
             counters,
@@ -151,8 +159,12 @@ impl DeviceProbe {
         Ok(())
     }
 
+    /// Host addresses go to the hash maps, shorter prefixes to the tries (see wg-ebpf).
     fn insert_prefix(&mut self, net: &IpNet, slot: u32) -> Result<()> {
+        let host = net.prefix_len() == net.max_prefix_len();
         match net.addr() {
+            IpAddr::V4(a) if host => self.hosts_v4.insert(a.octets(), slot, 0)?,
+            IpAddr::V6(a) if host => self.hosts_v6.insert(a.octets(), slot, 0)?,
             IpAddr::V4(a) => self.v4.insert(&LpmKey::new(net.prefix_len().into(), a.octets()), slot, 0)?,
             IpAddr::V6(a) => self.v6.insert(&LpmKey::new(net.prefix_len().into(), a.octets()), slot, 0)?,
         }
@@ -160,7 +172,10 @@ impl DeviceProbe {
     }
 
     fn remove_prefix(&mut self, net: &IpNet) -> Result<()> {
+        let host = net.prefix_len() == net.max_prefix_len();
         match net.addr() {
+            IpAddr::V4(a) if host => self.hosts_v4.remove(&a.octets())?,
+            IpAddr::V6(a) if host => self.hosts_v6.remove(&a.octets())?,
             IpAddr::V4(a) => self.v4.remove(&LpmKey::new(net.prefix_len().into(), a.octets()))?,
             IpAddr::V6(a) => self.v6.remove(&LpmKey::new(net.prefix_len().into(), a.octets()))?,
         }

@@ -7,9 +7,15 @@
 
 /// Map and program names, declared once for both sides.
 pub mod names {
-    /// LPM trie: IPv4 allowed IP (network order) → peer slot.
+    /// Hash: IPv4 host address (an allowed IP of /32) → peer slot. Looked up first: most
+    /// gateway peers have one host address, and an exact match costs a fraction of a trie
+    /// walk (a /32 is also the longest match there can be).
+    pub const HOSTS_V4: &str = "HOSTS_V4";
+    /// Hash: IPv6 host address (/128) → peer slot.
+    pub const HOSTS_V6: &str = "HOSTS_V6";
+    /// LPM trie: IPv4 allowed IP shorter than /32 (network order) → peer slot.
     pub const PEERS_V4: &str = "PEERS_V4";
-    /// LPM trie: IPv6 allowed IP (network order) → peer slot.
+    /// LPM trie: IPv6 allowed IP shorter than /128 (network order) → peer slot.
     pub const PEERS_V6: &str = "PEERS_V6";
     /// Per-CPU array indexed by peer slot: [`crate::PeerCounters`].
     pub const PEER_COUNTERS: &str = "PEER_COUNTERS";
