@@ -1,11 +1,11 @@
 //! The capabilities the collector needs to load and attach its programs, checked at start
 //! so that a missing one is named rather than surfacing as EPERM from deep inside aya.
 
-/// (bit, name, why)
-const NEEDED: [(u32, &str, &str); 3] = [
-    (39, "CAP_BPF", "load programs and create maps"),
-    (12, "CAP_NET_ADMIN", "attach TC programs and read WireGuard over netlink"),
-    (38, "CAP_PERFMON", "read maps with pointer-carrying programs loaded and use bpf stats"),
+/// (bit, name, why, whether CAP_SYS_ADMIN stands in for it as it did before 5.8)
+const NEEDED: [(u32, &str, &str, bool); 3] = [
+    (39, "CAP_BPF", "load programs and create maps", true),
+    (12, "CAP_NET_ADMIN", "attach TC programs and read WireGuard over netlink", false),
+    (38, "CAP_PERFMON", "read maps with pointer-carrying programs loaded and use bpf stats", true),
 ];
 const CAP_SYS_ADMIN: u32 = 21;
 
@@ -25,9 +25,11 @@ fn missing_from(eff: u64) -> Vec<(&'static str, &'static str)> {
     let has = |bit: u32| eff & (1u64 << bit) != 0;
     NEEDED
         .iter()
-        // CAP_SYS_ADMIN stands in for CAP_BPF and CAP_PERFMON (as it did before 5.8).
-        .filter(|(bit, name, _)| !has(*bit) && !(has(CAP_SYS_ADMIN) && *name != "CAP_NET_ADMIN"))
-        .map(|(_, name, why)| (*name, *why))
+        .filter(|(bit, _, _, sys_admin_will_do)| {
+            let held = has(*bit) || (*sys_admin_will_do && has(CAP_SYS_ADMIN));
+            !held
+        })
+        .map(|(_, name, why, _)| (*name, *why))
         .collect()
 }
 
