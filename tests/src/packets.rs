@@ -53,3 +53,67 @@ pub fn gso_ctx(gso_size: u32, gso_segs: u32) -> Vec<u8> {
     c[GSO_SIZE..GSO_SIZE + 4].copy_from_slice(&gso_size.to_ne_bytes());
     c
 }
+
+pub const SYN: u8 = 0x02;
+pub const ACK: u8 = 0x10;
+pub const PSH: u8 = 0x08;
+
+/// TCP options: NOP NOP TS(val, ecr), as Linux sends on every segment.
+pub fn ts_option(val: u32, ecr: u32) -> Vec<u8> {
+    let mut o = vec![1, 1, 8, 10];
+    o.extend(val.to_be_bytes());
+    o.extend(ecr.to_be_bytes());
+    o
+}
+
+/// A TCP segment's header (20 bytes + options padded to 4) and `payload` zero bytes.
+pub fn tcp_segment(sport: u16, dport: u16, seq: u32, ack: u32, flags: u8, options: &[u8], payload: usize) -> Vec<u8> {
+    let mut opts = options.to_vec();
+    while opts.len() % 4 != 0 {
+        opts.push(0);
+    }
+    let mut t = vec![0u8; 20];
+    t[0..2].copy_from_slice(&sport.to_be_bytes());
+    t[2..4].copy_from_slice(&dport.to_be_bytes());
+    t[4..8].copy_from_slice(&seq.to_be_bytes());
+    t[8..12].copy_from_slice(&ack.to_be_bytes());
+    t[12] = (((20 + opts.len()) / 4) as u8) << 4;
+    t[13] = flags;
+    t[14..16].copy_from_slice(&64240u16.to_be_bytes());
+    t.extend(opts);
+    t.extend(std::iter::repeat_n(0u8, payload));
+    t
+}
+
+/// An IPv4 packet around `l4` (protocol `proto`).
+pub fn ipv4_with(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, l4: &[u8]) -> Vec<u8> {
+    let mut p = ipv4(src, dst, proto, 20 + l4.len());
+    p[20..].copy_from_slice(l4);
+    p
+}
+
+/// An IPv6 packet around `l4`, optionally behind extension headers: each (next header of
+/// what follows it is filled in), given as (header type, total length in bytes, a multiple
+/// of 8).
+pub fn ipv6_with(src: Ipv6Addr, dst: Ipv6Addr, proto: u8, ext: &[(u8, usize)], l4: &[u8]) -> Vec<u8> {
+    let ext_len: usize = ext.iter().map(|e| e.1).sum();
+    let first = ext.first().map_or(proto, |e| e.0);
+    let mut p = ipv6(src, dst, first, 40 + ext_len + l4.len());
+    let mut off = 40;
+    for (i, (_, len)) in ext.iter().enumerate() {
+        p[off] = ext.get(i + 1).map_or(proto, |e| e.0);
+        p[off + 1] = (len / 8 - 1) as u8;
+        off += len;
+    }
+    p[off..].copy_from_slice(l4);
+    p
+}
+
+/// An ICMP (IPv4: request 8, reply 0) or ICMPv6 (request 128, reply 129) echo message.
+pub fn echo(kind: u8, id: u16, seq: u16, payload: usize) -> Vec<u8> {
+    let mut m = vec![kind, 0, 0, 0];
+    m.extend(id.to_be_bytes());
+    m.extend(seq.to_be_bytes());
+    m.extend(std::iter::repeat_n(0u8, payload));
+    m
+}

@@ -2,6 +2,7 @@
 //! merged with WireGuard's own state and served to Prometheus.
 
 pub mod bpf;
+pub mod histogram;
 pub mod metrics;
 pub mod monitor;
 pub mod privileges;

@@ -10,7 +10,8 @@ use wg_collector::{
     privileges, server,
     wireguard::discovery::DEFAULT_UAPI_DIR,
 };
-use wg_common::{DEFAULT_MAX_ALLOWED_IPS, DEFAULT_MAX_PEERS};
+use wg_collector::histogram::Buckets;
+use wg_common::{DEFAULT_MAX_ALLOWED_IPS, DEFAULT_MAX_HIST_ENTRIES, DEFAULT_MAX_PEERS, DEFAULT_MAX_PENDING};
 
 /// WireGuard telemetry collector: per-peer packet counters measured by eBPF on the
 /// WireGuard interface, merged with WireGuard's own state, served to Prometheus.
@@ -38,6 +39,22 @@ struct Args {
     /// Allowed-IP prefixes per address family and device in the eBPF maps.
     #[arg(long = "bpf.max-allowed-ips", default_value_t = DEFAULT_MAX_ALLOWED_IPS)]
     max_allowed_ips: u32,
+    /// Latency histogram boundaries in seconds, comma-separated, or "full" for every kernel
+    /// bucket (16 per power of two).
+    #[arg(long = "latency.buckets", default_value = "0.00005,0.0001,0.00025,0.0005,0.001,0.0025,0.005,0.01,0.025,0.05,0.1,0.25,0.5,1,2.5,5,10")]
+    latency_buckets: Buckets,
+    /// Record one in N matchable packets for latency (a power of two; 1 = every packet).
+    #[arg(long = "latency.sample", default_value_t = 1)]
+    latency_sample: u32,
+    /// Seconds a packet may wait for its answer before it is forgotten.
+    #[arg(long = "latency.pending-ttl", default_value_t = 5.0)]
+    pending_ttl: f64,
+    /// Packets that may wait for their answer at once, per device.
+    #[arg(long = "latency.max-pending", default_value_t = DEFAULT_MAX_PENDING)]
+    max_pending: u32,
+    /// Latency histogram entries (peer, method, bucket) per device.
+    #[arg(long = "latency.max-hist-entries", default_value_t = DEFAULT_MAX_HIST_ENTRIES)]
+    max_hist_entries: u32,
     /// Enable the kernel's per-program run-time accounting (costs ~40 ns per packet while
     /// on) and export it as wireguard_collector_bpf_*.
     #[arg(long = "bpf.stats")]
@@ -72,6 +89,12 @@ async fn run(args: Args) -> Result<()> {
     if !(0.05..=3600.0).contains(&args.poll_interval) {
         bail!("--poll-interval {}: must be between 0.05 and 3600 seconds", args.poll_interval);
     }
+    if !args.latency_sample.is_power_of_two() {
+        bail!("--latency.sample {}: must be a power of two (1, 2, 4, ...)", args.latency_sample);
+    }
+    if !(0.1..=3600.0).contains(&args.pending_ttl) {
+        bail!("--latency.pending-ttl {}: must be between 0.1 and 3600 seconds", args.pending_ttl);
+    }
     let missing = privileges::missing();
     if !missing.is_empty() {
         let list: Vec<String> = missing.iter().map(|(c, why)| format!("{c} (to {why})")).collect();
@@ -86,7 +109,15 @@ async fn run(args: Args) -> Result<()> {
     let monitor = Arc::new(Monitor::new(Options {
         uapi_dir: args.uapi_dir,
         devices: args.devices,
-        probe: ProbeOptions { max_peers: args.max_peers, max_allowed_ips: args.max_allowed_ips, log_level: log::max_level() },
+        probe: ProbeOptions {
+            max_peers: args.max_peers,
+            max_allowed_ips: args.max_allowed_ips,
+            max_pending: args.max_pending,
+            max_hist_entries: args.max_hist_entries,
+            latency_sample: args.latency_sample,
+            log_level: log::max_level(),
+        },
+        pending_ttl: Duration::from_secs_f64(args.pending_ttl),
     }));
     // First sync before serving, so the first scrape already finds the programs attached.
     let first = monitor.clone();
@@ -105,7 +136,7 @@ async fn run(args: Args) -> Result<()> {
     });
 
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(WireguardCollector::new(monitor)));
+    registry.register_collector(Box::new(WireguardCollector::new(monitor, args.latency_buckets)));
     let app = server::router(registry, &args.telemetry_path);
     let listener = tokio::net::TcpListener::bind(args.listen_address)
         .await

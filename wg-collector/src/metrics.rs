@@ -2,26 +2,31 @@
 //! encodes what it saw. Family names and HELP texts are the contract of
 //! ../shared/docs/metrics.md (prometheus-client appends `_total` to counters).
 
-use std::{fmt::Write as _, sync::Arc};
+use std::{collections::BTreeMap, fmt::Write as _, sync::Arc};
 
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeCounterValue, EncodeGaugeValue, EncodeLabelSet, MetricEncoder, NoLabelSet},
     metrics::MetricType,
 };
-use wg_common::{Unattributed, DIR_RX, DIR_TX};
+use wg_common::{latency::Kind, Unattributed, DIR_RX, DIR_TX};
 
-use crate::monitor::{Monitor, Snapshot};
+use crate::{
+    histogram::{Buckets, Series},
+    monitor::{Monitor, Snapshot},
+    wireguard::Key,
+};
 
 /// Reads WireGuard and the eBPF maps at every scrape.
 #[derive(Debug)]
 pub struct WireguardCollector {
     monitor: Arc<Monitor>,
+    buckets: Buckets,
 }
 
 impl WireguardCollector {
-    pub fn new(monitor: Arc<Monitor>) -> Self {
-        Self { monitor }
+    pub fn new(monitor: Arc<Monitor>, buckets: Buckets) -> Self {
+        Self { monitor, buckets }
     }
 }
 
@@ -34,7 +39,7 @@ impl std::fmt::Debug for Monitor {
 impl Collector for WireguardCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let snap = self.monitor.refresh();
-        encode_snapshot(&snap, &mut enc)
+        encode_snapshot(&snap, &self.buckets, &mut enc)
     }
 }
 
@@ -51,8 +56,8 @@ fn gauge(m: &mut MetricEncoder, labels: &impl EncodeLabelSet, v: impl EncodeGaug
     m.encode_family(labels)?.encode_gauge(&v)
 }
 
-fn encode_snapshot(snap: &Snapshot, enc: &mut DescriptorEncoder) -> std::fmt::Result {
-    use MetricType::{Counter, Gauge};
+fn encode_snapshot(snap: &Snapshot, buckets: &Buckets, enc: &mut DescriptorEncoder) -> std::fmt::Result {
+    use MetricType::{Counter, Gauge, Histogram};
 
     // --- WireGuard's own state -----------------------------------------------------------
     let mut m = family(enc, "wireguard_device_info", "WireGuard device: its public key, listen port, fwmark and implementation (value 1)", Gauge)?;
@@ -133,6 +138,59 @@ fn encode_snapshot(snap: &Snapshot, enc: &mut DescriptorEncoder) -> std::fmt::Re
                 counter(&mut m, &[("device", d.found.name.as_str()), ("direction", dname), ("reason", r.label())], u[dir][r as usize].packets)?;
             }
         }
+    }
+
+    // --- Latency, from the kernel's histograms ------------------------------------------
+    // Per device: peer → kind → series, and the device's sum over its peers per kind.
+    let mut per_peer: Vec<BTreeMap<(Key, u16), Series>> = Vec::new();
+    for d in &snap.devices {
+        let mut m: BTreeMap<(Key, u16), Series> = BTreeMap::new();
+        for (peer, k, v) in &d.latency {
+            m.entry((*peer, k.kind)).or_default().add(k.bucket, v.count, v.sum_ns);
+        }
+        per_peer.push(m);
+    }
+    let mut m = family(enc, "wireguard_peer_latency_seconds", "Round trip through the tunnel to the peer, per packet, measured by eBPF on the WireGuard interface: method tcp_ts (TCP timestamp echoed), tcp_syn (SYN answered by SYN-ACK), icmp (echo answered). Only peers with samples", Histogram)?;
+    for (d, series) in snap.devices.iter().zip(&per_peer) {
+        for ((peer, kind), s) in series {
+            let Some(kind) = Kind::from_u16(*kind) else { continue };
+            let labels = [("device", d.found.name.clone()), ("public_key", peer.to_base64()), ("method", kind.label().to_string())];
+            m.encode_family(&labels)?.encode_histogram::<NoLabelSet>(s.sum_seconds(), s.count, &s.exposition(buckets), None)?;
+        }
+    }
+    let mut m = family(enc, "wireguard_device_latency_seconds", "Round trip through the tunnel, all peers of the device together, by method (see wireguard_peer_latency_seconds)", Histogram)?;
+    for (d, series) in snap.devices.iter().zip(&per_peer) {
+        if d.latency_stats.is_none() {
+            continue;
+        }
+        for kind in Kind::ALL {
+            let mut total = Series::default();
+            for ((_, k), s) in series {
+                if *k == kind as u16 {
+                    total.merge(s);
+                }
+            }
+            let labels = [("device", d.found.name.as_str()), ("method", kind.label())];
+            m.encode_family(&labels)?.encode_histogram::<NoLabelSet>(total.sum_seconds(), total.count, &total.exposition(buckets), None)?;
+        }
+    }
+    let latency = || snap.devices.iter().filter_map(|d| d.latency_stats.map(|s| (d, s)));
+    let mut m = family(enc, "wireguard_collector_latency_pending", "Packets waiting for their answer to become a latency sample (the pending map's fill)", Gauge)?;
+    for (d, _) in latency() {
+        gauge(&mut m, &[("device", d.found.name.as_str())], d.pending as i64)?;
+    }
+    let mut m = family(enc, "wireguard_collector_latency_pending_capacity", "Packets that may wait for their answer at once (--latency.max-pending)", Gauge)?;
+    for (d, s) in latency() {
+        gauge(&mut m, &[("device", d.found.name.as_str())], s.capacity as i64)?;
+    }
+    let mut m = family(enc, "wireguard_collector_latency_pending_evictions", "Packets that gave up waiting for their answer: expired (older than --latency.pending-ttl, removed by the collector) or full (not recorded: the pending map was full)", Counter)?;
+    for (d, s) in latency() {
+        counter(&mut m, &[("device", d.found.name.as_str()), ("reason", "expired")], s.expired)?;
+        counter(&mut m, &[("device", d.found.name.as_str()), ("reason", "full")], s.pending_full)?;
+    }
+    let mut m = family(enc, "wireguard_collector_latency_samples_dropped", "Latency samples lost because the histogram map was full (--latency.max-hist-entries)", Counter)?;
+    for (d, s) in latency() {
+        counter(&mut m, &[("device", d.found.name.as_str())], s.hist_full)?;
     }
 
     // --- The collector itself ------------------------------------------------------------

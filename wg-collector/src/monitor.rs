@@ -14,10 +14,13 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use wg_common::{Counter, PeerCounters, Unattributed, DIRECTIONS};
+use wg_common::{
+    latency::{HistKey, HistValue},
+    Counter, PeerCounters, Unattributed, DIRECTIONS,
+};
 
 use crate::{
-    bpf::{DeviceProbe, ProbeOptions, ProgramStats},
+    bpf::{DeviceProbe, LatencyStats, ProbeOptions, ProgramStats},
     wireguard::{
         discovery::{self, Found, Source},
         netlink, uapi, Device, Key,
@@ -49,6 +52,8 @@ pub struct Options {
     /// Only these devices (all when empty).
     pub devices: Vec<String>,
     pub probe: ProbeOptions,
+    /// How long a packet may wait for its answer before the collector forgets it.
+    pub pending_ttl: Duration,
 }
 
 /// What one refresh saw of one device.
@@ -59,6 +64,11 @@ pub struct DeviceSnapshot {
     pub counters: HashMap<Key, PeerCounters>,
     pub unattributed: Option<[[Counter; Unattributed::ALL.len()]; DIRECTIONS]>,
     pub program_stats: Vec<ProgramStats>,
+    /// Latency histogram entries with samples: (peer, key, value).
+    pub latency: Vec<(Key, HistKey, HistValue)>,
+    pub latency_stats: Option<LatencyStats>,
+    /// Packets waiting for their answer now.
+    pub pending: u64,
 }
 
 /// What one refresh saw.
@@ -146,7 +156,16 @@ impl Monitor {
                     }
                 }
             }
-            let mut snap = DeviceSnapshot { found: f, state, counters: HashMap::new(), unattributed: None, program_stats: Vec::new() };
+            let mut snap = DeviceSnapshot {
+                found: f,
+                state,
+                counters: HashMap::new(),
+                unattributed: None,
+                program_stats: Vec::new(),
+                latency: Vec::new(),
+                latency_stats: None,
+                pending: 0,
+            };
             if let Some(p) = t.probe.as_mut() {
                 if let Err(e) = p.sync(&snap.state.peers) {
                     self.error(ErrorSource::Bpf, format_args!("syncing maps of {}: {e:#}", snap.found.name));
@@ -165,6 +184,14 @@ impl Monitor {
                     Err(e) => self.error(ErrorSource::Bpf, format_args!("reading counters of {}: {e:#}", snap.found.name)),
                 }
                 snap.program_stats = p.program_stats();
+                match p.expire_pending(self.opts.pending_ttl).and_then(|n| Ok((n, p.latency_stats()?, p.histograms()?))) {
+                    Ok((pending, stats, hist)) => {
+                        snap.pending = pending;
+                        snap.latency_stats = Some(stats);
+                        snap.latency = hist;
+                    }
+                    Err(e) => self.error(ErrorSource::Bpf, format_args!("reading latency of {}: {e:#}", snap.found.name)),
+                }
                 p.flush_logs();
             }
             *spent.entry(ErrorSource::Bpf).or_default() += t0.elapsed();

@@ -10,16 +10,20 @@
 #![no_std]
 #![no_main]
 
+mod latency;
+
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::{classifier, map},
-    maps::{lpm_trie::Key, HashMap, LpmTrie, PerCpuArray},
+    maps::{lpm_trie::Key, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap},
     programs::TcContext,
 };
 use aya_log_ebpf::debug;
 use wg_common::{
+    latency::{HistKey, HistValue, PendingKey},
     unattributed_index, Counter, PeerCounters, Unattributed, DEFAULT_MAX_ALLOWED_IPS,
-    DEFAULT_MAX_PEERS, DIR_RX, DIR_TX, TC_NEXT, UNATTRIBUTED_ENTRIES,
+    DEFAULT_MAX_HIST_ENTRIES, DEFAULT_MAX_PEERS, DEFAULT_MAX_PENDING, DIR_RX, DIR_TX, TC_NEXT,
+    UNATTRIBUTED_ENTRIES,
 };
 
 #[map(name = "HOSTS_V4")]
@@ -41,6 +45,19 @@ static PEER_COUNTERS: PerCpuArray<PeerCounters> =
 #[map(name = "UNATTRIBUTED")]
 static UNATTRIBUTED: PerCpuArray<Counter> = PerCpuArray::with_max_entries(UNATTRIBUTED_ENTRIES, 0);
 
+/// Packets waiting for their answer → when they left (CLOCK_MONOTONIC ns). Bounded; the
+/// collector removes what was never answered.
+#[map(name = "PENDING")]
+static PENDING: HashMap<PendingKey, u64> = HashMap::with_max_entries(DEFAULT_MAX_PENDING, BPF_F_NO_PREALLOC);
+
+/// Latency histograms: (peer slot, kind, bucket) → count and sum.
+#[map(name = "LATENCY_HIST")]
+static LATENCY_HIST: PerCpuHashMap<HistKey, HistValue> =
+    PerCpuHashMap::with_max_entries(DEFAULT_MAX_HIST_ENTRIES, BPF_F_NO_PREALLOC);
+
+#[map(name = "LATENCY_STATS")]
+static LATENCY_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(wg_common::latency::stats::ENTRIES, 0);
+
 #[classifier]
 pub fn wg_plain_ingress(ctx: TcContext) -> i32 {
     count::<DIR_RX>(&ctx);
@@ -55,20 +72,20 @@ pub fn wg_plain_egress(ctx: TcContext) -> i32 {
 
 const IPV4_HDR: usize = 20;
 const IPV6_HDR: usize = 40;
-const PROTO_TCP: u8 = 6;
+pub(crate) const PROTO_TCP: u8 = 6;
 const PROTO_UDP: u8 = 17;
 
 /// The fields of an IP header this program needs.
-struct Ip {
+pub(crate) struct Ip {
     /// Length of the IP header (IPv4 IHL, or the fixed IPv6 header).
-    hdr_len: u32,
+    pub hdr_len: u32,
     /// Transport protocol (IPv4 protocol / IPv6 next header).
-    proto: u8,
+    pub proto: u8,
     /// Source (ingress) or destination (egress) address, network order.
-    addr: Addr,
+    pub addr: Addr,
 }
 
-enum Addr {
+pub(crate) enum Addr {
     V4([u8; 4]),
     V6([u8; 16]),
 }
@@ -101,6 +118,11 @@ fn count<const DIR: usize>(ctx: &TcContext) {
         let c = unsafe { &mut (*c).dir[DIR] };
         c.packets += packets;
         c.bytes += bytes;
+    }
+    // Round trips: only TCP and ICMP can be matched (IPv6 extension headers may come
+    // first: hop-by-hop 0, routing 43, destination options 60, AH 51).
+    if matches!(ip.proto, PROTO_TCP | latency::PROTO_ICMP | latency::PROTO_ICMPV6 | 0 | 43 | 51 | 60) {
+        latency::track::<DIR>(ctx, &ip, slot);
     }
 }
 

@@ -4,7 +4,7 @@
 mod probe;
 mod slots;
 
-pub use probe::{DeviceProbe, ProbeOptions, ProgramStats};
+pub use probe::{monotonic_ns, DeviceProbe, LatencyStats, ProbeOptions, ProgramStats};
 pub use slots::SlotTable;
 
 /// The wg-ebpf object built by build.rs.

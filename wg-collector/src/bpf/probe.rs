@@ -1,17 +1,25 @@
 //! One WireGuard device's programs and maps.
 
-use std::{collections::HashMap, net::IpAddr, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+    time::Duration,
+};
 
 use anyhow::{anyhow, Context, Result};
 use aya_log::EbpfLogger;
 use aya::{
-    maps::{lpm_trie::Key as LpmKey, HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray, PerCpuValues},
+    maps::{lpm_trie::Key as LpmKey, HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
     programs::{tc, SchedClassifier, TcAttachType},
     util::nr_cpus,
     Ebpf, EbpfLoader,
 };
 use ipnet::IpNet;
-use wg_common::{names, Counter, PeerCounters, Unattributed, DIRECTIONS, DEFAULT_MAX_ALLOWED_IPS, DEFAULT_MAX_PEERS};
+use wg_common::{
+    latency::{stats, HistKey, HistValue, PendingKey},
+    names, Counter, PeerCounters, Unattributed, DEFAULT_MAX_ALLOWED_IPS, DEFAULT_MAX_HIST_ENTRIES, DEFAULT_MAX_PEERS,
+    DEFAULT_MAX_PENDING, DIRECTIONS,
+};
 
 use super::{object, SlotTable};
 use crate::wireguard::{Key, Peer};
@@ -21,13 +29,26 @@ use crate::wireguard::{Key, Peer};
 pub struct ProbeOptions {
     pub max_peers: u32,
     pub max_allowed_ips: u32,
+    /// Packets that may wait for their answer at once.
+    pub max_pending: u32,
+    /// Histogram entries (peer, kind, bucket).
+    pub max_hist_entries: u32,
+    /// Record one in `latency_sample` matchable packets (a power of two; 1 = every one).
+    pub latency_sample: u32,
     /// The most verbose level the programs' log statements (aya-log) emit at.
     pub log_level: log::LevelFilter,
 }
 
 impl Default for ProbeOptions {
     fn default() -> Self {
-        Self { max_peers: DEFAULT_MAX_PEERS, max_allowed_ips: DEFAULT_MAX_ALLOWED_IPS, log_level: log::max_level() }
+        Self {
+            max_peers: DEFAULT_MAX_PEERS,
+            max_allowed_ips: DEFAULT_MAX_ALLOWED_IPS,
+            max_pending: DEFAULT_MAX_PENDING,
+            max_hist_entries: DEFAULT_MAX_HIST_ENTRIES,
+            latency_sample: 1,
+            log_level: log::max_level(),
+        }
     }
 }
 
@@ -51,6 +72,12 @@ pub struct DeviceProbe {
     v6: LpmTrie<MapData, [u8; 16], u32>,
     counters: PerCpuArray<MapData, PeerCounters>,
     unattributed: PerCpuArray<MapData, Counter>,
+    pending: BpfHashMap<MapData, PendingKey, u64>,
+    hist: PerCpuHashMap<MapData, HistKey, HistValue>,
+    latency_stats: PerCpuArray<MapData, u64>,
+    /// Pending entries removed by [`expire_pending`](Self::expire_pending) since load.
+    expired: u64,
+    pending_capacity: u32,
     slots: SlotTable,
     /// What the tries hold now: prefix → slot.
     prefixes: HashMap<IpNet, u32>,
@@ -66,8 +93,15 @@ impl DeviceProbe {
         // Disabled levels cost the programs one compare; aya_log_common::Level counts
         // Error = 1 up to Trace = 5, as log::LevelFilter does.
         let level = opts.log_level as u8;
+        if !opts.latency_sample.is_power_of_two() {
+            anyhow::bail!("latency sampling 1 in {}: must be a power of two", opts.latency_sample);
+        }
+        let sample_mask = opts.latency_sample - 1;
         let mut ebpf = EbpfLoader::new()
             .override_global(aya_log::LEVEL, &level, true)
+            .override_global("LATENCY_SAMPLE_MASK", &sample_mask, true)
+            .map_max_entries(names::PENDING, opts.max_pending)
+            .map_max_entries(names::LATENCY_HIST, opts.max_hist_entries)
             .map_max_entries(names::PEER_COUNTERS, opts.max_peers)
             .map_max_entries(names::HOSTS_V4, opts.max_allowed_ips)
             .map_max_entries(names::HOSTS_V6, opts.max_allowed_ips)
@@ -93,6 +127,9 @@ impl DeviceProbe {
         let v6 = LpmTrie::try_from(take(names::PEERS_V6)?)?;
         let counters = PerCpuArray::try_from(take(names::PEER_COUNTERS)?)?;
         let unattributed = PerCpuArray::try_from(take(names::UNATTRIBUTED)?)?;
+        let pending = BpfHashMap::try_from(take(names::PENDING)?)?;
+        let hist = PerCpuHashMap::try_from(take(names::LATENCY_HIST)?)?;
+        let latency_stats = PerCpuArray::try_from(take(names::LATENCY_STATS)?)?;
         let cpus = nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))?;
         Ok(Self {
             ebpf,
@@ -103,6 +140,11 @@ impl DeviceProbe {
             v6,
             counters,
             unattributed,
+            pending,
+            hist,
+            latency_stats,
+            expired: 0,
+            pending_capacity: opts.max_pending,
             slots: SlotTable::new(opts.max_peers),
             prefixes: HashMap::new(),
             cpus,
@@ -152,11 +194,78 @@ impl DeviceProbe {
             self.remove_prefix(&net).with_context(|| format!("removing allowed IP {net}"))?;
             self.prefixes.remove(&net);
         }
-        let gone: Vec<Key> = self.slots.keys().filter(|k| !peers.iter().any(|p| &p.public_key == *k)).copied().collect();
+        let wanted_keys: HashSet<&Key> = peers.iter().map(|p| &p.public_key).collect();
+        let gone: Vec<Key> = self.slots.keys().filter(|k| !wanted_keys.contains(k)).copied().collect();
+        let mut freed = HashSet::new();
         for k in gone {
-            self.slots.release(&k);
+            freed.extend(self.slots.release(&k));
+        }
+        if !freed.is_empty() {
+            // A slot's next peer must not inherit its latency samples.
+            let stale: Vec<HistKey> = self.hist.keys().filter_map(|k| k.ok()).filter(|k| freed.contains(&k.slot)).collect();
+            for k in stale {
+                let _ = self.hist.remove(&k);
+            }
         }
         Ok(())
+    }
+
+    /// Every latency histogram entry with samples, summed over CPUs: (peer, kind, bucket,
+    /// samples). Peers without samples have no entries.
+    pub fn histograms(&self) -> Result<Vec<(Key, HistKey, HistValue)>> {
+        let by_slot = self.slots.by_slot();
+        let mut out = Vec::new();
+        for item in self.hist.iter() {
+            let (k, per_cpu) = item?;
+            let Some(peer) = by_slot.get(&k.slot) else { continue };
+            let mut v = HistValue::default();
+            for c in per_cpu.iter() {
+                v.count += c.count;
+                v.sum_ns += c.sum_ns;
+            }
+            if v.count > 0 {
+                out.push((*peer, k, v));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes packets that waited longer than `ttl` for an answer (CLOCK_MONOTONIC, the
+    /// programs' clock). Returns how many are still waiting.
+    pub fn expire_pending(&mut self, ttl: Duration) -> Result<u64> {
+        let now = monotonic_ns();
+        let ttl = ttl.as_nanos() as u64;
+        let mut waiting = 0;
+        let mut old = Vec::new();
+        for item in self.pending.iter() {
+            let (k, sent) = item?;
+            if now.saturating_sub(sent) > ttl {
+                old.push(k);
+            } else {
+                waiting += 1;
+            }
+        }
+        for k in &old {
+            // An answer may have taken it meanwhile: that is fine.
+            if self.pending.remove(k).is_ok() {
+                self.expired += 1;
+            }
+        }
+        Ok(waiting)
+    }
+
+    /// The latency counters: (recorded, matched, not recorded because full, samples lost
+    /// because the histogram map was full, expired by the collector).
+    pub fn latency_stats(&self) -> Result<LatencyStats> {
+        let sum = |i: u32| -> Result<u64> { Ok(self.latency_stats.get(&i, 0)?.iter().sum()) };
+        Ok(LatencyStats {
+            recorded: sum(stats::RECORDED)?,
+            matched: sum(stats::MATCHED)?,
+            pending_full: sum(stats::PENDING_FULL)?,
+            hist_full: sum(stats::HIST_FULL)?,
+            expired: self.expired,
+            capacity: self.pending_capacity,
+        })
     }
 
     /// Host addresses go to the hash maps, shorter prefixes to the tries (see wg-ebpf).
@@ -233,6 +342,25 @@ impl DeviceProbe {
     pub fn peers(&self) -> usize {
         self.slots.len()
     }
+}
+
+/// What happened to packets waiting for their answer, since load.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LatencyStats {
+    pub recorded: u64,
+    pub matched: u64,
+    pub pending_full: u64,
+    pub hist_full: u64,
+    pub expired: u64,
+    pub capacity: u32,
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: what bpf_ktime_get_ns() reads.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {

@@ -30,6 +30,11 @@ impl SlotTable {
         self.by_key.get(key).copied()
     }
 
+    /// Slot → peer key, for reading maps keyed by slot.
+    pub fn by_slot(&self) -> HashMap<u32, Key> {
+        self.by_key.iter().map(|(k, s)| (*s, *k)).collect()
+    }
+
     /// The peer's slot; `fresh` is true when it was just given out (its counters must be
     /// zeroed before use).
     pub fn assign(&mut self, key: Key) -> Result<(u32, bool), SlotsFull> {

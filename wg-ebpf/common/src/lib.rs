@@ -5,6 +5,8 @@
 //! `aya::Pod` so aya can copy them in and out of maps.
 #![no_std]
 
+pub mod latency;
+
 /// Map and program names, declared once for both sides.
 pub mod names {
     /// Hash: IPv4 host address (an allowed IP of /32) → peer slot. Looked up first: most
@@ -21,6 +23,12 @@ pub mod names {
     pub const PEER_COUNTERS: &str = "PEER_COUNTERS";
     /// Per-CPU array indexed by [`crate::unattributed_index`]: [`crate::Counter`].
     pub const UNATTRIBUTED: &str = "UNATTRIBUTED";
+    /// Hash: [`crate::latency::PendingKey`] → time (ns, CLOCK_MONOTONIC) the packet left.
+    pub const PENDING: &str = "PENDING";
+    /// Per-CPU hash: [`crate::latency::HistKey`] → [`crate::latency::HistValue`].
+    pub const LATENCY_HIST: &str = "LATENCY_HIST";
+    /// Per-CPU array of u64 counters indexed by [`crate::latency::stats`].
+    pub const LATENCY_STATS: &str = "LATENCY_STATS";
     /// TC program on the WireGuard interface's ingress (plaintext received from peers).
     pub const PROG_INGRESS: &str = "wg_plain_ingress";
     /// TC program on the WireGuard interface's egress (plaintext sent to peers).
@@ -32,6 +40,10 @@ pub mod names {
 pub const DEFAULT_MAX_PEERS: u32 = 65_536;
 /// Default number of allowed-IP prefixes per family and device.
 pub const DEFAULT_MAX_ALLOWED_IPS: u32 = 262_144;
+/// Default bound of packets waiting for their answer, per device.
+pub const DEFAULT_MAX_PENDING: u32 = 65_536;
+/// Default bound of histogram entries (peer, kind, bucket), per device.
+pub const DEFAULT_MAX_HIST_ENTRIES: u32 = 262_144;
 
 /// Direction of a plaintext packet on the WireGuard interface, seen from this host.
 pub const DIR_RX: usize = 0;
@@ -96,4 +108,7 @@ mod pod {
     // SAFETY: plain #[repr(C)] integers, no padding, every bit pattern valid.
     unsafe impl aya::Pod for super::Counter {}
     unsafe impl aya::Pod for super::PeerCounters {}
+    unsafe impl aya::Pod for super::latency::HistKey {}
+    unsafe impl aya::Pod for super::latency::HistValue {}
+    unsafe impl aya::Pod for super::latency::PendingKey {}
 }

@@ -1,0 +1,337 @@
+//! Tunnel round trips seen from the plaintext side: a packet leaves for a peer (egress),
+//! its answer comes back from that peer (ingress), and the time between is one sample in the
+//! peer's histogram. Three ways to know an answer, as passive ping tools do:
+//!
+//! - TCP timestamps: the first TSecr echoing a TSval we sent;
+//! - TCP SYN → SYN-ACK: the SYN-ACK acknowledging our SYN's sequence number;
+//! - ICMP/ICMPv6 echo request → reply with the same identifier and sequence number.
+//!
+//! Only packets that can be matched read the clock or touch the pending map. Headers past the
+//! IP header are read with `bpf_skb_load_bytes` into the stack: their offsets vary (IPv4
+//! options, IPv6 extension headers), which direct access cannot follow cheaply.
+
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_ktime_get_ns, bpf_skb_load_bytes},
+    programs::TcContext,
+};
+use wg_common::{
+    latency::{bucket_of, stats, HistKey, HistValue, Kind, PendingKey},
+    DIR_RX,
+};
+
+use crate::{Addr, Ip, LATENCY_HIST, LATENCY_STATS, PENDING, PROTO_TCP};
+
+pub(crate) const PROTO_ICMP: u8 = 1;
+pub(crate) const PROTO_ICMPV6: u8 = 58;
+
+const EEXIST: i32 = 17;
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+const TCPOPT_EOL: u8 = 0;
+const TCPOPT_NOP: u8 = 1;
+const TCPOPT_TIMESTAMP: u8 = 8;
+
+/// Record only packets whose matching value (TSval, sequence) has these low bits clear:
+/// 0 = every packet. Set by the collector at load time (`--latency.sample`).
+#[unsafe(no_mangle)]
+static LATENCY_SAMPLE_MASK: u32 = 0;
+
+#[inline(always)]
+fn sampled(value: u32) -> bool {
+    // SAFETY: a read-only global the loader may patch before load.
+    let mask = unsafe { core::ptr::read_volatile(&LATENCY_SAMPLE_MASK) };
+    value & mask == 0
+}
+
+#[inline(always)]
+fn stat(i: u32) {
+    if let Some(c) = LATENCY_STATS.get_ptr_mut(i) {
+        // SAFETY: per-CPU value.
+        unsafe { *c += 1 };
+    }
+}
+
+/// Reads `N` bytes at `off` into `buf` (a stack array; returned by reference rather than in an
+/// Option, which LLVM may pack into registers in ways the verifier refuses).
+#[inline(always)]
+fn load<const N: usize>(ctx: &TcContext, off: u32, buf: &mut [u8; N]) -> bool {
+    // SAFETY: the helper writes at most N bytes into buf.
+    unsafe { bpf_skb_load_bytes(ctx.skb.skb as *const _, off, buf.as_mut_ptr() as *mut _, N as u32) == 0 }
+}
+
+/// The transport header's offset and protocol: IPv4 after its IHL; IPv6 after the extension
+/// headers that may precede it (hop-by-hop, routing, destination options, AH; at most four).
+/// A fragment is not followed (its transport header may be elsewhere).
+#[inline(always)]
+fn transport(ctx: &TcContext, ip: &Ip) -> Option<(u32, u8)> {
+    let (mut off, mut next) = (ip.hdr_len, ip.proto);
+    if let Addr::V6(_) = ip.addr {
+        for _ in 0..4 {
+            match next {
+                0 | 43 | 60 => {
+                    let mut h = [0u8; 2];
+                    if !load(ctx, off, &mut h) {
+                        return None;
+                    }
+                    next = h[0];
+                    off += (h[1] as u32 + 1) * 8;
+                }
+                51 => {
+                    let mut h = [0u8; 2];
+                    if !load(ctx, off, &mut h) {
+                        return None;
+                    }
+                    next = h[0];
+                    off += (h[1] as u32 + 2) * 4;
+                }
+                _ => break,
+            }
+        }
+    }
+    Some((off, next))
+}
+
+/// Fills the key's addresses from the packet (source and destination, in the key's order
+/// for the direction), IPv4 ones mapped into IPv6 (::ffff:a.b.c.d).
+#[inline(always)]
+fn addresses<const DIR: usize>(ctx: &TcContext, ip: &Ip, k: &mut PendingKey) -> bool {
+    // The packet's source is the remote end on ingress, the local end on egress.
+    let (src, dst) = if DIR == DIR_RX { (&mut k.remote, &mut k.local) } else { (&mut k.local, &mut k.remote) };
+    match ip.addr {
+        Addr::V4(_) => {
+            let mut a = [0u8; 8];
+            if !load(ctx, 12, &mut a) {
+                return false;
+            }
+            src[10] = 0xff;
+            src[11] = 0xff;
+            dst[10] = 0xff;
+            dst[11] = 0xff;
+            src[12..16].copy_from_slice(&a[0..4]);
+            dst[12..16].copy_from_slice(&a[4..8]);
+            true
+        }
+        Addr::V6(_) => load(ctx, 8, src) && load(ctx, 24, dst),
+    }
+}
+
+/// Finds the timestamp option in a TCP header's options: (TSval, TSecr).
+///
+/// Walks at most 8 options: enough for every layout stacks send (Linux: NOP NOP TS, or MSS
+/// SACK_PERM TS on a SYN; BSD and Windows: MSS NOP WS NOP NOP TS), and few enough that the
+/// verifier's walk of the unrolled loop stays small.
+#[inline(always)]
+fn timestamps(opts: &[u8; 40], len: usize) -> Option<(u32, u32)> {
+    let mut i = 0usize;
+    for _ in 0..8 {
+        if i + 10 > len || i > 30 {
+            return None;
+        }
+        match opts[i] {
+            TCPOPT_EOL => return None,
+            TCPOPT_NOP => i += 1,
+            TCPOPT_TIMESTAMP => {
+                if opts[i + 1] != 10 {
+                    return None;
+                }
+                let w = |k: usize| u32::from_be_bytes([opts[i + k], opts[i + k + 1], opts[i + k + 2], opts[i + k + 3]]);
+                return Some((w(2), w(6)));
+            }
+            _ => {
+                let olen = opts[i + 1] as usize;
+                if olen < 2 {
+                    return None;
+                }
+                i += olen;
+            }
+        }
+    }
+    None
+}
+
+/// Notes a packet that may be matched by its answer, or matches an answer to a packet.
+#[inline(always)]
+pub(crate) fn track<const DIR: usize>(ctx: &TcContext, ip: &Ip, slot: u32) {
+    let Some((l4, proto)) = transport(ctx, ip) else { return };
+    match proto {
+        PROTO_TCP => tcp::<DIR>(ctx, ip, l4, slot),
+        PROTO_ICMP if matches!(ip.addr, Addr::V4(_)) => icmp::<DIR>(ctx, ip, l4, slot, 8, 0),
+        PROTO_ICMPV6 if matches!(ip.addr, Addr::V6(_)) => icmp::<DIR>(ctx, ip, l4, slot, 128, 129),
+        _ => {}
+    }
+}
+
+/// The pending key of a packet, addresses left for [`addresses`]: on egress as it is, on
+/// ingress turned round, so an answer finds the key its question left.
+#[inline(always)]
+fn key<const DIR: usize>(sport: u16, dport: u16) -> PendingKey {
+    let (local_port, remote_port) = if DIR == DIR_RX { (dport, sport) } else { (sport, dport) };
+    PendingKey { local: [0; 16], remote: [0; 16], local_port, remote_port, kind: 0, _pad: 0, value: 0 }
+}
+
+#[inline(always)]
+fn tcp<const DIR: usize>(ctx: &TcContext, ip: &Ip, l4: u32, slot: u32) {
+    let mut h = [0u8; 20];
+    if !load(ctx, l4, &mut h) {
+        return;
+    }
+    let sport = u16::from_be_bytes([h[0], h[1]]);
+    let dport = u16::from_be_bytes([h[2], h[3]]);
+    let seq = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+    let ack = u32::from_be_bytes([h[8], h[9], h[10], h[11]]);
+    let optlen = (((h[12] >> 4) as usize) * 4).saturating_sub(20);
+    let flags = h[13];
+    // The options are read in one of three fixed sizes (the verifier wants a constant
+    // length): 40 bytes when the packet has them, else 20 (a SYN's usual options), else 12
+    // (NOP NOP TS, what Linux puts on every segment).
+    let mut ts = None;
+    if optlen > 0 {
+        let avail = ctx.len().saturating_sub(l4 + 20);
+        let mut opts = [0u8; 40];
+        let loaded = if avail >= 40 {
+            load(ctx, l4 + 20, &mut opts)
+        } else if avail >= 20 {
+            let mut b = [0u8; 20];
+            let ok = load(ctx, l4 + 20, &mut b);
+            opts[..20].copy_from_slice(&b);
+            ok
+        } else if avail >= 12 {
+            let mut b = [0u8; 12];
+            let ok = load(ctx, l4 + 20, &mut b);
+            opts[..12].copy_from_slice(&b);
+            ok
+        } else {
+            false
+        };
+        if loaded {
+            ts = timestamps(&opts, core::cmp::min(optlen, core::cmp::min(avail, 40) as usize));
+        }
+    }
+    let syn = flags & TCP_SYN != 0;
+    let is_ack = flags & TCP_ACK != 0;
+    let mut k = key::<DIR>(sport, dport);
+    if DIR == DIR_RX {
+        // Answers: a SYN-ACK for our SYN, a TSecr for our TSval.
+        let syn_ack = syn && is_ack;
+        let ecr = match ts {
+            Some((_, ecr)) if ecr != 0 => ecr,
+            _ => 0,
+        };
+        if !syn_ack && ecr == 0 {
+            return;
+        }
+        if !addresses::<DIR>(ctx, ip, &mut k) {
+            return;
+        }
+        let now = unsafe { bpf_ktime_get_ns() };
+        if syn_ack {
+            k.kind = Kind::TcpSyn as u16;
+            k.value = ack.wrapping_sub(1);
+            answer(&k, slot, Kind::TcpSyn, now);
+        }
+        if ecr != 0 {
+            k.kind = Kind::TcpTs as u16;
+            k.value = ecr;
+            answer(&k, slot, Kind::TcpTs, now);
+        }
+    } else {
+        // Questions: our SYN, our TSval (the first packet that carries it).
+        let record_syn = syn && !is_ack && sampled(seq);
+        let val = match ts {
+            Some((val, _)) if sampled(val) => Some(val),
+            _ => None,
+        };
+        if !record_syn && val.is_none() {
+            return;
+        }
+        if !addresses::<DIR>(ctx, ip, &mut k) {
+            return;
+        }
+        let now = unsafe { bpf_ktime_get_ns() };
+        if record_syn {
+            k.kind = Kind::TcpSyn as u16;
+            k.value = seq;
+            question(&k, now);
+        }
+        if let Some(val) = val {
+            k.kind = Kind::TcpTs as u16;
+            k.value = val;
+            question(&k, now);
+        }
+    }
+}
+
+#[inline(always)]
+fn icmp<const DIR: usize>(ctx: &TcContext, ip: &Ip, l4: u32, slot: u32, request: u8, reply: u8) {
+    let mut h = [0u8; 8];
+    if !load(ctx, l4, &mut h) {
+        return;
+    }
+    let id_seq = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+    let wanted = if DIR == DIR_RX { reply } else { request };
+    if h[0] != wanted || h[1] != 0 {
+        return;
+    }
+    if DIR != DIR_RX && !sampled(id_seq) {
+        return;
+    }
+    let mut k = key::<DIR>(0, 0);
+    if !addresses::<DIR>(ctx, ip, &mut k) {
+        return;
+    }
+    k.kind = Kind::Icmp as u16;
+    k.value = id_seq;
+    let now = unsafe { bpf_ktime_get_ns() };
+    if DIR == DIR_RX {
+        answer(&k, slot, Kind::Icmp, now);
+    } else {
+        question(&k, now);
+    }
+}
+
+/// Remembers when a question left, unless the same question is already waiting (a TSval
+/// repeats on every packet sent within one timestamp tick: the first one counts).
+#[inline(always)]
+fn question(k: &PendingKey, now: u64) {
+    match PENDING.insert(k, now, BPF_NOEXIST as u64) {
+        Ok(()) => stat(stats::RECORDED),
+        Err(e) if e == -EEXIST => {}
+        Err(_) => stat(stats::PENDING_FULL),
+    }
+}
+
+/// Closes a question: one sample, and the entry goes (only the first answer counts).
+#[inline(always)]
+fn answer(k: &PendingKey, slot: u32, kind: Kind, now: u64) {
+    let Some(sent) = PENDING.get_ptr(k) else { return };
+    // SAFETY: a value of a BPF_F_NO_PREALLOC hash stays valid for this program run.
+    let sent = unsafe { *sent };
+    // Whoever removes the entry takes the sample, so an answer seen twice counts once.
+    if PENDING.remove(k).is_err() || now < sent {
+        return;
+    }
+    stat(stats::MATCHED);
+    record(slot, kind as u16, now - sent);
+}
+
+/// Adds a sample to a peer's histogram.
+#[inline(always)]
+pub(crate) fn record(slot: u32, kind: u16, ns: u64) {
+    let key = HistKey { slot, kind, bucket: bucket_of(ns) };
+    for _ in 0..2 {
+        if let Some(v) = LATENCY_HIST.get_ptr_mut(&key) {
+            // SAFETY: a per-CPU value.
+            unsafe {
+                (*v).count += 1;
+                (*v).sum_ns += ns;
+            }
+            return;
+        }
+        if LATENCY_HIST.insert(&key, &HistValue { count: 1, sum_ns: ns }, BPF_NOEXIST as u64).is_ok() {
+            return;
+        }
+        // Inserted meanwhile from another CPU (then the lookup finds it), or full.
+    }
+    stat(stats::HIST_FULL);
+}
