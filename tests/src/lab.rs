@@ -8,7 +8,7 @@
 //! needed; the collector in a namespace ignores sockets whose interface is not there.
 
 use std::{
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
@@ -17,7 +17,10 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::netns::{self, run, sh};
+use crate::{
+    netns::{self, run, sh},
+    relay::Relay,
+};
 
 /// Which WireGuard implementation runs the peers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,6 +63,8 @@ pub struct Lab {
     pub implementation: Implementation,
     pub a: Side,
     pub b: Side,
+    /// With a delay: the middle namespace and its relay (see [`Lab::with_delay`]).
+    relay: Option<(String, Relay)>,
     dir: PathBuf,
 }
 
@@ -69,11 +74,25 @@ impl Lab {
     /// Builds the lab and waits until the tunnel carries a ping both ways (so the first
     /// handshake is behind it).
     pub fn new(implementation: Implementation) -> Result<Self> {
+        Self::build_with(implementation, None)
+    }
+
+    /// A lab whose WireGuard datagrams pass through a relay in a third namespace `r` that
+    /// holds each one for `delay` in each direction: the tunnel's round trip grows by twice
+    /// `delay`, a known truth for latency tests (this kernel has no netem). Side a's underlay
+    /// is 10.200.0.1/24 (relay 10.200.0.254), side b's 10.201.0.2/24 (relay 10.201.0.254);
+    /// each side's peer endpoint is the relay.
+    pub fn with_delay(implementation: Implementation, delay: Duration) -> Result<Self> {
+        Self::build_with(implementation, Some(delay))
+    }
+
+    fn build_with(implementation: Implementation, delay: Option<Duration>) -> Result<Self> {
         sweep_stale();
         let id = format!("{PREFIX}{}x{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
         let dir = std::env::temp_dir().join(&id);
         std::fs::create_dir_all(&dir)?;
-        let side = |name: char, n: u8| -> Result<Side> {
+        let b_net = if delay.is_some() { 201 } else { 200 };
+        let side = |name: char, n: u8, net: u8| -> Result<Side> {
             let (private_key_file, public_key) = keypair(&dir, &name.to_string())?;
             Ok(Side {
                 name,
@@ -83,22 +102,44 @@ impl Lab {
                 public_key,
                 tunnel_v4: Ipv4Addr::new(10, 99, 0, n),
                 tunnel_v6: Ipv6Addr::new(0xfd99, 0, 0, 0, 0, 0, 0, n as u16),
-                underlay: Ipv4Addr::new(10, 200, 0, n),
+                underlay: Ipv4Addr::new(10, net, 0, n),
                 daemon: None,
             })
         };
-        let mut lab = Lab { implementation, a: side('a', 1)?, b: side('b', 2)?, dir };
+        let mut lab = Lab { implementation, a: side('a', 1, 200)?, b: side('b', 2, b_net)?, relay: None, dir };
         // From here on, Drop cleans up whatever was made.
-        lab.build().with_context(|| format!("building lab {id} ({implementation:?})"))?;
+        lab.build(&id, delay).with_context(|| format!("building lab {id} ({implementation:?})"))?;
         Ok(lab)
     }
 
-    fn build(&mut self) -> Result<()> {
+    fn build(&mut self, id: &str, delay: Option<Duration>) -> Result<()> {
         for s in [&self.a, &self.b] {
             sh(&["ip", "netns", "add", &s.ns])?;
             sh(&["ip", "-n", &s.ns, "link", "set", "lo", "up"])?;
         }
-        sh(&["ip", "-n", &self.a.ns, "link", "add", "under", "type", "veth", "peer", "name", "under", "netns", &self.b.ns])?;
+        match delay {
+            None => {
+                sh(&["ip", "-n", &self.a.ns, "link", "add", "under", "type", "veth", "peer", "name", "under", "netns", &self.b.ns])?;
+            }
+            Some(delay) => {
+                let r = format!("{id}r");
+                sh(&["ip", "netns", "add", &r])?;
+                self.relay = Some((r.clone(), Relay::idle()));
+                sh(&["ip", "-n", &r, "link", "set", "lo", "up"])?;
+                for (s, name, addr) in [(&self.a, "ua", "10.200.0.254/24"), (&self.b, "ub", "10.201.0.254/24")] {
+                    sh(&["ip", "-n", &r, "link", "add", name, "type", "veth", "peer", "name", "under", "netns", &s.ns])?;
+                    sh(&["ip", "-n", &r, "addr", "add", addr, "dev", name])?;
+                    sh(&["ip", "-n", &r, "link", "set", name, "up"])?;
+                }
+                let relay = Relay::start(
+                    &r,
+                    delay,
+                    ("10.200.0.254:51820".parse()?, SocketAddr::from((self.a.underlay, PORT))),
+                    ("10.201.0.254:51820".parse()?, SocketAddr::from((self.b.underlay, PORT))),
+                )?;
+                self.relay = Some((r, relay));
+            }
+        }
         for s in [&self.a, &self.b] {
             sh(&["ip", "-n", &s.ns, "addr", "add", &format!("{}/24", s.underlay), "dev", "under"])?;
             sh(&["ip", "-n", &s.ns, "link", "set", "under", "up"])?;
@@ -106,6 +147,16 @@ impl Lab {
         self.start_daemon('a')?;
         self.start_daemon('b')?;
         self.wait_tunnel()
+    }
+
+    /// Where side `name` sends its WireGuard datagrams for the other side: the other side's
+    /// underlay address, or the relay's address on this side's link.
+    fn endpoint_for(&self, name: char) -> SocketAddr {
+        match (&self.relay, name) {
+            (Some(_), 'a') => "10.200.0.254:51820".parse().unwrap(),
+            (Some(_), _) => "10.201.0.254:51820".parse().unwrap(),
+            (None, _) => SocketAddr::from((self.other(name).underlay, PORT)),
+        }
     }
 
     pub fn side(&self, name: char) -> &Side {
@@ -146,6 +197,7 @@ impl Lab {
 
         let me = self.side(name);
         let peer = self.other(name);
+        let endpoint = self.endpoint_for(name);
         run(netns::cmd(&ns, "wg").args([
             "set",
             &iface,
@@ -158,7 +210,7 @@ impl Lab {
             "allowed-ips",
             &format!("{}/32,{}/128", peer.tunnel_v4, peer.tunnel_v6),
             "endpoint",
-            &format!("{}:{PORT}", peer.underlay),
+            &endpoint.to_string(),
         ]))?;
         sh(&["ip", "-n", &ns, "link", "set", &iface, "mtu", "1420"])?;
         sh(&["ip", "-n", &ns, "addr", "add", &format!("{}/24", me.tunnel_v4), "dev", &iface])?;
@@ -220,6 +272,10 @@ impl Drop for Lab {
             if let Some(mut child) = self.side_mut(name).daemon.take() {
                 terminate(&mut child);
             }
+        }
+        if let Some((ns, relay)) = self.relay.take() {
+            drop(relay);
+            remove_namespace(&ns);
         }
         for s in [&self.a, &self.b] {
             remove_namespace(&s.ns);

@@ -9,7 +9,9 @@ pub mod collector;
 pub mod lab;
 pub mod netns;
 pub mod packets;
+pub mod relay;
 pub mod scrape;
+pub mod tcp_ping;
 
 pub use collector::Collector;
 pub use lab::{Implementation, Lab, Side};

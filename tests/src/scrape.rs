@@ -87,6 +87,37 @@ impl Metrics {
         self.get(name, want).unwrap_or(0.0)
     }
 
+    /// The q-quantile of histogram `name` (without `_bucket`) for the series with labels
+    /// `want`, interpolated linearly inside its bucket as Prometheus' histogram_quantile
+    /// does; with the bucket's sample count.
+    pub fn quantile(&self, name: &str, want: &[(&str, &str)], q: f64) -> Option<(f64, f64)> {
+        let bucket = format!("{name}_bucket");
+        let mut cum: Vec<(f64, f64)> = self
+            .find(&bucket, want)
+            .map(|s| {
+                let le = s.labels.iter().find(|(k, _)| k == "le").map(|(_, v)| v.as_str()).unwrap_or("+Inf");
+                (if le == "+Inf" { f64::INFINITY } else { le.parse().unwrap() }, s.value)
+            })
+            .collect();
+        cum.sort_by(|x, y| x.0.total_cmp(&y.0));
+        let total = cum.last()?.1;
+        if total == 0.0 {
+            return None;
+        }
+        let rank = q * total;
+        let (mut prev_le, mut prev_c) = (0.0, 0.0);
+        for (le, c) in cum {
+            if c >= rank {
+                if le.is_infinite() {
+                    return Some((prev_le, total));
+                }
+                return Some((prev_le + (le - prev_le) * (rank - prev_c) / (c - prev_c), total));
+            }
+            (prev_le, prev_c) = (le, c);
+        }
+        None
+    }
+
     /// Whether any series of any family carries label `key` = `value`.
     pub fn mentions(&self, key: &str, value: &str) -> bool {
         self.samples.iter().any(|s| s.labels.iter().any(|(k, v)| k == key && v == value))

@@ -1,0 +1,83 @@
+//! A UDP relay that delays every datagram by a fixed time, each way: the lab's stand-in for
+//! netem, which this kernel lacks. It runs as threads of the test process inside the middle
+//! namespace.
+//!
+//! Each direction has a receiving thread that stamps datagrams with their due time and a
+//! sending thread that sleeps until then: a constant delay keeps their order, and no thread
+//! is spawned per packet.
+
+use std::{
+    net::{SocketAddr, UdpSocket},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc, Arc,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+
+use crate::netns;
+
+pub struct Relay {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Relay {
+    /// A relay that runs nothing (a placeholder while the lab is built).
+    pub fn idle() -> Self {
+        Self { stop: Arc::new(AtomicBool::new(true)), threads: Vec::new() }
+    }
+
+    /// Relays between `a` = (address the relay listens on for side a, side a's address) and
+    /// `b` likewise, holding each datagram for `delay`.
+    pub fn start(ns: &str, delay: Duration, a: (SocketAddr, SocketAddr), b: (SocketAddr, SocketAddr)) -> Result<Self> {
+        let (sock_a, sock_b) = netns::within(ns, move || {
+            let sa = UdpSocket::bind(a.0).with_context(|| format!("relay binding {}", a.0))?;
+            let sb = UdpSocket::bind(b.0).with_context(|| format!("relay binding {}", b.0))?;
+            Ok((sa, sb))
+        })?;
+        for s in [&sock_a, &sock_b] {
+            s.set_read_timeout(Some(Duration::from_millis(50)))?;
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        // a → b: received on sock_a, sent from sock_b to b; and the reverse.
+        for (from, to, dest) in [(sock_a.try_clone()?, sock_b.try_clone()?, b.1), (sock_b, sock_a, a.1)] {
+            let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
+            let stop_rx = stop.clone();
+            threads.push(std::thread::spawn(move || {
+                let mut buf = vec![0u8; 65536];
+                while !stop_rx.load(Ordering::Relaxed) {
+                    if let Ok((n, _)) = from.recv_from(&mut buf) {
+                        if tx.send((Instant::now() + delay, buf[..n].to_vec())).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }));
+            threads.push(std::thread::spawn(move || {
+                // Ends when the receiving thread drops its sender.
+                for (due, data) in rx {
+                    let now = Instant::now();
+                    if due > now {
+                        std::thread::sleep(due - now);
+                    }
+                    let _ = to.send_to(&data, dest);
+                }
+            }));
+        }
+        Ok(Self { stop, threads })
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
