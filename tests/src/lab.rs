@@ -219,6 +219,27 @@ impl Lab {
         Ok(())
     }
 
+    /// Removes the other side's peer from side `name` and adds it again, as configured: its
+    /// session is gone, so the next packet from `name` starts a new handshake.
+    pub fn reset_peer(&self, name: char) -> Result<()> {
+        let peer = self.other(name);
+        self.wg(name, &["set", "{iface}", "peer", &peer.public_key, "remove"])?;
+        self.wg(
+            name,
+            &[
+                "set",
+                "{iface}",
+                "peer",
+                &peer.public_key,
+                "allowed-ips",
+                &format!("{}/32,{}/128", peer.tunnel_v4, peer.tunnel_v6),
+                "endpoint",
+                &self.endpoint_for(name).to_string(),
+            ],
+        )?;
+        Ok(())
+    }
+
     /// Stops the side's daemon; its interface and socket go with it.
     pub fn stop_daemon(&mut self, name: char) -> Result<()> {
         let (ns, iface) = (self.side(name).ns.clone(), self.side(name).iface.clone());

@@ -117,3 +117,46 @@ pub fn echo(kind: u8, id: u16, seq: u16, payload: usize) -> Vec<u8> {
     m.extend(std::iter::repeat_n(0u8, payload));
     m
 }
+
+/// An Ethernet frame carrying an IPv4 UDP datagram (what the underlay programs see).
+pub fn eth_udp4(src: std::net::SocketAddrV4, dst: std::net::SocketAddrV4, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![0u8; 14];
+    f[0..6].copy_from_slice(&[2, 0, 0, 0, 0, 2]);
+    f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    let mut udp = vec![0u8; 8];
+    udp[0..2].copy_from_slice(&src.port().to_be_bytes());
+    udp[2..4].copy_from_slice(&dst.port().to_be_bytes());
+    udp[4..6].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    udp.extend_from_slice(payload);
+    f.extend(ipv4_with(*src.ip(), *dst.ip(), UDP, &udp));
+    f
+}
+
+/// WireGuard messages with the right type and length (contents zero where they do not
+/// matter to us).
+pub mod wg {
+    pub fn initiation(sender: u32) -> Vec<u8> {
+        let mut m = vec![0u8; 148];
+        m[0] = 1;
+        m[4..8].copy_from_slice(&sender.to_le_bytes());
+        m
+    }
+
+    pub fn response(sender: u32, receiver: u32) -> Vec<u8> {
+        let mut m = vec![0u8; 92];
+        m[0] = 2;
+        m[4..8].copy_from_slice(&sender.to_le_bytes());
+        m[8..12].copy_from_slice(&receiver.to_le_bytes());
+        m
+    }
+
+    /// A transport data message for `plaintext` bytes (0 = a keepalive).
+    pub fn data(receiver: u32, counter: u64, plaintext: usize) -> Vec<u8> {
+        let mut m = vec![0u8; 32 + plaintext.div_ceil(16) * 16];
+        m[0] = 4;
+        m[4..8].copy_from_slice(&receiver.to_le_bytes());
+        m[8..16].copy_from_slice(&counter.to_le_bytes());
+        m
+    }
+}

@@ -69,3 +69,33 @@ fn round_trips_match_the_probes_without_added_delay() {
 fn round_trips_match_the_probes_with_10ms_each_way() {
     round_trips_match_the_probes(Duration::from_millis(10));
 }
+
+/// Handshake round trips, both roles, against the same truth: a handshake crosses the relay
+/// once each way, like a ping.
+#[test]
+fn handshake_round_trips_match_the_injected_delay() {
+    let delay = Duration::from_millis(10);
+    let lab = Lab::with_delay(Implementation::WireguardGo, delay).unwrap();
+    let c = Collector::start(&lab.a.ns, &["--latency.buckets", "full"]).unwrap();
+    assert!(c.log_text().contains("underlay programs attached"), "{}", c.log_text());
+    let out = lab.exec('a', "ping", &["-c", "20", "-i", "0.02", &lab.b.tunnel_v4.to_string()]).unwrap();
+    let truth = median(&ping_times(&out));
+
+    // Side a starts three handshakes (initiator), side b three more (a responds).
+    for (side, target) in [('a', lab.b.tunnel_v4), ('b', lab.a.tunnel_v4)] {
+        for _ in 0..3 {
+            lab.reset_peer(side).unwrap();
+            lab.exec(side, "ping", &["-c", "1", "-W", "2", &target.to_string()]).unwrap();
+        }
+    }
+    let m = c.scrape().unwrap();
+    for role in ["initiator", "responder"] {
+        let labels = [("device", lab.a.iface.as_str()), ("public_key", lab.b.public_key.as_str()), ("role", role)];
+        let (got, n) = m
+            .quantile("wireguard_peer_handshake_rtt_seconds", &labels, 0.5)
+            .unwrap_or_else(|| panic!("no {role} samples:\n{}", m.text));
+        println!("handshake {role}: median {:.3} ms over {n}, ping median {:.3} ms", got * 1e3, truth * 1e3);
+        assert_eq!(n, 3.0, "{role}");
+        assert!((got - truth).abs() <= tolerance(truth), "{role}: {got} s vs ping's {truth} s");
+    }
+}

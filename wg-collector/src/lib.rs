@@ -7,4 +7,5 @@ pub mod metrics;
 pub mod monitor;
 pub mod privileges;
 pub mod server;
+pub mod underlay;
 pub mod wireguard;

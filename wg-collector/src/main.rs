@@ -55,6 +55,10 @@ struct Args {
     /// Latency histogram entries (peer, method, bucket) per device.
     #[arg(long = "latency.max-hist-entries", default_value_t = DEFAULT_MAX_HIST_ENTRIES)]
     max_hist_entries: u32,
+    /// Underlay interface carrying the devices' encrypted datagrams (repeat for several;
+    /// default: those the peers' endpoints are routed through).
+    #[arg(long = "underlay", value_name = "IFACE")]
+    underlays: Vec<String>,
     /// Enable the kernel's per-program run-time accounting (costs ~40 ns per packet while
     /// on) and export it as wireguard_collector_bpf_*.
     #[arg(long = "bpf.stats")]
@@ -118,6 +122,7 @@ async fn run(args: Args) -> Result<()> {
             log_level: log::max_level(),
         },
         pending_ttl: Duration::from_secs_f64(args.pending_ttl),
+        underlays: args.underlays,
     }));
     // First sync before serving, so the first scrape already finds the programs attached.
     let first = monitor.clone();

@@ -56,6 +56,52 @@ fn gauge(m: &mut MetricEncoder, labels: &impl EncodeLabelSet, v: impl EncodeGaug
     m.encode_family(labels)?.encode_gauge(&v)
 }
 
+/// A latency histogram family, per peer and per device.
+struct HistFamily {
+    peer_name: &'static str,
+    peer_help: &'static str,
+    device_name: &'static str,
+    device_help: &'static str,
+    kinds: &'static [Kind],
+    /// The label that tells the kinds apart, if there are several.
+    label: Option<&'static str>,
+}
+
+const HIST_FAMILIES: [HistFamily; 4] = [
+    HistFamily {
+        peer_name: "wireguard_peer_latency_seconds",
+        peer_help: "Round trip through the tunnel to the peer, per packet, measured by eBPF on the WireGuard interface: method tcp_ts (a TCP timestamp echoed), tcp_syn (SYN answered by SYN-ACK), icmp (echo answered). Only peers with samples",
+        device_name: "wireguard_device_latency_seconds",
+        device_help: "Round trip through the tunnel, all peers of the device together, by method (see wireguard_peer_latency_seconds)",
+        kinds: &Kind::RTT,
+        label: Some("method"),
+    },
+    HistFamily {
+        peer_name: "wireguard_peer_handshake_rtt_seconds",
+        peer_help: "Handshake round trip on the underlay, measured by eBPF: role initiator (our initiation → the peer's response), responder (our response → the peer's first data message). Only peers with samples",
+        device_name: "wireguard_device_handshake_rtt_seconds",
+        device_help: "Handshake round trip, all peers of the device together (and handshakes with endpoints not yet known), by role",
+        kinds: &Kind::HANDSHAKE,
+        label: Some("role"),
+    },
+    HistFamily {
+        peer_name: "wireguard_peer_encap_delay_seconds",
+        peer_help: "Time a packet to the peer spends inside this host's WireGuard: from the WireGuard interface's egress to its data message leaving the underlay. Only peers with samples",
+        device_name: "wireguard_device_encap_delay_seconds",
+        device_help: "Encapsulation delay, all peers of the device together",
+        kinds: &[Kind::Encap],
+        label: None,
+    },
+    HistFamily {
+        peer_name: "wireguard_peer_decap_delay_seconds",
+        peer_help: "Time a packet from the peer spends inside this host's WireGuard: from its data message arriving on the underlay to the plaintext arriving on the WireGuard interface. Only peers with samples",
+        device_name: "wireguard_device_decap_delay_seconds",
+        device_help: "Decapsulation delay, all peers of the device together",
+        kinds: &[Kind::Decap],
+        label: None,
+    },
+];
+
 fn encode_snapshot(snap: &Snapshot, buckets: &Buckets, enc: &mut DescriptorEncoder) -> std::fmt::Result {
     use MetricType::{Counter, Gauge, Histogram};
 
@@ -141,37 +187,45 @@ fn encode_snapshot(snap: &Snapshot, buckets: &Buckets, enc: &mut DescriptorEncod
     }
 
     // --- Latency, from the kernel's histograms ------------------------------------------
-    // Per device: peer → kind → series, and the device's sum over its peers per kind.
-    let mut per_peer: Vec<BTreeMap<(Key, u16), Series>> = Vec::new();
+    // Per device: (peer, kind) → series; peer None = samples whose peer was not known.
+    let mut per_device: Vec<BTreeMap<(Option<Key>, u16), Series>> = Vec::new();
     for d in &snap.devices {
-        let mut m: BTreeMap<(Key, u16), Series> = BTreeMap::new();
+        let mut m: BTreeMap<(Option<Key>, u16), Series> = BTreeMap::new();
         for (peer, k, v) in &d.latency {
             m.entry((*peer, k.kind)).or_default().add(k.bucket, v.count, v.sum_ns);
         }
-        per_peer.push(m);
+        per_device.push(m);
     }
-    let mut m = family(enc, "wireguard_peer_latency_seconds", "Round trip through the tunnel to the peer, per packet, measured by eBPF on the WireGuard interface: method tcp_ts (TCP timestamp echoed), tcp_syn (SYN answered by SYN-ACK), icmp (echo answered). Only peers with samples", Histogram)?;
-    for (d, series) in snap.devices.iter().zip(&per_peer) {
-        for ((peer, kind), s) in series {
-            let Some(kind) = Kind::from_u16(*kind) else { continue };
-            let labels = [("device", d.found.name.clone()), ("public_key", peer.to_base64()), ("method", kind.label().to_string())];
-            m.encode_family(&labels)?.encode_histogram::<NoLabelSet>(s.sum_seconds(), s.count, &s.exposition(buckets), None)?;
-        }
-    }
-    let mut m = family(enc, "wireguard_device_latency_seconds", "Round trip through the tunnel, all peers of the device together, by method (see wireguard_peer_latency_seconds)", Histogram)?;
-    for (d, series) in snap.devices.iter().zip(&per_peer) {
-        if d.latency_stats.is_none() {
-            continue;
-        }
-        for kind in Kind::ALL {
-            let mut total = Series::default();
-            for ((_, k), s) in series {
-                if *k == kind as u16 {
-                    total.merge(s);
+    for f in HIST_FAMILIES {
+        let mut m = family(enc, f.peer_name, f.peer_help, Histogram)?;
+        for (d, series) in snap.devices.iter().zip(&per_device) {
+            for ((peer, kind), s) in series {
+                let (Some(peer), Some(kind)) = (peer, Kind::from_u16(*kind)) else { continue };
+                if !f.kinds.contains(&kind) {
+                    continue;
                 }
+                let mut labels = vec![("device", d.found.name.clone()), ("public_key", peer.to_base64())];
+                labels.extend(f.label.map(|l| (l, kind.label().to_string())));
+                m.encode_family(&labels)?.encode_histogram::<NoLabelSet>(s.sum_seconds(), s.count, &s.exposition(buckets), None)?;
             }
-            let labels = [("device", d.found.name.as_str()), ("method", kind.label())];
-            m.encode_family(&labels)?.encode_histogram::<NoLabelSet>(total.sum_seconds(), total.count, &total.exposition(buckets), None)?;
+        }
+        // The device's histograms always exist, empty or not.
+        let mut m = family(enc, f.device_name, f.device_help, Histogram)?;
+        for (d, series) in snap.devices.iter().zip(&per_device) {
+            if d.latency_stats.is_none() {
+                continue;
+            }
+            for kind in f.kinds {
+                let mut total = Series::default();
+                for ((_, k), s) in series {
+                    if *k == *kind as u16 {
+                        total.merge(s);
+                    }
+                }
+                let mut labels = vec![("device", d.found.name.clone())];
+                labels.extend(f.label.map(|l| (l, kind.label().to_string())));
+                m.encode_family(&labels)?.encode_histogram::<NoLabelSet>(total.sum_seconds(), total.count, &total.exposition(buckets), None)?;
+            }
         }
     }
     let latency = || snap.devices.iter().filter_map(|d| d.latency_stats.map(|s| (d, s)));

@@ -5,7 +5,8 @@
 //! scrape (so a scrape always shows the state of that moment).
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
+    net::SocketAddr,
     path::PathBuf,
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -21,6 +22,7 @@ use wg_common::{
 
 use crate::{
     bpf::{DeviceProbe, LatencyStats, ProbeOptions, ProgramStats},
+    underlay,
     wireguard::{
         discovery::{self, Found, Source},
         netlink, uapi, Device, Key,
@@ -54,6 +56,8 @@ pub struct Options {
     pub probe: ProbeOptions,
     /// How long a packet may wait for its answer before the collector forgets it.
     pub pending_ttl: Duration,
+    /// Underlay interfaces to watch; empty = those the peers' endpoints are routed through.
+    pub underlays: Vec<String>,
 }
 
 /// What one refresh saw of one device.
@@ -64,8 +68,8 @@ pub struct DeviceSnapshot {
     pub counters: HashMap<Key, PeerCounters>,
     pub unattributed: Option<[[Counter; Unattributed::ALL.len()]; DIRECTIONS]>,
     pub program_stats: Vec<ProgramStats>,
-    /// Latency histogram entries with samples: (peer, key, value).
-    pub latency: Vec<(Key, HistKey, HistValue)>,
+    /// Latency histogram entries with samples: (peer if known, key, value).
+    pub latency: Vec<(Option<Key>, HistKey, HistValue)>,
     pub latency_stats: Option<LatencyStats>,
     /// Packets waiting for their answer now.
     pub pending: u64,
@@ -83,6 +87,8 @@ pub struct Snapshot {
 struct Tracked {
     found: Found,
     probe: Option<DeviceProbe>,
+    /// Endpoints whose underlay interface was looked up (the route lookup is done once).
+    routed: HashSet<SocketAddr>,
     /// The last attach error, so it is logged once, not at every refresh.
     attach_error: Option<String>,
 }
@@ -94,6 +100,29 @@ pub struct Monitor {
 }
 
 impl Monitor {
+    /// Attaches the underlay programs where the device's datagrams go: the `--underlay`
+    /// interfaces, or the interface each peer endpoint is routed through (looked up once per
+    /// endpoint).
+    fn follow_underlays(&self, p: &mut DeviceProbe, routed: &mut HashSet<SocketAddr>, state: &Device) {
+        let mut wanted: Vec<String> = self.opts.underlays.clone();
+        if wanted.is_empty() {
+            for e in state.peers.iter().filter_map(|p| p.endpoint) {
+                if routed.insert(e) {
+                    wanted.extend(underlay::interface_for(e));
+                }
+            }
+        }
+        for iface in wanted {
+            if p.underlays().contains(&iface) {
+                continue;
+            }
+            match p.attach_underlay(&iface) {
+                Ok(()) => tracing::info!(device = %state.name, underlay = %iface, "underlay programs attached"),
+                Err(e) => self.error(ErrorSource::Bpf, format_args!("device {}: {e:#}", state.name)),
+            }
+        }
+    }
+
     pub fn new(opts: Options) -> Self {
         Self { opts, tracked: Mutex::new(BTreeMap::new()), errors: Default::default() }
     }
@@ -139,7 +168,7 @@ impl Monitor {
             };
 
             let t0 = Instant::now();
-            let t = tracked.entry(f.name.clone()).or_insert_with(|| Tracked { found: f.clone(), probe: None, attach_error: None });
+            let t = tracked.entry(f.name.clone()).or_insert_with(|| Tracked { found: f.clone(), probe: None, routed: HashSet::new(), attach_error: None });
             if t.probe.is_none() {
                 match DeviceProbe::load(self.opts.probe).and_then(|mut p| p.attach(&f.name).map(|_| p)) {
                     Ok(p) => {
@@ -167,9 +196,10 @@ impl Monitor {
                 pending: 0,
             };
             if let Some(p) = t.probe.as_mut() {
-                if let Err(e) = p.sync(&snap.state.peers) {
+                if let Err(e) = p.sync(&snap.state.peers).and_then(|_| p.set_listen_port(snap.state.listen_port)) {
                     self.error(ErrorSource::Bpf, format_args!("syncing maps of {}: {e:#}", snap.found.name));
                 }
+                self.follow_underlays(p, &mut t.routed, &snap.state);
                 for peer in &snap.state.peers {
                     match p.peer_counters(&peer.public_key) {
                         Ok(Some(c)) => {

@@ -55,7 +55,7 @@ fn stat(i: u32) {
 /// Reads `N` bytes at `off` into `buf` (a stack array; returned by reference rather than in an
 /// Option, which LLVM may pack into registers in ways the verifier refuses).
 #[inline(always)]
-fn load<const N: usize>(ctx: &TcContext, off: u32, buf: &mut [u8; N]) -> bool {
+pub(crate) fn load<const N: usize>(ctx: &TcContext, off: u32, buf: &mut [u8; N]) -> bool {
     // SAFETY: the helper writes at most N bytes into buf.
     unsafe { bpf_skb_load_bytes(ctx.skb.skb as *const _, off, buf.as_mut_ptr() as *mut _, N as u32) == 0 }
 }
@@ -293,7 +293,7 @@ fn icmp<const DIR: usize>(ctx: &TcContext, ip: &Ip, l4: u32, slot: u32, request:
 /// Remembers when a question left, unless the same question is already waiting (a TSval
 /// repeats on every packet sent within one timestamp tick: the first one counts).
 #[inline(always)]
-fn question(k: &PendingKey, now: u64) {
+pub(crate) fn question(k: &PendingKey, now: u64) {
     match PENDING.insert(k, now, BPF_NOEXIST as u64) {
         Ok(()) => stat(stats::RECORDED),
         Err(e) if e == -EEXIST => {}
@@ -303,7 +303,7 @@ fn question(k: &PendingKey, now: u64) {
 
 /// Closes a question: one sample, and the entry goes (only the first answer counts).
 #[inline(always)]
-fn answer(k: &PendingKey, slot: u32, kind: Kind, now: u64) {
+pub(crate) fn answer(k: &PendingKey, slot: u32, kind: Kind, now: u64) {
     let Some(sent) = PENDING.get_ptr(k) else { return };
     // SAFETY: a value of a BPF_F_NO_PREALLOC hash stays valid for this program run.
     let sent = unsafe { *sent };

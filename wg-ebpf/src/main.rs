@@ -11,6 +11,7 @@
 #![no_main]
 
 mod latency;
+mod underlay;
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
@@ -55,6 +56,15 @@ static PENDING: HashMap<PendingKey, u64> = HashMap::with_max_entries(DEFAULT_MAX
 static LATENCY_HIST: PerCpuHashMap<HistKey, HistValue> =
     PerCpuHashMap::with_max_entries(DEFAULT_MAX_HIST_ENTRIES, BPF_F_NO_PREALLOC);
 
+/// A peer's UDP endpoint → its slot, for the underlay programs.
+#[map(name = "ENDPOINTS")]
+static ENDPOINTS: HashMap<wg_common::latency::Endpoint, u32> =
+    HashMap::with_max_entries(DEFAULT_MAX_PEERS, BPF_F_NO_PREALLOC);
+
+/// The device's listen port (one entry), set by the collector.
+#[map(name = "LISTEN_PORT")]
+static LISTEN_PORT: aya_ebpf::maps::Array<u32> = aya_ebpf::maps::Array::with_max_entries(1, 0);
+
 #[map(name = "LATENCY_STATS")]
 static LATENCY_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(wg_common::latency::stats::ENTRIES, 0);
 
@@ -67,6 +77,18 @@ pub fn wg_plain_ingress(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn wg_plain_egress(ctx: TcContext) -> i32 {
     count::<DIR_TX>(&ctx);
+    TC_NEXT
+}
+
+#[classifier]
+pub fn wg_under_ingress(ctx: TcContext) -> i32 {
+    underlay::observe::<DIR_RX>(&ctx);
+    TC_NEXT
+}
+
+#[classifier]
+pub fn wg_under_egress(ctx: TcContext) -> i32 {
+    underlay::observe::<DIR_TX>(&ctx);
     TC_NEXT
 }
 

@@ -9,14 +9,14 @@ use std::{
 use anyhow::{anyhow, Context, Result};
 use aya_log::EbpfLogger;
 use aya::{
-    maps::{lpm_trie::Key as LpmKey, HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    maps::{lpm_trie::Key as LpmKey, Array, HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
     programs::{tc, SchedClassifier, TcAttachType},
     util::nr_cpus,
     Ebpf, EbpfLoader,
 };
 use ipnet::IpNet;
 use wg_common::{
-    latency::{stats, HistKey, HistValue, PendingKey},
+    latency::{stats, Endpoint, HistKey, HistValue, PendingKey},
     names, Counter, PeerCounters, Unattributed, DEFAULT_MAX_ALLOWED_IPS, DEFAULT_MAX_HIST_ENTRIES, DEFAULT_MAX_PEERS,
     DEFAULT_MAX_PENDING, DIRECTIONS,
 };
@@ -75,6 +75,12 @@ pub struct DeviceProbe {
     pending: BpfHashMap<MapData, PendingKey, u64>,
     hist: PerCpuHashMap<MapData, HistKey, HistValue>,
     latency_stats: PerCpuArray<MapData, u64>,
+    endpoints: BpfHashMap<MapData, Endpoint, u32>,
+    listen_port: Array<MapData, u32>,
+    /// What ENDPOINTS holds now.
+    synced_endpoints: HashMap<Endpoint, u32>,
+    /// Underlay interfaces the underlay programs are attached to.
+    underlays: HashSet<String>,
     /// Pending entries removed by [`expire_pending`](Self::expire_pending) since load.
     expired: u64,
     pending_capacity: u32,
@@ -84,8 +90,12 @@ pub struct DeviceProbe {
     cpus: usize,
 }
 
+/// The programs on the WireGuard interface (plaintext).
 const PROGRAMS: [(&str, TcAttachType); 2] =
     [(names::PROG_INGRESS, TcAttachType::Ingress), (names::PROG_EGRESS, TcAttachType::Egress)];
+/// The programs on the underlay (WireGuard's UDP datagrams).
+const UNDERLAY_PROGRAMS: [(&str, TcAttachType); 2] =
+    [(names::PROG_UNDER_INGRESS, TcAttachType::Ingress), (names::PROG_UNDER_EGRESS, TcAttachType::Egress)];
 
 impl DeviceProbe {
     /// Loads the programs into the kernel (verified, not attached yet).
@@ -109,7 +119,7 @@ impl DeviceProbe {
             .map_max_entries(names::PEERS_V6, opts.max_allowed_ips)
             .load(object())
             .context("loading the eBPF programs")?;
-        for (name, _) in PROGRAMS {
+        for (name, _) in PROGRAMS.iter().chain(&UNDERLAY_PROGRAMS) {
             let prog: &mut SchedClassifier = program(&mut ebpf, name)?;
             prog.load().with_context(|| format!("verifying program {name}"))?;
         }
@@ -130,6 +140,8 @@ impl DeviceProbe {
         let pending = BpfHashMap::try_from(take(names::PENDING)?)?;
         let hist = PerCpuHashMap::try_from(take(names::LATENCY_HIST)?)?;
         let latency_stats = PerCpuArray::try_from(take(names::LATENCY_STATS)?)?;
+        let endpoints = BpfHashMap::try_from(take(names::ENDPOINTS)?)?;
+        let listen_port = Array::try_from(take(names::LISTEN_PORT)?)?;
         let cpus = nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))?;
         Ok(Self {
             ebpf,
@@ -143,6 +155,10 @@ impl DeviceProbe {
             pending,
             hist,
             latency_stats,
+            endpoints,
+            listen_port,
+            synced_endpoints: HashMap::new(),
+            underlays: HashSet::new(),
             expired: 0,
             pending_capacity: opts.max_pending,
             slots: SlotTable::new(opts.max_peers),
@@ -159,6 +175,32 @@ impl DeviceProbe {
         for (name, attach_type) in PROGRAMS {
             let prog: &mut SchedClassifier = program(&mut self.ebpf, name)?;
             prog.attach(iface, attach_type).with_context(|| format!("attaching {name} to {iface}"))?;
+        }
+        Ok(())
+    }
+
+    /// Attaches the underlay programs to `iface`, once.
+    pub fn attach_underlay(&mut self, iface: &str) -> Result<()> {
+        if self.underlays.contains(iface) {
+            return Ok(());
+        }
+        let _ = tc::qdisc_add_clsact(iface);
+        for (name, attach_type) in UNDERLAY_PROGRAMS {
+            let prog: &mut SchedClassifier = program(&mut self.ebpf, name)?;
+            prog.attach(iface, attach_type).with_context(|| format!("attaching {name} to underlay {iface}"))?;
+        }
+        self.underlays.insert(iface.to_string());
+        Ok(())
+    }
+
+    pub fn underlays(&self) -> &HashSet<String> {
+        &self.underlays
+    }
+
+    /// Tells the underlay programs which UDP port is this device's.
+    pub fn set_listen_port(&mut self, port: u16) -> Result<()> {
+        if self.listen_port.get(&0, 0)? != port as u32 {
+            self.listen_port.set(0, port as u32, 0)?;
         }
         Ok(())
     }
@@ -194,6 +236,24 @@ impl DeviceProbe {
             self.remove_prefix(&net).with_context(|| format!("removing allowed IP {net}"))?;
             self.prefixes.remove(&net);
         }
+        let mut wanted_endpoints: HashMap<Endpoint, u32> = HashMap::new();
+        for p in peers {
+            if let (Some(e), Some(slot)) = (p.endpoint, self.slots.get(&p.public_key)) {
+                wanted_endpoints.insert(endpoint_key(e), slot);
+            }
+        }
+        for (e, slot) in &wanted_endpoints {
+            if self.synced_endpoints.get(e) != Some(slot) {
+                self.endpoints.insert(e, slot, 0).context("adding an endpoint")?;
+                self.synced_endpoints.insert(*e, *slot);
+            }
+        }
+        let stale: Vec<Endpoint> = self.synced_endpoints.keys().filter(|e| !wanted_endpoints.contains_key(e)).copied().collect();
+        for e in stale {
+            let _ = self.endpoints.remove(&e);
+            self.synced_endpoints.remove(&e);
+        }
+
         let wanted_keys: HashSet<&Key> = peers.iter().map(|p| &p.public_key).collect();
         let gone: Vec<Key> = self.slots.keys().filter(|k| !wanted_keys.contains(k)).copied().collect();
         let mut freed = HashSet::new();
@@ -211,20 +271,24 @@ impl DeviceProbe {
     }
 
     /// Every latency histogram entry with samples, summed over CPUs: (peer, kind, bucket,
-    /// samples). Peers without samples have no entries.
-    pub fn histograms(&self) -> Result<Vec<(Key, HistKey, HistValue)>> {
+    /// samples); the peer is `None` for samples of the device whose peer was not known (an
+    /// endpoint not synced yet). Peers without samples have no entries.
+    pub fn histograms(&self) -> Result<Vec<(Option<Key>, HistKey, HistValue)>> {
         let by_slot = self.slots.by_slot();
         let mut out = Vec::new();
         for item in self.hist.iter() {
             let (k, per_cpu) = item?;
-            let Some(peer) = by_slot.get(&k.slot) else { continue };
+            let peer = by_slot.get(&k.slot).copied();
+            if peer.is_none() && k.slot != NO_SLOT {
+                continue; // a freed slot's leftovers, removed at the next sync
+            }
             let mut v = HistValue::default();
             for c in per_cpu.iter() {
                 v.count += c.count;
                 v.sum_ns += c.sum_ns;
             }
             if v.count > 0 {
-                out.push((*peer, k, v));
+                out.push((peer, k, v));
             }
         }
         Ok(out)
@@ -324,6 +388,7 @@ impl DeviceProbe {
     pub fn program_stats(&self) -> Vec<ProgramStats> {
         PROGRAMS
             .iter()
+            .chain(&UNDERLAY_PROGRAMS)
             .filter_map(|(name, _)| {
                 let info = self.ebpf.program(name)?.info().ok()?;
                 Some(ProgramStats { program: name, run_time: info.run_time(), runs: info.run_count() })
@@ -353,6 +418,18 @@ pub struct LatencyStats {
     pub hist_full: u64,
     pub expired: u64,
     pub capacity: u32,
+}
+
+/// The slot of samples whose peer the programs could not tell (wg-ebpf's NO_SLOT).
+const NO_SLOT: u32 = u32::MAX;
+
+/// An endpoint as the underlay programs key it: IPv4 mapped into IPv6.
+fn endpoint_key(e: std::net::SocketAddr) -> Endpoint {
+    let addr = match e.ip() {
+        IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+        IpAddr::V6(a) => a.octets(),
+    };
+    Endpoint { addr, port: e.port(), _pad: 0 }
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: what bpf_ktime_get_ns() reads.

@@ -10,26 +10,45 @@ pub enum Kind {
     TcpSyn = 1,
     /// Tunnel round trip: ICMP/ICMPv6 echo request sent → its reply (id, sequence).
     Icmp = 2,
+    /// Handshake, we initiate: initiation (type 1) sent → response (type 2) to its index.
+    HandshakeInitiator = 3,
+    /// Handshake, we respond: response (type 2) sent → first data (type 4) to its index.
+    HandshakeResponder = 4,
+    /// Plaintext packet leaves the WireGuard interface → its data message leaves the underlay.
+    Encap = 5,
+    /// Data message arrives on the underlay → its plaintext arrives on the WireGuard interface.
+    Decap = 6,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 3] = [Self::TcpTs, Self::TcpSyn, Self::Icmp];
+    /// The tunnel round-trip methods (wireguard_peer_latency_seconds).
+    pub const RTT: [Kind; 3] = [Self::TcpTs, Self::TcpSyn, Self::Icmp];
+    /// The handshake roles (wireguard_peer_handshake_rtt_seconds).
+    pub const HANDSHAKE: [Kind; 2] = [Self::HandshakeInitiator, Self::HandshakeResponder];
 
     pub const fn from_u16(v: u16) -> Option<Self> {
         match v {
             0 => Some(Self::TcpTs),
             1 => Some(Self::TcpSyn),
             2 => Some(Self::Icmp),
+            3 => Some(Self::HandshakeInitiator),
+            4 => Some(Self::HandshakeResponder),
+            5 => Some(Self::Encap),
+            6 => Some(Self::Decap),
             _ => None,
         }
     }
 
-    /// The `method` label of wireguard_peer_latency_seconds.
+    /// The label value of the kind within its family (`method`, `role`, or none).
     pub const fn label(self) -> &'static str {
         match self {
             Self::TcpTs => "tcp_ts",
             Self::TcpSyn => "tcp_syn",
             Self::Icmp => "icmp",
+            Self::HandshakeInitiator => "initiator",
+            Self::HandshakeResponder => "responder",
+            Self::Encap => "encap",
+            Self::Decap => "decap",
         }
     }
 }
@@ -99,6 +118,15 @@ pub struct PendingKey {
     pub kind: u16,
     pub _pad: u16,
     pub value: u32,
+}
+
+/// A peer's UDP endpoint as the underlay sees it: address (IPv4-mapped for IPv4) and port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub _pad: u16,
 }
 
 /// Counters about the pending-match state and the histograms, in the `LATENCY_STATS`

@@ -29,6 +29,14 @@ pub mod names {
     pub const LATENCY_HIST: &str = "LATENCY_HIST";
     /// Per-CPU array of u64 counters indexed by [`crate::latency::stats`].
     pub const LATENCY_STATS: &str = "LATENCY_STATS";
+    /// Hash: [`crate::latency::Endpoint`] → peer slot, for the underlay programs.
+    pub const ENDPOINTS: &str = "ENDPOINTS";
+    /// Array of one u32: the device's listen port, which marks its datagrams on the underlay.
+    pub const LISTEN_PORT: &str = "LISTEN_PORT";
+    /// TC program on the underlay's ingress (encrypted datagrams from peers).
+    pub const PROG_UNDER_INGRESS: &str = "wg_under_ingress";
+    /// TC program on the underlay's egress (encrypted datagrams to peers).
+    pub const PROG_UNDER_EGRESS: &str = "wg_under_egress";
     /// TC program on the WireGuard interface's ingress (plaintext received from peers).
     pub const PROG_INGRESS: &str = "wg_plain_ingress";
     /// TC program on the WireGuard interface's egress (plaintext sent to peers).
@@ -111,4 +119,5 @@ mod pod {
     unsafe impl aya::Pod for super::latency::HistKey {}
     unsafe impl aya::Pod for super::latency::HistValue {}
     unsafe impl aya::Pod for super::latency::PendingKey {}
+    unsafe impl aya::Pod for super::latency::Endpoint {}
 }

@@ -1,0 +1,98 @@
+//! The underlay programs through BPF_PROG_TEST_RUN: WireGuard datagrams in Ethernet frames,
+//! handshake round trips by index, attributed by endpoint. Needs root.
+
+use std::{net::SocketAddrV4, thread::sleep, time::Duration};
+
+use aya::programs::{TestRun, TestRunOptions};
+use wg_collector::{
+    bpf::{DeviceProbe, ProbeOptions},
+    wireguard::{Key, Peer},
+};
+use wg_common::{latency::Kind, names};
+use wg_tests::packets::{eth_udp4, wg};
+
+const PEER: Key = Key([9; 32]);
+
+fn addr(s: &str) -> SocketAddrV4 {
+    s.parse().unwrap()
+}
+
+fn probe() -> DeviceProbe {
+    let mut p = DeviceProbe::load(ProbeOptions { max_peers: 16, ..Default::default() }).expect("load programs (root needed)");
+    let mut peer = Peer::new(PEER);
+    peer.endpoint = Some("192.0.2.7:51821".parse().unwrap());
+    p.sync(&[peer]).unwrap();
+    p.set_listen_port(51820).unwrap();
+    p
+}
+
+fn send(p: &mut DeviceProbe, prog: &str, frame: &[u8]) {
+    let mut out = vec![0u8; frame.len() + 64];
+    let r = p
+        .program(prog)
+        .unwrap()
+        .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..Default::default() })
+        .unwrap();
+    assert_eq!(r.return_value, wg_common::TC_NEXT as u32);
+    assert_eq!(&out[..r.data_size_out as usize], frame, "underlay programs must not alter packets");
+}
+
+fn out(p: &mut DeviceProbe, payload: &[u8]) {
+    send(p, names::PROG_UNDER_EGRESS, &eth_udp4(addr("192.0.2.1:51820"), addr("192.0.2.7:51821"), payload));
+}
+
+fn back(p: &mut DeviceProbe, payload: &[u8]) {
+    send(p, names::PROG_UNDER_INGRESS, &eth_udp4(addr("192.0.2.7:51821"), addr("192.0.2.1:51820"), payload));
+}
+
+/// Samples of `kind`: (for the peer, for nobody known).
+fn samples(p: &DeviceProbe, kind: Kind) -> (u64, u64) {
+    let mut n = (0, 0);
+    for (peer, k, v) in p.histograms().unwrap() {
+        if k.kind == kind as u16 {
+            if peer == Some(PEER) { n.0 += v.count } else { n.1 += v.count }
+        }
+    }
+    n
+}
+
+#[test]
+fn initiator_round_trip_by_sender_index() {
+    let mut p = probe();
+    out(&mut p, &wg::initiation(0xaabbccdd));
+    sleep(Duration::from_millis(3));
+    // A response to another index answers nothing; the right one does, once.
+    back(&mut p, &wg::response(5, 0x11111111));
+    back(&mut p, &wg::response(5, 0xaabbccdd));
+    back(&mut p, &wg::response(6, 0xaabbccdd));
+    assert_eq!(samples(&p, Kind::HandshakeInitiator), (1, 0));
+    let (_, k, v) = p.histograms().unwrap().into_iter().find(|(_, k, _)| k.kind == Kind::HandshakeInitiator as u16).unwrap();
+    assert!(v.sum_ns >= 3_000_000, "{k:?} {v:?}");
+}
+
+#[test]
+fn responder_round_trip_closes_on_first_data() {
+    let mut p = probe();
+    // They initiate (not a question of ours), we respond with sender index 77.
+    back(&mut p, &wg::initiation(5));
+    out(&mut p, &wg::response(77, 5));
+    back(&mut p, &wg::data(76, 0, 64));
+    back(&mut p, &wg::data(77, 0, 0)); // a keepalive confirms the session too
+    back(&mut p, &wg::data(77, 1, 64));
+    assert_eq!(samples(&p, Kind::HandshakeResponder), (1, 0));
+}
+
+#[test]
+fn unknown_endpoints_count_for_the_device_and_other_ports_are_ignored() {
+    let mut p = probe();
+    out(&mut p, &wg::initiation(1));
+    send(&mut p, names::PROG_UNDER_INGRESS, &eth_udp4(addr("198.51.100.9:4000"), addr("192.0.2.1:51820"), &wg::response(2, 1)));
+    assert_eq!(samples(&p, Kind::HandshakeInitiator), (0, 1));
+    // Another port's traffic is not ours, even when it looks like WireGuard.
+    let before = p.latency_stats().unwrap().recorded;
+    send(&mut p, names::PROG_UNDER_EGRESS, &eth_udp4(addr("192.0.2.1:51999"), addr("192.0.2.7:51821"), &wg::initiation(3)));
+    assert_eq!(p.latency_stats().unwrap().recorded, before);
+    // Truncated and odd frames pass untouched.
+    out(&mut p, &[1, 0, 0]);
+    send(&mut p, names::PROG_UNDER_EGRESS, &[0u8; 20]);
+}

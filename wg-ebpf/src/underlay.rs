@@ -1,0 +1,152 @@
+//! The encrypted side: WireGuard's UDP datagrams on the underlay interface (Ethernet). Only
+//! datagrams from (egress) or to (ingress) the device's listen port are looked at.
+//!
+//! Handshake round trips, by the indices each side picks (../shared/docs/wireguard-wire.md):
+//! - initiator: our initiation (type 1, sender index S) → the response (type 2) whose
+//!   receiver index is S;
+//! - responder: our response (type 2, sender index R) → the first data message (type 4)
+//!   whose receiver index is R (the initiator confirms the session with it).
+//!
+//! Samples go to the peer whose endpoint the datagram came from; a datagram from an endpoint
+//! the collector has not synced yet (a peer that just roamed) goes to the device only.
+
+use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
+use wg_common::{
+    latency::{Endpoint, Kind, PendingKey},
+    DIR_RX,
+};
+
+use crate::{
+    latency::{answer, load, question},
+    ENDPOINTS, LISTEN_PORT,
+};
+
+const ETH_HLEN: u32 = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const PROTO_UDP: u8 = 17;
+
+const MSG_INITIATION: u32 = 1;
+const MSG_RESPONSE: u32 = 2;
+const MSG_DATA: u32 = 4;
+const INITIATION_LEN: u32 = 148;
+const RESPONSE_LEN: u32 = 92;
+const DATA_MIN_LEN: u32 = 32;
+
+/// Slot for samples whose peer is not known: they count for the device only.
+pub(crate) const NO_SLOT: u32 = u32::MAX;
+
+/// A WireGuard datagram of this device, as far as the programs need it.
+pub(crate) struct Datagram {
+    /// The peer's end: destination on egress, source on ingress.
+    pub remote: Endpoint,
+    /// Offset of the WireGuard message (the UDP payload).
+    pub msg: u32,
+    /// Length of the WireGuard message.
+    pub len: u32,
+}
+
+/// Finds a WireGuard datagram of this device in an Ethernet frame.
+#[inline(always)]
+pub(crate) fn parse<const DIR: usize>(ctx: &TcContext) -> Option<Datagram> {
+    let mut eth = [0u8; 14];
+    if !load(ctx, 0, &mut eth) {
+        return None;
+    }
+    let mut l3 = ETH_HLEN;
+    let mut proto = u16::from_be_bytes([eth[12], eth[13]]);
+    if proto == ETH_P_8021Q {
+        let mut tag = [0u8; 4];
+        if !load(ctx, 14, &mut tag) {
+            return None;
+        }
+        proto = u16::from_be_bytes([tag[2], tag[3]]);
+        l3 += 4;
+    }
+    let mut remote = Endpoint::default();
+    let l4 = match proto {
+        ETH_P_IP => {
+            let mut ip = [0u8; 20];
+            if !load(ctx, l3, &mut ip) || ip[9] != PROTO_UDP || u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0 {
+                return None; // not UDP, or a fragment
+            }
+            let off = if DIR == DIR_RX { 12 } else { 16 };
+            remote.addr[10] = 0xff;
+            remote.addr[11] = 0xff;
+            remote.addr[12..16].copy_from_slice(&ip[off..off + 4]);
+            l3 + ((ip[0] & 0x0f) as u32) * 4
+        }
+        ETH_P_IPV6 => {
+            let mut ip = [0u8; 40];
+            if !load(ctx, l3, &mut ip) || ip[6] != PROTO_UDP {
+                return None;
+            }
+            let off = if DIR == DIR_RX { 8 } else { 24 };
+            remote.addr.copy_from_slice(&ip[off..off + 16]);
+            l3 + 40
+        }
+        _ => return None,
+    };
+    let mut udp = [0u8; 8];
+    if !load(ctx, l4, &mut udp) {
+        return None;
+    }
+    let (sport, dport) = (u16::from_be_bytes([udp[0], udp[1]]), u16::from_be_bytes([udp[2], udp[3]]));
+    let port = LISTEN_PORT.get(0).copied().unwrap_or(0);
+    let (ours, theirs) = if DIR == DIR_RX { (dport, sport) } else { (sport, dport) };
+    if port == 0 || ours as u32 != port {
+        return None;
+    }
+    remote.port = theirs;
+    let msg = l4 + 8;
+    Some(Datagram { remote, msg, len: ctx.len().saturating_sub(msg) })
+}
+
+/// The peer slot of an endpoint, or [`NO_SLOT`].
+#[inline(always)]
+pub(crate) fn slot_of(e: &Endpoint) -> u32 {
+    ENDPOINTS.get_ptr(e).map(|s| unsafe { *s }).unwrap_or(NO_SLOT)
+}
+
+#[inline(always)]
+fn index_key(kind: Kind, index: u32) -> PendingKey {
+    PendingKey { local: [0; 16], remote: [0; 16], local_port: 0, remote_port: 0, kind: kind as u16, _pad: 0, value: index }
+}
+
+#[inline(always)]
+pub(crate) fn observe<const DIR: usize>(ctx: &TcContext) {
+    let Some(d) = parse::<DIR>(ctx) else { return };
+    let mut h = [0u8; 12];
+    if d.len < DATA_MIN_LEN || !load(ctx, d.msg, &mut h) {
+        return;
+    }
+    let kind = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
+    let first = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
+    let second = u32::from_le_bytes([h[8], h[9], h[10], h[11]]);
+    match (DIR == DIR_RX, kind, d.len) {
+        // Questions: our initiation (sender index), our response (sender index).
+        (false, MSG_INITIATION, INITIATION_LEN) => {
+            question(&index_key(Kind::HandshakeInitiator, first), unsafe { bpf_ktime_get_ns() })
+        }
+        (false, MSG_RESPONSE, RESPONSE_LEN) => {
+            question(&index_key(Kind::HandshakeResponder, first), unsafe { bpf_ktime_get_ns() })
+        }
+        // Answers: a response to our initiation (its receiver index), data on the session we
+        // answered (its receiver index).
+        (true, MSG_RESPONSE, RESPONSE_LEN) => answer(
+            &index_key(Kind::HandshakeInitiator, second),
+            slot_of(&d.remote),
+            Kind::HandshakeInitiator,
+            unsafe { bpf_ktime_get_ns() },
+        ),
+        (true, MSG_DATA, _) => {
+            let k = index_key(Kind::HandshakeResponder, first);
+            // Most data finds no question waiting: look before reading the clock.
+            if crate::PENDING.get_ptr(&k).is_some() {
+                answer(&k, slot_of(&d.remote), Kind::HandshakeResponder, unsafe { bpf_ktime_get_ns() });
+            }
+        }
+        _ => {}
+    }
+}
