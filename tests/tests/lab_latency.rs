@@ -99,3 +99,38 @@ fn handshake_round_trips_match_the_injected_delay() {
         assert!((got - truth).abs() <= tolerance(truth), "{role}: {got} s vs ping's {truth} s");
     }
 }
+
+/// Every data packet that crossed gets an encap (out) or decap (in) sample: with nothing
+/// lost, the sample counts equal the packet counters' increase exactly.
+#[test]
+fn every_packet_gets_an_encap_or_decap_sample() {
+    for imp in [Implementation::WireguardGo, Implementation::Boringtun] {
+        let lab = Lab::new(imp).unwrap();
+        let c = Collector::start(&lab.a.ns, &[]).unwrap();
+        let peer = [("device", lab.a.iface.as_str()), ("public_key", lab.b.public_key.as_str())];
+        let read = |m: &Metrics| {
+            [
+                m.get_or_zero("wireguard_peer_encap_delay_seconds_count", &peer),
+                m.get_or_zero("wireguard_peer_decap_delay_seconds_count", &peer),
+                m.get("wireguard_peer_transmit_packets_total", &peer).unwrap(),
+                m.get("wireguard_peer_receive_packets_total", &peer).unwrap(),
+            ]
+        };
+        let before = read(&c.scrape().unwrap());
+        lab.exec('a', "ping", &["-c", "100", "-i", "0.005", "-q", &lab.b.tunnel_v4.to_string()]).unwrap();
+        lab.exec('a', "ping", &["-6", "-c", "50", "-i", "0.005", "-q", "-s", "1200", &lab.b.tunnel_v6.to_string()]).unwrap();
+        let m = c.scrape().unwrap();
+        let after = read(&m);
+        let d: Vec<f64> = after.iter().zip(before).map(|(a, b)| a - b).collect();
+        println!("{imp:?}: encap {} decap {} tx {} rx {}", d[0], d[1], d[2], d[3]);
+        assert_eq!((d[2], d[3]), (150.0, 150.0), "{imp:?}");
+        assert_eq!((d[0], d[1]), (d[2], d[3]), "{imp:?}: samples vs packets");
+        let dev = [("device", lab.a.iface.as_str())];
+        assert_eq!(m.get("wireguard_collector_delay_fifo_resyncs_total", &dev), Some(0.0), "{imp:?}");
+        for fam in ["wireguard_peer_encap_delay_seconds", "wireguard_peer_decap_delay_seconds"] {
+            let (median, _) = m.quantile(fam, &peer, 0.5).unwrap();
+            println!("{imp:?}: {fam} median {:.1} µs", median * 1e6);
+            assert!(median > 1e-6 && median < 0.005, "{imp:?} {fam}: {median} s");
+        }
+    }
+}

@@ -55,6 +55,9 @@ struct Args {
     /// Latency histogram entries (peer, method, bucket) per device.
     #[arg(long = "latency.max-hist-entries", default_value_t = DEFAULT_MAX_HIST_ENTRIES)]
     max_hist_entries: u32,
+    /// Do not measure encap/decap delay (it reads the clock for every packet).
+    #[arg(long = "latency.no-delay")]
+    no_delay: bool,
     /// Underlay interface carrying the devices' encrypted datagrams (repeat for several;
     /// default: those the peers' endpoints are routed through).
     #[arg(long = "underlay", value_name = "IFACE")]
@@ -119,6 +122,7 @@ async fn run(args: Args) -> Result<()> {
             max_pending: args.max_pending,
             max_hist_entries: args.max_hist_entries,
             latency_sample: args.latency_sample,
+            delay: !args.no_delay,
             log_level: log::max_level(),
         },
         pending_ttl: Duration::from_secs_f64(args.pending_ttl),

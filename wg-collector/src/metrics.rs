@@ -242,6 +242,14 @@ fn encode_snapshot(snap: &Snapshot, buckets: &Buckets, enc: &mut DescriptorEncod
         counter(&mut m, &[("device", d.found.name.as_str()), ("reason", "expired")], s.expired)?;
         counter(&mut m, &[("device", d.found.name.as_str()), ("reason", "full")], s.pending_full)?;
     }
+    let mut m = family(enc, "wireguard_collector_delay_fifo_resyncs", "Encap/decap FIFO entries given up: the packet waited over 0.5 s or its size could not be the message's (WireGuard dropped it inside)", Counter)?;
+    for (d, s) in latency() {
+        counter(&mut m, &[("device", d.found.name.as_str())], s.fifo_resync)?;
+    }
+    let mut m = family(enc, "wireguard_collector_delay_fifo_overflows", "Encap/decap FIFO entries pushed out because more than 64 packets of one peer were inside WireGuard at once (their packets get no sample)", Counter)?;
+    for (d, s) in latency() {
+        counter(&mut m, &[("device", d.found.name.as_str())], s.fifo_overflow)?;
+    }
     let mut m = family(enc, "wireguard_collector_latency_samples_dropped", "Latency samples lost because the histogram map was full (--latency.max-hist-entries)", Counter)?;
     for (d, s) in latency() {
         counter(&mut m, &[("device", d.found.name.as_str())], s.hist_full)?;

@@ -45,7 +45,7 @@ fn sampled(value: u32) -> bool {
 }
 
 #[inline(always)]
-fn stat(i: u32) {
+pub(crate) fn stat(i: u32) {
     if let Some(c) = LATENCY_STATS.get_ptr_mut(i) {
         // SAFETY: per-CPU value.
         unsafe { *c += 1 };
@@ -318,17 +318,23 @@ pub(crate) fn answer(k: &PendingKey, slot: u32, kind: Kind, now: u64) {
 /// Adds a sample to a peer's histogram.
 #[inline(always)]
 pub(crate) fn record(slot: u32, kind: u16, ns: u64) {
+    record_n(slot, kind, ns, 1)
+}
+
+/// Adds `n` samples of the same value (the segments of one GSO batch).
+#[inline(always)]
+pub(crate) fn record_n(slot: u32, kind: u16, ns: u64, n: u64) {
     let key = HistKey { slot, kind, bucket: bucket_of(ns) };
     for _ in 0..2 {
         if let Some(v) = LATENCY_HIST.get_ptr_mut(&key) {
             // SAFETY: a per-CPU value.
             unsafe {
-                (*v).count += 1;
-                (*v).sum_ns += ns;
+                (*v).count += n;
+                (*v).sum_ns += ns * n;
             }
             return;
         }
-        if LATENCY_HIST.insert(&key, &HistValue { count: 1, sum_ns: ns }, BPF_NOEXIST as u64).is_ok() {
+        if LATENCY_HIST.insert(&key, &HistValue { count: n, sum_ns: ns * n }, BPF_NOEXIST as u64).is_ok() {
             return;
         }
         // Inserted meanwhile from another CPU (then the lookup finds it), or full.

@@ -10,6 +10,7 @@
 #![no_std]
 #![no_main]
 
+mod delay;
 mod latency;
 mod underlay;
 
@@ -55,6 +56,11 @@ static PENDING: HashMap<PendingKey, u64> = HashMap::with_max_entries(DEFAULT_MAX
 #[map(name = "LATENCY_HIST")]
 static LATENCY_HIST: PerCpuHashMap<HistKey, HistValue> =
     PerCpuHashMap::with_max_entries(DEFAULT_MAX_HIST_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// Packets inside WireGuard, per peer and direction (see delay.rs).
+#[map(name = "DELAY_FIFO")]
+static DELAY_FIFO: HashMap<u32, wg_common::latency::Fifo> =
+    HashMap::with_max_entries(2 * DEFAULT_MAX_PEERS, BPF_F_NO_PREALLOC);
 
 /// A peer's UDP endpoint → its slot, for the underlay programs.
 #[map(name = "ENDPOINTS")]
@@ -140,6 +146,16 @@ fn count<const DIR: usize>(ctx: &TcContext) {
         let c = unsafe { &mut (*c).dir[DIR] };
         c.packets += packets;
         c.bytes += bytes;
+    }
+    if delay::enabled() {
+        let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+        // One size to match only for a single packet; a GSO batch's segments differ.
+        let one = if packets == 1 { len } else { 0 };
+        if DIR == DIR_TX {
+            delay::push(slot, false, now, one, packets as u32);
+        } else {
+            delay::pop(slot, true, now, one, packets as u32);
+        }
     }
     // Round trips: only TCP and ICMP can be matched (IPv6 extension headers may come
     // first: hop-by-hop 0, routing 43, destination options 60, AH 51).

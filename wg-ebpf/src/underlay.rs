@@ -146,7 +146,38 @@ pub(crate) fn observe<const DIR: usize>(ctx: &TcContext) {
             if crate::PENDING.get_ptr(&k).is_some() {
                 answer(&k, slot_of(&d.remote), Kind::HandshakeResponder, unsafe { bpf_ktime_get_ns() });
             }
+            data::<DIR>(ctx, &d);
         }
+        (false, MSG_DATA, _) => data::<DIR>(ctx, &d),
         _ => {}
+    }
+}
+
+/// A data message (or a GSO batch of them) for the encap/decap FIFOs: leaving, it takes its
+/// plaintext's entry; arriving, it leaves one for its plaintext. Keepalives carry none.
+#[inline(always)]
+fn data<const DIR: usize>(ctx: &TcContext, d: &Datagram) {
+    if !crate::delay::enabled() {
+        return;
+    }
+    // SAFETY: reading the context's own field.
+    let gso_size = unsafe { (*ctx.skb.skb).gso_size };
+    let (count, padded) = if gso_size > 0 && d.len > gso_size {
+        // Segments of gso_size messages each; sizes differ at the end, so none is checked.
+        (d.len.div_ceil(gso_size), 0)
+    } else if d.len <= DATA_MIN_LEN {
+        return; // a keepalive
+    } else {
+        (1, d.len - DATA_MIN_LEN)
+    };
+    let slot = slot_of(&d.remote);
+    if slot == NO_SLOT {
+        return;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    if DIR == DIR_RX {
+        crate::delay::push(slot, true, now, padded, count);
+    } else {
+        crate::delay::pop(slot, false, now, padded, count);
     }
 }

@@ -16,7 +16,7 @@ use aya::{
 };
 use ipnet::IpNet;
 use wg_common::{
-    latency::{stats, Endpoint, HistKey, HistValue, PendingKey},
+    latency::{fifo_key, stats, Endpoint, Fifo, HistKey, HistValue, PendingKey},
     names, Counter, PeerCounters, Unattributed, DEFAULT_MAX_ALLOWED_IPS, DEFAULT_MAX_HIST_ENTRIES, DEFAULT_MAX_PEERS,
     DEFAULT_MAX_PENDING, DIRECTIONS,
 };
@@ -35,6 +35,8 @@ pub struct ProbeOptions {
     pub max_hist_entries: u32,
     /// Record one in `latency_sample` matchable packets (a power of two; 1 = every one).
     pub latency_sample: u32,
+    /// Track encap/decap delay (reads the clock for every packet).
+    pub delay: bool,
     /// The most verbose level the programs' log statements (aya-log) emit at.
     pub log_level: log::LevelFilter,
 }
@@ -47,6 +49,7 @@ impl Default for ProbeOptions {
             max_pending: DEFAULT_MAX_PENDING,
             max_hist_entries: DEFAULT_MAX_HIST_ENTRIES,
             latency_sample: 1,
+            delay: true,
             log_level: log::max_level(),
         }
     }
@@ -76,6 +79,7 @@ pub struct DeviceProbe {
     hist: PerCpuHashMap<MapData, HistKey, HistValue>,
     latency_stats: PerCpuArray<MapData, u64>,
     endpoints: BpfHashMap<MapData, Endpoint, u32>,
+    fifos: BpfHashMap<MapData, u32, Fifo>,
     listen_port: Array<MapData, u32>,
     /// What ENDPOINTS holds now.
     synced_endpoints: HashMap<Endpoint, u32>,
@@ -107,9 +111,12 @@ impl DeviceProbe {
             anyhow::bail!("latency sampling 1 in {}: must be a power of two", opts.latency_sample);
         }
         let sample_mask = opts.latency_sample - 1;
+        let delay_enabled = opts.delay as u32;
         let mut ebpf = EbpfLoader::new()
             .override_global(aya_log::LEVEL, &level, true)
             .override_global("LATENCY_SAMPLE_MASK", &sample_mask, true)
+            .override_global("DELAY_ENABLED", &delay_enabled, true)
+            .map_max_entries(names::DELAY_FIFO, opts.max_peers.saturating_mul(2))
             .map_max_entries(names::PENDING, opts.max_pending)
             .map_max_entries(names::LATENCY_HIST, opts.max_hist_entries)
             .map_max_entries(names::PEER_COUNTERS, opts.max_peers)
@@ -141,6 +148,7 @@ impl DeviceProbe {
         let hist = PerCpuHashMap::try_from(take(names::LATENCY_HIST)?)?;
         let latency_stats = PerCpuArray::try_from(take(names::LATENCY_STATS)?)?;
         let endpoints = BpfHashMap::try_from(take(names::ENDPOINTS)?)?;
+        let fifos = BpfHashMap::try_from(take(names::DELAY_FIFO)?)?;
         let listen_port = Array::try_from(take(names::LISTEN_PORT)?)?;
         let cpus = nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))?;
         Ok(Self {
@@ -156,6 +164,7 @@ impl DeviceProbe {
             hist,
             latency_stats,
             endpoints,
+            fifos,
             listen_port,
             synced_endpoints: HashMap::new(),
             underlays: HashSet::new(),
@@ -260,6 +269,11 @@ impl DeviceProbe {
         for k in gone {
             freed.extend(self.slots.release(&k));
         }
+        for slot in &freed {
+            // Nor the packets its last peer left inside WireGuard.
+            let _ = self.fifos.remove(&fifo_key(*slot, false));
+            let _ = self.fifos.remove(&fifo_key(*slot, true));
+        }
         if !freed.is_empty() {
             // A slot's next peer must not inherit its latency samples.
             let stale: Vec<HistKey> = self.hist.keys().filter_map(|k| k.ok()).filter(|k| freed.contains(&k.slot)).collect();
@@ -327,6 +341,8 @@ impl DeviceProbe {
             matched: sum(stats::MATCHED)?,
             pending_full: sum(stats::PENDING_FULL)?,
             hist_full: sum(stats::HIST_FULL)?,
+            fifo_resync: sum(stats::FIFO_RESYNC)?,
+            fifo_overflow: sum(stats::FIFO_OVERFLOW)?,
             expired: self.expired,
             capacity: self.pending_capacity,
         })
@@ -416,6 +432,8 @@ pub struct LatencyStats {
     pub matched: u64,
     pub pending_full: u64,
     pub hist_full: u64,
+    pub fifo_resync: u64,
+    pub fifo_overflow: u64,
     pub expired: u64,
     pub capacity: u32,
 }

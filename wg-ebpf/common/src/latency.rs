@@ -129,6 +129,40 @@ pub struct Endpoint {
     pub _pad: u16,
 }
 
+/// Entries of a per-peer delay FIFO (a power of two).
+pub const FIFO_LEN: usize = 64;
+
+/// One packet (or GSO batch) that entered WireGuard and has not come out yet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FifoEntry {
+    /// When it went in (CLOCK_MONOTONIC ns).
+    pub t: u64,
+    /// Its plaintext length (encap) or padded length (decap); 0 = any (GSO batches).
+    pub len: u32,
+    /// Packets it stands for still to come out.
+    pub count: u32,
+}
+
+/// Packets inside this host's WireGuard for one peer and direction, in order: WireGuard
+/// keeps a peer's packets in order, so the next one out is the oldest one in.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Fifo {
+    pub head: u32,
+    pub tail: u32,
+    /// Packets that will come out whose entries were pushed out by overflow: they are let
+    /// go without a sample, so later packets still meet their own entries.
+    pub orphans: u32,
+    pub _pad: u32,
+    pub entries: [FifoEntry; FIFO_LEN],
+}
+
+/// Key of a delay FIFO: peer slot · 2 + (0 encap, 1 decap).
+pub const fn fifo_key(slot: u32, decap: bool) -> u32 {
+    slot.wrapping_mul(2) | decap as u32
+}
+
 /// Counters about the pending-match state and the histograms, in the `LATENCY_STATS`
 /// per-CPU array.
 pub mod stats {
@@ -140,7 +174,12 @@ pub mod stats {
     pub const PENDING_FULL: u32 = 2;
     /// Samples lost because the histogram map was full.
     pub const HIST_FULL: u32 = 3;
-    pub const ENTRIES: u32 = 4;
+    /// Delay FIFO entries given up: the packet waited too long, or its size did not match
+    /// what came out (it was dropped inside WireGuard).
+    pub const FIFO_RESYNC: u32 = 4;
+    /// Delay FIFO entries pushed out because more packets were inside WireGuard than fit.
+    pub const FIFO_OVERFLOW: u32 = 5;
+    pub const ENTRIES: u32 = 6;
 }
 
 #[cfg(test)]

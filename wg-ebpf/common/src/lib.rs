@@ -29,6 +29,8 @@ pub mod names {
     pub const LATENCY_HIST: &str = "LATENCY_HIST";
     /// Per-CPU array of u64 counters indexed by [`crate::latency::stats`].
     pub const LATENCY_STATS: &str = "LATENCY_STATS";
+    /// Hash: [`crate::latency::fifo_key`] → [`crate::latency::Fifo`]: packets inside WireGuard.
+    pub const DELAY_FIFO: &str = "DELAY_FIFO";
     /// Hash: [`crate::latency::Endpoint`] → peer slot, for the underlay programs.
     pub const ENDPOINTS: &str = "ENDPOINTS";
     /// Array of one u32: the device's listen port, which marks its datagrams on the underlay.
@@ -120,4 +122,5 @@ mod pod {
     unsafe impl aya::Pod for super::latency::HistValue {}
     unsafe impl aya::Pod for super::latency::PendingKey {}
     unsafe impl aya::Pod for super::latency::Endpoint {}
+    unsafe impl aya::Pod for super::latency::Fifo {}
 }
