@@ -49,7 +49,7 @@ fn samples(p: &DeviceProbe, kind: Kind) -> (u64, u64) {
     p.histograms()
         .unwrap()
         .iter()
-        .filter(|(peer, k, _)| *peer == PEER && k.kind == kind as u16)
+        .filter(|(peer, k, _)| *peer == Some(PEER) && k.kind == kind as u16)
         .fold((0, 0), |(c, s), (_, _, v)| (c + v.count, s + v.sum_ns))
 }
 
