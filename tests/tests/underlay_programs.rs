@@ -96,3 +96,21 @@ fn unknown_endpoints_count_for_the_device_and_other_ports_are_ignored() {
     out(&mut p, &[1, 0, 0]);
     send(&mut p, names::PROG_UNDER_EGRESS, &[0u8; 20]);
 }
+
+#[test]
+fn vlan_tags_and_ip_options_take_the_slow_path_to_the_same_answer() {
+    let mut p = probe();
+    out(&mut p, &wg::initiation(0x1234));
+    // The response in a VLAN-tagged frame whose IPv4 header carries 4 bytes of options.
+    let plain = eth_udp4(addr("192.0.2.7:51821"), addr("192.0.2.1:51820"), &wg::response(9, 0x1234));
+    let mut ip = plain[14..].to_vec();
+    ip[0] = 0x46; // IHL 6
+    ip.splice(20..20, [1u8, 1, 1, 0]); // NOP NOP NOP EOL
+    let total = ip.len() as u16;
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    let mut frame = plain[..12].to_vec();
+    frame.extend([0x81, 0x00, 0x00, 0x07, 0x08, 0x00]); // 802.1Q, VLAN 7, then IPv4
+    frame.extend(ip);
+    send(&mut p, names::PROG_UNDER_INGRESS, &frame);
+    assert_eq!(samples(&p, Kind::HandshakeInitiator), (1, 0));
+}

@@ -44,12 +44,43 @@ fn sampled(value: u32) -> bool {
     value & mask == 0
 }
 
+/// The time, read at most once per packet (the clock costs ~25 ns).
+pub(crate) struct Clock(core::cell::Cell<u64>);
+
+impl Clock {
+    #[inline(always)]
+    pub(crate) const fn new() -> Self {
+        Self(core::cell::Cell::new(0))
+    }
+
+    #[inline(always)]
+    pub(crate) fn now(&self) -> u64 {
+        if self.0.get() == 0 {
+            // SAFETY: a helper without arguments.
+            self.0.set(unsafe { bpf_ktime_get_ns() });
+        }
+        self.0.get()
+    }
+}
+
 #[inline(always)]
 pub(crate) fn stat(i: u32) {
     if let Some(c) = LATENCY_STATS.get_ptr_mut(i) {
         // SAFETY: per-CPU value.
         unsafe { *c += 1 };
     }
+}
+
+/// `N` bytes at the constant offset `OFF` by direct packet access, if the linear part of the
+/// skb holds them: no helper call. Callers fall back to [`load`] when it does not.
+#[inline(always)]
+pub(crate) fn direct<const OFF: usize, const N: usize>(ctx: &TcContext) -> Option<&[u8; N]> {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + OFF + N > end {
+        return None;
+    }
+    // SAFETY: bounds checked against data_end just above; [u8; N] has alignment 1.
+    Some(unsafe { &*((start + OFF) as *const [u8; N]) })
 }
 
 /// Reads `N` bytes at `off` into `buf` (a stack array; returned by reference rather than in an
@@ -101,8 +132,10 @@ fn addresses<const DIR: usize>(ctx: &TcContext, ip: &Ip, k: &mut PendingKey) -> 
     match ip.addr {
         Addr::V4(_) => {
             let mut a = [0u8; 8];
-            if !load(ctx, 12, &mut a) {
-                return false;
+            match direct::<12, 8>(ctx) {
+                Some(d) => a = *d,
+                None if load(ctx, 12, &mut a) => {}
+                None => return false,
             }
             src[10] = 0xff;
             src[11] = 0xff;
@@ -112,7 +145,14 @@ fn addresses<const DIR: usize>(ctx: &TcContext, ip: &Ip, k: &mut PendingKey) -> 
             dst[12..16].copy_from_slice(&a[4..8]);
             true
         }
-        Addr::V6(_) => load(ctx, 8, src) && load(ctx, 24, dst),
+        Addr::V6(_) => match direct::<8, 32>(ctx) {
+            Some(d) => {
+                src.copy_from_slice(&d[..16]);
+                dst.copy_from_slice(&d[16..]);
+                true
+            }
+            None => load(ctx, 8, src) && load(ctx, 24, dst),
+        },
     }
 }
 
@@ -152,12 +192,12 @@ fn timestamps(opts: &[u8; 40], len: usize) -> Option<(u32, u32)> {
 
 /// Notes a packet that may be matched by its answer, or matches an answer to a packet.
 #[inline(always)]
-pub(crate) fn track<const DIR: usize>(ctx: &TcContext, ip: &Ip, slot: u32) {
+pub(crate) fn track<const DIR: usize>(ctx: &TcContext, ip: &Ip, slot: u32, clock: &Clock) {
     let Some((l4, proto)) = transport(ctx, ip) else { return };
     match proto {
-        PROTO_TCP => tcp::<DIR>(ctx, ip, l4, slot),
-        PROTO_ICMP if matches!(ip.addr, Addr::V4(_)) => icmp::<DIR>(ctx, ip, l4, slot, 8, 0),
-        PROTO_ICMPV6 if matches!(ip.addr, Addr::V6(_)) => icmp::<DIR>(ctx, ip, l4, slot, 128, 129),
+        PROTO_TCP => tcp::<DIR>(ctx, ip, l4, slot, clock),
+        PROTO_ICMP if matches!(ip.addr, Addr::V4(_)) => icmp::<DIR>(ctx, ip, l4, slot, 8, 0, clock),
+        PROTO_ICMPV6 if matches!(ip.addr, Addr::V6(_)) => icmp::<DIR>(ctx, ip, l4, slot, 128, 129, clock),
         _ => {}
     }
 }
@@ -171,10 +211,24 @@ fn key<const DIR: usize>(sport: u16, dport: u16) -> PendingKey {
 }
 
 #[inline(always)]
-fn tcp<const DIR: usize>(ctx: &TcContext, ip: &Ip, l4: u32, slot: u32) {
-    let mut h = [0u8; 20];
-    if !load(ctx, l4, &mut h) {
-        return;
+fn tcp<const DIR: usize>(ctx: &TcContext, ip: &Ip, l4: u32, slot: u32, clock: &Clock) {
+    // The header and the first 12 option bytes, directly where the IP header has its plain
+    // size (IPv4 without options, IPv6 without extension headers), else by helper.
+    let mut h = [0u8; 32];
+    let fast = match (l4, &ip.addr) {
+        (20, Addr::V4(_)) => direct::<20, 32>(ctx),
+        (40, Addr::V6(_)) => direct::<40, 32>(ctx),
+        _ => None,
+    };
+    match fast {
+        Some(d) => h = *d,
+        None => {
+            let mut fixed = [0u8; 20];
+            if !load(ctx, l4, &mut fixed) {
+                return;
+            }
+            h[..20].copy_from_slice(&fixed);
+        }
     }
     let sport = u16::from_be_bytes([h[0], h[1]]);
     let dport = u16::from_be_bytes([h[2], h[3]]);
@@ -182,11 +236,15 @@ fn tcp<const DIR: usize>(ctx: &TcContext, ip: &Ip, l4: u32, slot: u32) {
     let ack = u32::from_be_bytes([h[8], h[9], h[10], h[11]]);
     let optlen = (((h[12] >> 4) as usize) * 4).saturating_sub(20);
     let flags = h[13];
-    // The options are read in one of three fixed sizes (the verifier wants a constant
-    // length): 40 bytes when the packet has them, else 20 (a SYN's usual options), else 12
-    // (NOP NOP TS, what Linux puts on every segment).
     let mut ts = None;
-    if optlen > 0 {
+    if fast.is_some() && optlen >= 12 && h[20..24] == [TCPOPT_NOP, TCPOPT_NOP, TCPOPT_TIMESTAMP, 10] {
+        // What Linux puts on every segment but the SYN: NOP NOP TS.
+        let w = |k: usize| u32::from_be_bytes([h[k], h[k + 1], h[k + 2], h[k + 3]]);
+        ts = Some((w(24), w(28)));
+    } else if optlen > 0 {
+        // Any other layout: the options are read in one of three fixed sizes (the verifier
+        // wants a constant length): 40 bytes when the packet has them, else 20 (a SYN's
+        // usual options), else 12.
         let avail = ctx.len().saturating_sub(l4 + 20);
         let mut opts = [0u8; 40];
         let loaded = if avail >= 40 {
@@ -224,7 +282,7 @@ fn tcp<const DIR: usize>(ctx: &TcContext, ip: &Ip, l4: u32, slot: u32) {
         if !addresses::<DIR>(ctx, ip, &mut k) {
             return;
         }
-        let now = unsafe { bpf_ktime_get_ns() };
+        let now = clock.now();
         if syn_ack {
             k.kind = Kind::TcpSyn as u16;
             k.value = ack.wrapping_sub(1);
@@ -248,7 +306,7 @@ fn tcp<const DIR: usize>(ctx: &TcContext, ip: &Ip, l4: u32, slot: u32) {
         if !addresses::<DIR>(ctx, ip, &mut k) {
             return;
         }
-        let now = unsafe { bpf_ktime_get_ns() };
+        let now = clock.now();
         if record_syn {
             k.kind = Kind::TcpSyn as u16;
             k.value = seq;
@@ -263,7 +321,7 @@ fn tcp<const DIR: usize>(ctx: &TcContext, ip: &Ip, l4: u32, slot: u32) {
 }
 
 #[inline(always)]
-fn icmp<const DIR: usize>(ctx: &TcContext, ip: &Ip, l4: u32, slot: u32, request: u8, reply: u8) {
+fn icmp<const DIR: usize>(ctx: &TcContext, ip: &Ip, l4: u32, slot: u32, request: u8, reply: u8, clock: &Clock) {
     let mut h = [0u8; 8];
     if !load(ctx, l4, &mut h) {
         return;
@@ -282,7 +340,7 @@ fn icmp<const DIR: usize>(ctx: &TcContext, ip: &Ip, l4: u32, slot: u32, request:
     }
     k.kind = Kind::Icmp as u16;
     k.value = id_seq;
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = clock.now();
     if DIR == DIR_RX {
         answer(&k, slot, Kind::Icmp, now);
     } else {
@@ -294,6 +352,11 @@ fn icmp<const DIR: usize>(ctx: &TcContext, ip: &Ip, l4: u32, slot: u32, request:
 /// repeats on every packet sent within one timestamp tick: the first one counts).
 #[inline(always)]
 pub(crate) fn question(k: &PendingKey, now: u64) {
+    // A lock-free lookup first: most packets of a flow repeat a waiting TSval, and an insert
+    // takes the bucket lock even to fail.
+    if PENDING.get_ptr(k).is_some() {
+        return;
+    }
     match PENDING.insert(k, now, BPF_NOEXIST as u64) {
         Ok(()) => stat(stats::RECORDED),
         Err(e) if e == -EEXIST => {}

@@ -98,6 +98,13 @@ pub fn wg_under_egress(ctx: TcContext) -> i32 {
     TC_NEXT
 }
 
+/// Does nothing: the baseline the benchmark subtracts (BPF_PROG_TEST_RUN's own cost). Never
+/// attached.
+#[classifier]
+pub fn bench_noop(_ctx: TcContext) -> i32 {
+    TC_NEXT
+}
+
 const IPV4_HDR: usize = 20;
 const IPV6_HDR: usize = 40;
 pub(crate) const PROTO_TCP: u8 = 6;
@@ -147,8 +154,9 @@ fn count<const DIR: usize>(ctx: &TcContext) {
         c.packets += packets;
         c.bytes += bytes;
     }
+    let clock = latency::Clock::new();
     if delay::enabled() {
-        let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+        let now = clock.now();
         // One size to match only for a single packet; a GSO batch's segments differ.
         let one = if packets == 1 { len } else { 0 };
         if DIR == DIR_TX {
@@ -160,7 +168,7 @@ fn count<const DIR: usize>(ctx: &TcContext) {
     // Round trips: only TCP and ICMP can be matched (IPv6 extension headers may come
     // first: hop-by-hop 0, routing 43, destination options 60, AH 51).
     if matches!(ip.proto, PROTO_TCP | latency::PROTO_ICMP | latency::PROTO_ICMPV6 | 0 | 43 | 51 | 60) {
-        latency::track::<DIR>(ctx, &ip, slot);
+        latency::track::<DIR>(ctx, &ip, slot, &clock);
     }
 }
 

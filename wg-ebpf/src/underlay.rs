@@ -17,7 +17,7 @@ use wg_common::{
 };
 
 use crate::{
-    latency::{answer, load, question},
+    latency::{answer, direct, load, question},
     ENDPOINTS, LISTEN_PORT,
 };
 
@@ -41,15 +41,72 @@ pub(crate) const NO_SLOT: u32 = u32::MAX;
 pub(crate) struct Datagram {
     /// The peer's end: destination on egress, source on ingress.
     pub remote: Endpoint,
-    /// Offset of the WireGuard message (the UDP payload).
-    pub msg: u32,
-    /// Length of the WireGuard message.
+    /// Length of the WireGuard message (the UDP payload).
     pub len: u32,
+    /// The message's first 12 bytes: type, then two indices (little-endian).
+    pub head: [u8; 12],
 }
 
-/// Finds a WireGuard datagram of this device in an Ethernet frame.
+/// Finds a WireGuard datagram of this device in an Ethernet frame. Every packet on the
+/// underlay passes here, so the usual frames (untagged IPv4 without options, or IPv6 without
+/// extension headers) are read by direct packet access; others through the helper.
 #[inline(always)]
 pub(crate) fn parse<const DIR: usize>(ctx: &TcContext) -> Option<Datagram> {
+    let port = LISTEN_PORT.get(0).copied().unwrap_or(0);
+    if port == 0 {
+        return None;
+    }
+    let mut remote = Endpoint::default();
+    let eth = direct::<12, 2>(ctx)?;
+    let proto = u16::from_be_bytes(*eth);
+    // Untagged IPv4, no options: 14 + 20 + 8, then the message head.
+    if proto == ETH_P_IP {
+        if let Some(p) = direct::<14, 54>(ctx) {
+            if p[0] == 0x45 {
+                if p[9] != PROTO_UDP || u16::from_be_bytes([p[6], p[7]]) & 0x3fff != 0 {
+                    return None; // not UDP, or a fragment
+                }
+                let udp = &p[20..28];
+                let (sport, dport) = (u16::from_be_bytes([udp[0], udp[1]]), u16::from_be_bytes([udp[2], udp[3]]));
+                let (ours, theirs) = if DIR == DIR_RX { (dport, sport) } else { (sport, dport) };
+                if ours as u32 != port {
+                    return None;
+                }
+                let off = if DIR == DIR_RX { 12 } else { 16 };
+                remote.addr[10] = 0xff;
+                remote.addr[11] = 0xff;
+                remote.addr[12..16].copy_from_slice(&p[off..off + 4]);
+                remote.port = theirs;
+                let mut head = [0u8; 12];
+                head.copy_from_slice(&p[28..40]);
+                return Some(Datagram { remote, len: ctx.len().saturating_sub(ETH_HLEN + 28), head });
+            }
+        }
+    } else if proto == ETH_P_IPV6 {
+        if let Some(p) = direct::<14, 74>(ctx) {
+            if p[6] != PROTO_UDP {
+                return None;
+            }
+            let udp = &p[40..48];
+            let (sport, dport) = (u16::from_be_bytes([udp[0], udp[1]]), u16::from_be_bytes([udp[2], udp[3]]));
+            let (ours, theirs) = if DIR == DIR_RX { (dport, sport) } else { (sport, dport) };
+            if ours as u32 != port {
+                return None;
+            }
+            let off = if DIR == DIR_RX { 8 } else { 24 };
+            remote.addr.copy_from_slice(&p[off..off + 16]);
+            remote.port = theirs;
+            let mut head = [0u8; 12];
+            head.copy_from_slice(&p[48..60]);
+            return Some(Datagram { remote, len: ctx.len().saturating_sub(ETH_HLEN + 48), head });
+        }
+    }
+    parse_slow::<DIR>(ctx, port)
+}
+
+/// The same through `bpf_skb_load_bytes`: VLAN tags, IPv4 options, short linear parts.
+#[inline(never)]
+fn parse_slow<const DIR: usize>(ctx: &TcContext, port: u32) -> Option<Datagram> {
     let mut eth = [0u8; 14];
     if !load(ctx, 0, &mut eth) {
         return None;
@@ -93,14 +150,17 @@ pub(crate) fn parse<const DIR: usize>(ctx: &TcContext) -> Option<Datagram> {
         return None;
     }
     let (sport, dport) = (u16::from_be_bytes([udp[0], udp[1]]), u16::from_be_bytes([udp[2], udp[3]]));
-    let port = LISTEN_PORT.get(0).copied().unwrap_or(0);
     let (ours, theirs) = if DIR == DIR_RX { (dport, sport) } else { (sport, dport) };
-    if port == 0 || ours as u32 != port {
+    if ours as u32 != port {
         return None;
     }
     remote.port = theirs;
     let msg = l4 + 8;
-    Some(Datagram { remote, msg, len: ctx.len().saturating_sub(msg) })
+    let mut head = [0u8; 12];
+    if !load(ctx, msg, &mut head) {
+        return None;
+    }
+    Some(Datagram { remote, len: ctx.len().saturating_sub(msg), head })
 }
 
 /// The peer slot of an endpoint, or [`NO_SLOT`].
@@ -117,10 +177,10 @@ fn index_key(kind: Kind, index: u32) -> PendingKey {
 #[inline(always)]
 pub(crate) fn observe<const DIR: usize>(ctx: &TcContext) {
     let Some(d) = parse::<DIR>(ctx) else { return };
-    let mut h = [0u8; 12];
-    if d.len < DATA_MIN_LEN || !load(ctx, d.msg, &mut h) {
+    if d.len < DATA_MIN_LEN {
         return;
     }
+    let h = d.head;
     let kind = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
     let first = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
     let second = u32::from_le_bytes([h[8], h[9], h[10], h[11]]);

@@ -1,6 +1,7 @@
 //! Project tasks: `cargo xtask <setup|build|test|lab|demo>`. Every task but `setup` runs
 //! `setup` first, so a fresh Debian 12 machine needs nothing but cargo and root.
 
+mod bench;
 mod demo;
 mod setup;
 mod test;
@@ -29,6 +30,12 @@ enum Task {
     },
     /// Build, then run every unit and integration test (needs root: labs use namespaces and BPF).
     Test,
+    /// Measure (eBPF cost per packet and hook) and write the table into BENCHMARKS.md.
+    Bench {
+        /// A few seconds' smoke run; prints the table, writes nothing.
+        #[arg(long)]
+        quick: bool,
+    },
     /// Start a lab of two WireGuard peers in namespaces and keep it until Ctrl-C.
     Lab {
         #[arg(long = "impl", value_enum, default_value_t = Impl::WireguardGo)]
@@ -75,15 +82,25 @@ fn main() -> Result<()> {
             setup::run()?;
             build(false)?;
             let (passed, failed) = test::run()?;
+            // The benchmark's smoke mode, so it cannot rot.
+            let bench = bench::run(true);
+            if let Err(e) = &bench {
+                eprintln!("bench --quick failed: {e:#}");
+            }
+            let (passed, failed) = if bench.is_ok() { (passed + 1, failed) } else { (passed, failed + 1) };
             // The README's demo, briefly, so it cannot rot.
             let demo = demo::run(Implementation::WireguardGo, Some(3), "127.0.0.1:0".parse()?);
             let (passed, failed) = if demo.is_ok() { (passed + 1, failed) } else { (passed, failed + 1) };
-            println!("\nxtask test: {passed} passed, {failed} failed (cargo test and the demo)");
+            println!("\nxtask test: {passed} passed, {failed} failed (cargo test, bench --quick and the demo)");
             demo?;
             if failed > 0 {
                 bail!("{failed} tests failed");
             }
             Ok(())
+        }
+        Task::Bench { quick } => {
+            setup::run()?;
+            bench::run(quick)
         }
         Task::Lab { implementation } => {
             setup::run()?;
@@ -113,7 +130,7 @@ pub(crate) fn cargo_bin() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
 }
 
-fn cargo(args: &[&str]) -> Result<()> {
+pub(crate) fn cargo(args: &[&str]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(&cargo).args(args).status().with_context(|| format!("running cargo {args:?}"))?;
     if !status.success() {

@@ -1,0 +1,106 @@
+//! `cargo xtask bench` runs this: the cost of each eBPF hook per packet, measured with
+//! BPF_PROG_TEST_RUN on crafted packets, net of an empty program measured the same way, with
+//! 1, 1,000 and 10,000 peers in the maps. Variants alternate within each repetition so noise
+//! hits them alike; the median of the repetitions is reported. Prints a Markdown table.
+
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    time::Duration,
+};
+
+use anyhow::Result;
+use aya::programs::{TestRun, TestRunOptions};
+use ipnet::IpNet;
+use wg_collector::{
+    bpf::{DeviceProbe, ProbeOptions},
+    wireguard::{Key, Peer},
+};
+use wg_common::names;
+use wg_tests::packets::{eth_udp4, ipv4, ipv4_with, tcp_segment, ts_option, wg, ACK, TCP, UDP};
+
+struct Case {
+    hook: &'static str,
+    what: &'static str,
+    program: &'static str,
+    packet: Vec<u8>,
+    delay: bool,
+}
+
+fn peer_addr(i: u32) -> Ipv4Addr {
+    Ipv4Addr::new(10, 64 + (i >> 16) as u8, (i >> 8) as u8, i as u8)
+}
+
+fn probe(peers: u32, delay: bool) -> Result<DeviceProbe> {
+    let mut p = DeviceProbe::load(ProbeOptions { delay, ..Default::default() })?;
+    let list: Vec<Peer> = (0..peers)
+        .map(|i| {
+            let mut k = [0u8; 32];
+            k[..4].copy_from_slice(&i.to_le_bytes());
+            let mut peer = Peer::new(Key(k));
+            peer.allowed_ips = vec![IpNet::new(peer_addr(i).into(), 32).unwrap()];
+            peer.endpoint = Some(SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 20000 + (i % 40000) as u16).into());
+            peer
+        })
+        .collect();
+    p.sync(&list)?;
+    p.set_listen_port(51820)?;
+    p.program("bench_noop")?.load()?;
+    Ok(p)
+}
+
+fn cases(peers: u32) -> Vec<Case> {
+    let me = Ipv4Addr::new(10, 0, 0, 1);
+    let them = peer_addr(peers / 2);
+    let here: SocketAddrV4 = "192.0.2.254:51820".parse().unwrap();
+    let there = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 20000 + ((peers / 2) % 40000) as u16);
+    let ts_seg = tcp_segment(40000, 443, 1, 1, ACK, &ts_option(1000, 2000), 1000);
+    vec![
+        Case { hook: "wg egress", what: "UDP: attribute + count", program: names::PROG_EGRESS, packet: ipv4(me, them, UDP, 1100), delay: false },
+        Case { hook: "wg egress", what: "UDP: + encap FIFO", program: names::PROG_EGRESS, packet: ipv4(me, them, UDP, 1100), delay: true },
+        Case { hook: "wg egress", what: "TCP with timestamps: + RTT question", program: names::PROG_EGRESS, packet: ipv4_with(me, them, TCP, &ts_seg), delay: true },
+        Case { hook: "wg ingress", what: "TCP with timestamps: + RTT answer, decap FIFO", program: names::PROG_INGRESS, packet: ipv4_with(them, me, TCP, &ts_seg), delay: true },
+        Case { hook: "wg egress", what: "no peer (unattributed)", program: names::PROG_EGRESS, packet: ipv4(me, Ipv4Addr::new(192, 168, 9, 9), UDP, 1100), delay: true },
+        Case { hook: "underlay egress", what: "data message: parse + encap FIFO", program: names::PROG_UNDER_EGRESS, packet: eth_udp4(here, there, &wg::data(1, 0, 1100)), delay: true },
+        Case { hook: "underlay ingress", what: "data message: parse + responder check + decap FIFO", program: names::PROG_UNDER_INGRESS, packet: eth_udp4(there, here, &wg::data(1, 0, 1100)), delay: true },
+        Case { hook: "underlay egress", what: "other UDP (not our port)", program: names::PROG_UNDER_EGRESS, packet: eth_udp4("192.0.2.254:53".parse().unwrap(), there, &[0u8; 100]), delay: true },
+    ]
+}
+
+fn ns_per_run(p: &mut DeviceProbe, program: &str, packet: &[u8], repeat: u32) -> Result<f64> {
+    let r = p.program(program)?.test_run(TestRunOptions { data_in: Some(packet), repeat, ..Default::default() })?;
+    Ok(r.duration.as_nanos() as f64)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() -> Result<()> {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let (reps, repeat, peer_counts): (usize, u32, &[u32]) = if quick { (3, 20_000, &[1, 1000]) } else { (7, 1_000_000, &[1, 1000, 10_000]) };
+    println!("| hook | packet: work done | peers | ns/packet (net) | ns/run raw | empty program |");
+    println!("|---|---|---:|---:|---:|---:|");
+    for &peers in peer_counts {
+        let mut with_delay = probe(peers, true)?;
+        let mut without = probe(peers, false)?;
+        let cases = cases(peers);
+        let mut raw: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
+        let mut empty = Vec::new();
+        for _ in 0..reps {
+            // Alternate: the baseline and every case once per repetition.
+            empty.push(ns_per_run(&mut with_delay, "bench_noop", &cases[0].packet, repeat)?);
+            for (i, c) in cases.iter().enumerate() {
+                let p = if c.delay { &mut with_delay } else { &mut without };
+                raw[i].push(ns_per_run(p, c.program, &c.packet, repeat)?);
+            }
+        }
+        let base = median(empty);
+        for (c, r) in cases.iter().zip(raw) {
+            let m = median(r);
+            println!("| {} | {} | {} | {:.0} | {:.0} | {:.0} |", c.hook, c.what, peers, (m - base).max(0.0), m, base);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}
