@@ -21,17 +21,27 @@ pub struct Collector {
     pub log: PathBuf,
 }
 
-/// The collector binary: $WG_COLLECTOR_BIN, or target/debug/wg-collector of this workspace
-/// (`cargo xtask test` builds it before the tests run).
+/// The collector binary: $WG_COLLECTOR_BIN, or target/debug/wg-collector of this workspace,
+/// built once per test process first (cargo does not rebuild another package's binary for
+/// these tests, and a stale one would test old code).
 pub fn binary() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("WG_COLLECTOR_BIN") {
         return Ok(p.into());
     }
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/wg-collector");
-    if !p.exists() {
-        bail!("{} does not exist: build it first (cargo xtask test does)", p.display());
+    static BUILT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    let built = BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let out = std::process::Command::new(cargo)
+            .args(["build", "--quiet", "--package", "wg-collector", "--bin", "wg-collector"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() { Ok(()) } else { Err(String::from_utf8_lossy(&out.stderr).into_owned()) }
+    });
+    if let Err(e) = built {
+        bail!("building wg-collector failed: {e}");
     }
-    Ok(p)
+    Ok(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/wg-collector"))
 }
 
 impl Collector {

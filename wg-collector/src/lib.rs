@@ -3,9 +3,12 @@
 
 pub mod bpf;
 pub mod histogram;
+pub mod history;
+pub mod interfaces;
+pub mod names;
+pub mod pool;
 pub mod metrics;
 pub mod monitor;
 pub mod privileges;
 pub mod server;
-pub mod underlay;
 pub mod wireguard;

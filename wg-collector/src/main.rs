@@ -5,7 +5,8 @@ use clap::Parser;
 use prometheus_client::registry::Registry;
 use wg_collector::{
     bpf::ProbeOptions,
-    metrics::WireguardCollector,
+    metrics::{ExportOptions, WireguardCollector},
+    names::{NameSources, Names},
     monitor::{Monitor, Options},
     privileges, server,
     wireguard::discovery::DEFAULT_UAPI_DIR,
@@ -58,6 +59,21 @@ struct Args {
     /// Do not measure encap/decap delay (it reads the clock for every packet).
     #[arg(long = "latency.no-delay")]
     no_delay: bool,
+    /// A names file: "public-key name" per line (repeat for several).
+    #[arg(long = "names.file", value_name = "FILE")]
+    names_files: Vec<PathBuf>,
+    /// A wg-quick configuration whose [Peer] sections carry "# friendly_name = ..." comments
+    /// (repeat for several).
+    #[arg(long = "names.wg-config", value_name = "FILE")]
+    wg_configs: Vec<PathBuf>,
+    /// Leave out a label or family that maps the network: endpoint (the label on
+    /// wireguard_peer_info) or allowed-ips (wireguard_peer_allowed_ips_info); repeatable.
+    #[arg(long = "metrics.omit", value_name = "WHAT", value_parser = ["endpoint", "allowed-ips"])]
+    omit: Vec<String>,
+    /// At most this many per-peer series on a page (0 = no limit); peers past it are left out
+    /// with a warning.
+    #[arg(long = "metrics.max-series", default_value_t = 2_000_000)]
+    max_series: usize,
     /// Underlay interface carrying the devices' encrypted datagrams (repeat for several;
     /// default: those the peers' endpoints are routed through).
     #[arg(long = "underlay", value_name = "IFACE")]
@@ -113,6 +129,7 @@ async fn run(args: Args) -> Result<()> {
         None
     };
 
+    let names = Names::load(NameSources { names_files: args.names_files, wg_configs: args.wg_configs })?;
     let monitor = Arc::new(Monitor::new(Options {
         uapi_dir: args.uapi_dir,
         devices: args.devices,
@@ -127,7 +144,7 @@ async fn run(args: Args) -> Result<()> {
         },
         pending_ttl: Duration::from_secs_f64(args.pending_ttl),
         underlays: args.underlays,
-    }));
+    }, names));
     // First sync before serving, so the first scrape already finds the programs attached.
     let first = monitor.clone();
     tokio::task::spawn_blocking(move || first.refresh()).await?;
@@ -145,7 +162,13 @@ async fn run(args: Args) -> Result<()> {
     });
 
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(WireguardCollector::new(monitor, args.latency_buckets)));
+    let export = ExportOptions {
+        buckets: args.latency_buckets,
+        omit_endpoints: args.omit.iter().any(|o| o == "endpoint"),
+        omit_allowed_ips: args.omit.iter().any(|o| o == "allowed-ips"),
+        max_series: args.max_series,
+    };
+    registry.register_collector(Box::new(WireguardCollector::new(monitor, export)));
     let app = server::router(registry, &args.telemetry_path);
     let listener = tokio::net::TcpListener::bind(args.listen_address)
         .await

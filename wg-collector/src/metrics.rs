@@ -9,24 +9,41 @@ use prometheus_client::{
     encoding::{DescriptorEncoder, EncodeCounterValue, EncodeGaugeValue, EncodeLabelSet, MetricEncoder, NoLabelSet},
     metrics::MetricType,
 };
-use wg_common::{latency::Kind, Unattributed, DIR_RX, DIR_TX};
+use wg_common::{
+    latency::Kind,
+    protocol::{Invalid, MessageType},
+    Unattributed, DIR_RX, DIR_TX,
+};
 
 use crate::{
     histogram::{Buckets, Series},
-    monitor::{Monitor, Snapshot},
-    wireguard::Key,
+    monitor::{DeviceSnapshot, Monitor, Snapshot},
+    wireguard::{Key, Peer},
 };
 
 /// Reads WireGuard and the eBPF maps at every scrape.
 #[derive(Debug)]
 pub struct WireguardCollector {
     monitor: Arc<Monitor>,
-    buckets: Buckets,
+    opts: ExportOptions,
+}
+
+/// What the page shows, beyond what there is.
+#[derive(Clone, Debug, Default)]
+pub struct ExportOptions {
+    pub buckets: Buckets,
+    /// Leave the endpoint label empty (it maps the network and changes with roaming).
+    pub omit_endpoints: bool,
+    /// Leave out wireguard_peer_allowed_ips_info.
+    pub omit_allowed_ips: bool,
+    /// At most this many per-peer series (0 = no limit): peers past it are left out whole,
+    /// with a warning and wireguard_collector_peers_omitted.
+    pub max_series: usize,
 }
 
 impl WireguardCollector {
-    pub fn new(monitor: Arc<Monitor>, buckets: Buckets) -> Self {
-        Self { monitor, buckets }
+    pub fn new(monitor: Arc<Monitor>, opts: ExportOptions) -> Self {
+        Self { monitor, opts }
     }
 }
 
@@ -38,8 +55,9 @@ impl std::fmt::Debug for Monitor {
 
 impl Collector for WireguardCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let snap = self.monitor.refresh();
-        encode_snapshot(&snap, &self.buckets, &mut enc)
+        let mut snap = self.monitor.refresh();
+        let omitted = limit_series(&mut snap, &self.opts);
+        encode_snapshot(&snap, &self.opts, &omitted, &mut enc)
     }
 }
 
@@ -102,8 +120,60 @@ const HIST_FAMILIES: [HistFamily; 4] = [
     },
 ];
 
-fn encode_snapshot(snap: &Snapshot, buckets: &Buckets, enc: &mut DescriptorEncoder) -> std::fmt::Result {
+/// Series one peer brings to the page (a close estimate: the families below, per peer);
+/// `hist_kinds` = how many latency histograms it has.
+fn peer_series(d: &DeviceSnapshot, p: &Peer, hist_kinds: usize, opts: &ExportOptions) -> usize {
+    let buckets = match &opts.buckets {
+        Buckets::Classic(v) => v.len() + 3,
+        Buckets::Full => 400,
+    };
+    1 + if opts.omit_allowed_ips { 0 } else { p.allowed_ips.len() }
+        + 5
+        + if d.counters.contains_key(&p.public_key) { 4 } else { 0 }
+        + if d.messages.contains_key(&p.public_key) { 10 } else { 0 }
+        + hist_kinds * buckets
+}
+
+/// Drops peers past the series limit from the snapshot; returns how many per device.
+fn limit_series(snap: &mut Snapshot, opts: &ExportOptions) -> Vec<(String, usize)> {
+    if opts.max_series == 0 {
+        return Vec::new();
+    }
+    let mut budget = opts.max_series;
+    let mut omitted = Vec::new();
+    for d in &mut snap.devices {
+        let mut kinds: std::collections::HashMap<Key, std::collections::HashSet<u16>> = Default::default();
+        for (k, h, _) in &d.latency {
+            if let Some(k) = k {
+                kinds.entry(*k).or_default().insert(h.kind);
+            }
+        }
+        let mut keep = Vec::with_capacity(d.state.peers.len());
+        let mut dropped = 0;
+        for p in std::mem::take(&mut d.state.peers) {
+            let n = peer_series(d, &p, kinds.get(&p.public_key).map_or(0, |s| s.len()), opts);
+            if n <= budget {
+                budget -= n;
+                keep.push(p);
+            } else {
+                budget = 0;
+                dropped += 1;
+            }
+        }
+        d.state.peers = keep;
+        if dropped > 0 {
+            omitted.push((d.found.name.clone(), dropped));
+        }
+    }
+    if !omitted.is_empty() {
+        tracing::warn!(limit = opts.max_series, ?omitted, "series limit reached (--metrics.max-series): peers left out of this scrape");
+    }
+    omitted
+}
+
+fn encode_snapshot(snap: &Snapshot, opts: &ExportOptions, omitted: &[(String, usize)], enc: &mut DescriptorEncoder) -> std::fmt::Result {
     use MetricType::{Counter, Gauge, Histogram};
+    let buckets = &opts.buckets;
 
     // --- WireGuard's own state -----------------------------------------------------------
     let mut m = family(enc, "wireguard_device_info", "WireGuard device: its public key, listen port, fwmark and implementation (value 1)", Gauge)?;
@@ -126,20 +196,55 @@ fn encode_snapshot(snap: &Snapshot, buckets: &Buckets, enc: &mut DescriptorEncod
 
     let peers = || snap.devices.iter().flat_map(|d| d.state.peers.iter().map(move |p| (d, p, [("device", d.found.name.clone()), ("public_key", p.public_key.to_base64())])));
 
-    let mut m = family(enc, "wireguard_peer_info", "WireGuard peer: its name and current endpoint (value 1)", Gauge)?;
-    for (_, p, [dev, key]) in peers() {
-        let endpoint = p.endpoint.map(|e| e.to_string()).unwrap_or_default();
-        gauge(&mut m, &[dev, key, ("name", String::new()), ("endpoint", endpoint)], 1i64)?;
+    let mut m = family(enc, "wireguard_peers_active", "Peers whose last handshake is younger than 180 s (a live session)", Gauge)?;
+    for d in &snap.devices {
+        gauge(&mut m, &[("device", d.found.name.as_str())], d.active as i64)?;
+    }
+    for (name, help, added) in [
+        ("wireguard_peers_added", "Peers that appeared on the device since the collector started (its first reading of a device adds none)", true),
+        ("wireguard_peers_removed", "Peers that disappeared from the device since the collector started", false),
+    ] {
+        let mut m = family(enc, name, help, Counter)?;
+        for d in &snap.devices {
+            counter(&mut m, &[("device", d.found.name.as_str())], if added { d.lifecycle.added } else { d.lifecycle.removed })?;
+        }
+    }
+    for (name, help, free) in [
+        ("wireguard_address_pool_size", "Addresses in the WireGuard interface's own subnets, per family", false),
+        ("wireguard_address_pool_free", "Addresses of those subnets that neither the interface nor any peer's allowed IPs use, per family", true),
+    ] {
+        let mut m = family(enc, name, help, Gauge)?;
+        for d in &snap.devices {
+            for (fam, pool) in [("ipv4", d.pools.0), ("ipv6", d.pools.1)] {
+                if let Some(pool) = pool {
+                    gauge(&mut m, &[("device", d.found.name.as_str()), ("family", fam)], if free { pool.free } else { pool.size })?;
+                }
+            }
+        }
     }
 
-    let mut m = family(enc, "wireguard_peer_allowed_ips_info", "One allowed IP of a peer (value 1)", Gauge)?;
-    let mut buf = String::new();
-    for (_, p, [dev, key]) in peers() {
-        for net in &p.allowed_ips {
-            buf.clear();
-            write!(buf, "{net}")?;
-            gauge(&mut m, &[dev.clone(), key.clone(), ("allowed_ip", buf.clone())], 1i64)?;
+    let mut m = family(enc, "wireguard_peer_info", "WireGuard peer: its friendly name (names file, or friendly_name comments in wg-quick files) and current endpoint (value 1)", Gauge)?;
+    for (d, p, [dev, key]) in peers() {
+        let endpoint = if opts.omit_endpoints { String::new() } else { p.endpoint.map(|e| e.to_string()).unwrap_or_default() };
+        let name = d.names.get(&p.public_key).cloned().unwrap_or_default();
+        gauge(&mut m, &[dev, key, ("name", name), ("endpoint", endpoint)], 1i64)?;
+    }
+
+    if !opts.omit_allowed_ips {
+        let mut m = family(enc, "wireguard_peer_allowed_ips_info", "One allowed IP of a peer (value 1)", Gauge)?;
+        let mut buf = String::new();
+        for (_, p, [dev, key]) in peers() {
+            for net in &p.allowed_ips {
+                buf.clear();
+                write!(buf, "{net}")?;
+                gauge(&mut m, &[dev.clone(), key.clone(), ("allowed_ip", buf.clone())], 1i64)?;
+            }
         }
+    }
+
+    let mut m = family(enc, "wireguard_peer_endpoint_changes", "Times the peer's endpoint changed since the collector started (roaming, or set anew)", Counter)?;
+    for (d, p, labels) in peers() {
+        counter(&mut m, &labels, d.lifecycle.endpoint_changes.get(&p.public_key).copied().unwrap_or(0))?;
     }
 
     let mut m = family(enc, "wireguard_peer_receive_bytes", "Bytes received from the peer, as WireGuard counts them (encrypted UDP payload)", Counter)?;
@@ -255,7 +360,35 @@ fn encode_snapshot(snap: &Snapshot, buckets: &Buckets, enc: &mut DescriptorEncod
         counter(&mut m, &[("device", d.found.name.as_str())], s.hist_full)?;
     }
 
+    // --- Underlay messages, from the eBPF programs ---------------------------------------
+    let mut m = family(enc, "wireguard_messages", "WireGuard messages on the underlay by direction and type (handshake_initiation, handshake_response, cookie_reply, data, keepalive), per peer where the endpoint or the handshake index tells it, else with an empty public_key", Counter)?;
+    for d in &snap.devices {
+        let dev = d.found.name.as_str();
+        let rows = d.state.peers.iter().filter_map(|p| Some((p.public_key.to_base64(), d.messages.get(&p.public_key)?)));
+        let device = d.device_messages.as_ref().map(|m| (String::new(), m));
+        for (key, counts) in rows.chain(device) {
+            for (dir, dname) in [(DIR_RX, "receive"), (DIR_TX, "transmit")] {
+                for t in MessageType::ALL {
+                    let labels = [("device", dev), ("public_key", key.as_str()), ("direction", dname), ("type", t.label())];
+                    counter(&mut m, &labels, counts.counts[dir][t as usize])?;
+                }
+            }
+        }
+    }
+    let mut m = family(enc, "wireguard_invalid_messages", "UDP datagrams to the WireGuard port that are no valid message, by reason: too_short, bad_type, bad_size, unknown_index (a response, cookie or data naming an index never given out, from an unknown endpoint)", Counter)?;
+    for d in &snap.devices {
+        let Some(inv) = &d.invalid else { continue };
+        for r in Invalid::ALL {
+            counter(&mut m, &[("device", d.found.name.as_str()), ("reason", r.label())], inv[r as usize])?;
+        }
+    }
+
     // --- The collector itself ------------------------------------------------------------
+    let mut m = family(enc, "wireguard_collector_peers_omitted", "Peers left out of this page because of --metrics.max-series", Gauge)?;
+    for d in &snap.devices {
+        let n = omitted.iter().find(|(name, _)| *name == d.found.name).map_or(0, |(_, n)| *n);
+        gauge(&mut m, &[("device", d.found.name.as_str())], n as i64)?;
+    }
     let mut implementations: Vec<String> = snap.devices.iter().map(|d| d.found.implementation.to_string()).collect();
     implementations.sort();
     implementations.dedup();

@@ -15,14 +15,19 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
+use ipnet::IpNet;
 use wg_common::{
     latency::{HistKey, HistValue},
+    protocol::{Invalid, MessageCounts, MESSAGE_TYPES},
     Counter, PeerCounters, Unattributed, DIRECTIONS,
 };
 
 use crate::{
     bpf::{DeviceProbe, LatencyStats, ProbeOptions, ProgramStats},
-    underlay,
+    history::{History, Lifecycle},
+    interfaces,
+    names::Names,
+    pool::{self, Pool},
     wireguard::{
         discovery::{self, Found, Source},
         netlink, uapi, Device, Key,
@@ -73,6 +78,18 @@ pub struct DeviceSnapshot {
     pub latency_stats: Option<LatencyStats>,
     /// Packets waiting for their answer now.
     pub pending: u64,
+    /// Underlay messages per peer, and the device's own (peer unknown).
+    pub messages: HashMap<Key, MessageCounts>,
+    pub device_messages: Option<MessageCounts>,
+    pub invalid: Option<[u64; Invalid::ALL.len()]>,
+    /// Peers added and removed since start, endpoint changes per peer.
+    pub lifecycle: Lifecycle,
+    /// Peers whose last handshake is younger than 180 s.
+    pub active: usize,
+    /// Address pools of the interface's own subnets: IPv4, IPv6.
+    pub pools: (Option<Pool>, Option<Pool>),
+    /// Friendly names of the peers that have one.
+    pub names: HashMap<Key, String>,
 }
 
 /// What one refresh saw.
@@ -93,10 +110,20 @@ struct Tracked {
     attach_error: Option<String>,
 }
 
+/// A handshake younger than this means a live session (REJECT_AFTER_TIME).
+const ACTIVE_WITHIN: Duration = Duration::from_secs(180);
+
 pub struct Monitor {
     opts: Options,
-    tracked: Mutex<BTreeMap<String, Tracked>>,
+    state: Mutex<State>,
     errors: [AtomicU64; 3],
+}
+
+/// What refreshes share, behind one lock.
+struct State {
+    tracked: BTreeMap<String, Tracked>,
+    history: History,
+    names: Names,
 }
 
 impl Monitor {
@@ -108,7 +135,7 @@ impl Monitor {
         if wanted.is_empty() {
             for e in state.peers.iter().filter_map(|p| p.endpoint) {
                 if routed.insert(e) {
-                    wanted.extend(underlay::interface_for(e));
+                    wanted.extend(interfaces::interface_for(e));
                 }
             }
         }
@@ -123,8 +150,12 @@ impl Monitor {
         }
     }
 
-    pub fn new(opts: Options) -> Self {
-        Self { opts, tracked: Mutex::new(BTreeMap::new()), errors: Default::default() }
+    pub fn new(opts: Options, names: Names) -> Self {
+        Self {
+            opts,
+            state: Mutex::new(State { tracked: BTreeMap::new(), history: History::default(), names }),
+            errors: Default::default(),
+        }
     }
 
     fn error(&self, source: ErrorSource, what: impl std::fmt::Display) {
@@ -134,7 +165,11 @@ impl Monitor {
 
     /// Reads every device, brings the maps in line with it and returns what it saw.
     pub fn refresh(&self) -> Snapshot {
-        let mut tracked = self.tracked.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let State { tracked, history, names } = &mut *guard;
+        if let Err(e) = names.refresh() {
+            tracing::warn!("names not re-read, keeping the old ones: {e}");
+        }
         let mut spent: HashMap<ErrorSource, Duration> = HashMap::new();
         let found: Vec<Found> = discovery::discover(&self.opts.uapi_dir)
             .into_iter()
@@ -194,6 +229,13 @@ impl Monitor {
                 latency: Vec::new(),
                 latency_stats: None,
                 pending: 0,
+                messages: HashMap::new(),
+                device_messages: None,
+                invalid: None,
+                lifecycle: Lifecycle::default(),
+                active: 0,
+                pools: (None, None),
+                names: HashMap::new(),
             };
             if let Some(p) = t.probe.as_mut() {
                 if let Err(e) = p.sync(&snap.state.peers).and_then(|_| p.set_listen_port(snap.state.listen_port)) {
@@ -222,18 +264,76 @@ impl Monitor {
                     }
                     Err(e) => self.error(ErrorSource::Bpf, format_args!("reading latency of {}: {e:#}", snap.found.name)),
                 }
+                match p.messages().and_then(|m| Ok((m, p.invalid()?))) {
+                    Ok(((peers, device), invalid)) => {
+                        snap.messages = peers;
+                        snap.device_messages = Some(device);
+                        snap.invalid = Some(invalid);
+                    }
+                    Err(e) => self.error(ErrorSource::Bpf, format_args!("reading messages of {}: {e:#}", snap.found.name)),
+                }
                 p.flush_logs();
             }
             *spent.entry(ErrorSource::Bpf).or_default() += t0.elapsed();
+            snap.lifecycle = history.observe(&snap.state);
+            monotonic(history, &mut snap);
+            snap.active = snap.state.peers.iter().filter(|p| p.last_handshake.is_some_and(|t| now.saturating_sub(t) < ACTIVE_WITHIN)).count();
+            let used: Vec<IpNet> = snap.state.peers.iter().flat_map(|p| p.allowed_ips.iter().copied()).collect();
+            snap.pools = pool::pools(&interfaces::addresses_of(&snap.found.name), &used);
+            snap.names = snap.state.peers.iter().filter_map(|p| Some((p.public_key, names.get(&p.public_key)?.to_string()))).collect();
             devices.push(snap);
         }
-        drop(tracked);
+        drop(guard);
         let mut durations: Vec<_> = spent.into_iter().collect();
         durations.sort();
         Snapshot {
             devices,
             durations,
             errors: ErrorSource::ALL.iter().map(|s| (*s, self.errors[*s as usize].load(Ordering::Relaxed))).collect(),
+        }
+    }
+}
+
+/// Rewrites the snapshot's counters as values that never go backwards within this process
+/// (see history.rs). Ids: per peer 0–1 WireGuard's bytes, 2–5 our packets and bytes, 10–19
+/// messages; per device 0–5 unattributed packets, 100– invalid, 200– the device's messages.
+fn monotonic(h: &mut History, snap: &mut DeviceSnapshot) {
+    let dev = snap.found.name.clone();
+    for p in &mut snap.state.peers {
+        p.rx_bytes = h.peer_counter(&dev, &p.public_key, 0, p.rx_bytes);
+        p.tx_bytes = h.peer_counter(&dev, &p.public_key, 1, p.tx_bytes);
+        if let Some(c) = snap.counters.get_mut(&p.public_key) {
+            for (d, dc) in c.dir.iter_mut().enumerate() {
+                let id = 2 + 2 * d as u32;
+                dc.packets = h.peer_counter(&dev, &p.public_key, id, dc.packets);
+                dc.bytes = h.peer_counter(&dev, &p.public_key, id + 1, dc.bytes);
+            }
+        }
+        if let Some(m) = snap.messages.get_mut(&p.public_key) {
+            for (d, row) in m.counts.iter_mut().enumerate() {
+                for (t, n) in row.iter_mut().enumerate() {
+                    *n = h.peer_counter(&dev, &p.public_key, 10 + (d * MESSAGE_TYPES + t) as u32, *n);
+                }
+            }
+        }
+    }
+    if let Some(u) = &mut snap.unattributed {
+        for (d, row) in u.iter_mut().enumerate() {
+            for (r, c) in row.iter_mut().enumerate() {
+                c.packets = h.device_counter(&dev, (d * Unattributed::ALL.len() + r) as u32, c.packets);
+            }
+        }
+    }
+    if let Some(inv) = &mut snap.invalid {
+        for (r, n) in inv.iter_mut().enumerate() {
+            *n = h.device_counter(&dev, 100 + r as u32, *n);
+        }
+    }
+    if let Some(m) = &mut snap.device_messages {
+        for (d, row) in m.counts.iter_mut().enumerate() {
+            for (t, n) in row.iter_mut().enumerate() {
+                *n = h.device_counter(&dev, 200 + (d * MESSAGE_TYPES + t) as u32, *n);
+            }
         }
     }
 }

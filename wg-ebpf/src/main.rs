@@ -62,6 +62,21 @@ static LATENCY_HIST: PerCpuHashMap<HistKey, HistValue> =
 static DELAY_FIFO: HashMap<u32, wg_common::latency::Fifo> =
     HashMap::with_max_entries(2 * DEFAULT_MAX_PEERS, BPF_F_NO_PREALLOC);
 
+/// Underlay messages per peer slot (NO_SLOT: the device's own, peer unknown).
+#[map(name = "MESSAGES")]
+static MESSAGES: PerCpuHashMap<u32, wg_common::protocol::MessageCounts> =
+    PerCpuHashMap::with_max_entries(DEFAULT_MAX_PEERS + 1, BPF_F_NO_PREALLOC);
+
+/// Datagrams to our port that are no valid message, by reason.
+#[map(name = "INVALID")]
+static INVALID: PerCpuArray<u64> = PerCpuArray::with_max_entries(wg_common::protocol::Invalid::ALL.len() as u32, 0);
+
+/// Indices we gave out in handshakes → the peer's slot. LRU: indices change at every
+/// handshake, so old ones fall out by themselves.
+#[map(name = "INDICES")]
+static INDICES: aya_ebpf::maps::LruHashMap<u32, u32> =
+    aya_ebpf::maps::LruHashMap::with_max_entries(4 * DEFAULT_MAX_PEERS, 0);
+
 /// A peer's UDP endpoint → its slot, for the underlay programs.
 #[map(name = "ENDPOINTS")]
 static ENDPOINTS: HashMap<wg_common::latency::Endpoint, u32> =

@@ -11,14 +11,16 @@
 //! the collector has not synced yet (a peer that just roamed) goes to the device only.
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
+use aya_ebpf::bindings::BPF_ANY;
 use wg_common::{
     latency::{Endpoint, Kind, PendingKey},
+    protocol::{classify, Invalid, MessageCounts, MessageType, NO_SLOT},
     DIR_RX,
 };
 
 use crate::{
     latency::{answer, direct, load, question},
-    ENDPOINTS, LISTEN_PORT,
+    ENDPOINTS, INDICES, INVALID, LISTEN_PORT, MESSAGES,
 };
 
 const ETH_HLEN: u32 = 14;
@@ -27,15 +29,8 @@ const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const PROTO_UDP: u8 = 17;
 
-const MSG_INITIATION: u32 = 1;
-const MSG_RESPONSE: u32 = 2;
-const MSG_DATA: u32 = 4;
-const INITIATION_LEN: u32 = 148;
-const RESPONSE_LEN: u32 = 92;
 const DATA_MIN_LEN: u32 = 32;
 
-/// Slot for samples whose peer is not known: they count for the device only.
-pub(crate) const NO_SLOT: u32 = u32::MAX;
 
 /// A WireGuard datagram of this device, as far as the programs need it.
 pub(crate) struct Datagram {
@@ -156,11 +151,21 @@ fn parse_slow<const DIR: usize>(ctx: &TcContext, port: u32) -> Option<Datagram> 
     }
     remote.port = theirs;
     let msg = l4 + 8;
+    let len = ctx.len().saturating_sub(msg);
+    // Short messages are counted as such: read what there is of the head.
     let mut head = [0u8; 12];
-    if !load(ctx, msg, &mut head) {
-        return None;
+    if len >= 12 {
+        if !load(ctx, msg, &mut head) {
+            return None;
+        }
+    } else if len >= 4 {
+        let mut h4 = [0u8; 4];
+        if !load(ctx, msg, &mut h4) {
+            return None;
+        }
+        head[..4].copy_from_slice(&h4);
     }
-    Some(Datagram { remote, len: ctx.len().saturating_sub(msg), head })
+    Some(Datagram { remote, len, head })
 }
 
 /// The peer slot of an endpoint, or [`NO_SLOT`].
@@ -174,41 +179,90 @@ fn index_key(kind: Kind, index: u32) -> PendingKey {
     PendingKey { local: [0; 16], remote: [0; 16], local_port: 0, remote_port: 0, kind: kind as u16, _pad: 0, value: index }
 }
 
+/// Counts a message for a peer (or the device), by direction and type.
+#[inline(always)]
+fn count(slot: u32, dir: usize, t: MessageType, n: u64) {
+    let mut c = MESSAGES.get_ptr_mut(&slot);
+    if c.is_none() {
+        let _ = MESSAGES.insert(&slot, &MessageCounts::default(), 0);
+        c = MESSAGES.get_ptr_mut(&slot);
+    }
+    if let Some(c) = c {
+        // SAFETY: a per-CPU value; dir and type are in range.
+        unsafe { (*c).counts[dir & 1][t as usize] += n };
+    }
+}
+
+#[inline(always)]
+fn invalid(reason: Invalid) {
+    if let Some(c) = INVALID.get_ptr_mut(reason as u32) {
+        // SAFETY: a per-CPU value.
+        unsafe { *c += 1 };
+    }
+}
+
 #[inline(always)]
 pub(crate) fn observe<const DIR: usize>(ctx: &TcContext) {
     let Some(d) = parse::<DIR>(ctx) else { return };
-    if d.len < DATA_MIN_LEN {
-        return;
-    }
     let h = d.head;
-    let kind = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
+    // A GSO (UDP_SEGMENT) or GRO batch holds several messages of gso_size bytes each (the
+    // last one shorter): judge the first, count them all.
+    // SAFETY: reading the context's own field.
+    let gso = unsafe { (*ctx.skb.skb).gso_size };
+    let (msg_len, n) = if gso > 0 && d.len > gso { (gso, d.len.div_ceil(gso) as u64) } else { (d.len, 1) };
+    let t = match classify([h[0], h[1], h[2], h[3]], msg_len) {
+        Ok(t) => t,
+        // WireGuard sends only valid messages; what arrives may be anything.
+        Err(reason) => {
+            if DIR == DIR_RX {
+                invalid(reason);
+            }
+            return;
+        }
+    };
     let first = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
     let second = u32::from_le_bytes([h[8], h[9], h[10], h[11]]);
-    match (DIR == DIR_RX, kind, d.len) {
+    let mut slot = slot_of(&d.remote);
+    if DIR == DIR_RX {
+        // Responses, cookie replies and data name an index we gave out (receiver index:
+        // second field of a response, first of the others).
+        let ours = if t == MessageType::HandshakeResponse { second } else { first };
+        if slot == NO_SLOT && t != MessageType::HandshakeInitiation {
+            match INDICES.get_ptr(&ours) {
+                Some(s) => slot = unsafe { *s },
+                None => return invalid(Invalid::UnknownIndex),
+            }
+        }
+    } else if slot != NO_SLOT && (t == MessageType::HandshakeInitiation || t == MessageType::HandshakeResponse) {
+        // Our sender index: later messages to it are this peer's, wherever they come from.
+        let _ = INDICES.insert(&first, &slot, BPF_ANY as u64);
+    }
+    count(slot, DIR, t, n);
+
+    match (DIR == DIR_RX, t) {
         // Questions: our initiation (sender index), our response (sender index).
-        (false, MSG_INITIATION, INITIATION_LEN) => {
+        (false, MessageType::HandshakeInitiation) => {
             question(&index_key(Kind::HandshakeInitiator, first), unsafe { bpf_ktime_get_ns() })
         }
-        (false, MSG_RESPONSE, RESPONSE_LEN) => {
+        (false, MessageType::HandshakeResponse) => {
             question(&index_key(Kind::HandshakeResponder, first), unsafe { bpf_ktime_get_ns() })
         }
         // Answers: a response to our initiation (its receiver index), data on the session we
         // answered (its receiver index).
-        (true, MSG_RESPONSE, RESPONSE_LEN) => answer(
-            &index_key(Kind::HandshakeInitiator, second),
-            slot_of(&d.remote),
-            Kind::HandshakeInitiator,
-            unsafe { bpf_ktime_get_ns() },
-        ),
-        (true, MSG_DATA, _) => {
+        (true, MessageType::HandshakeResponse) => {
+            answer(&index_key(Kind::HandshakeInitiator, second), slot, Kind::HandshakeInitiator, unsafe { bpf_ktime_get_ns() })
+        }
+        (true, MessageType::Data | MessageType::Keepalive) => {
             let k = index_key(Kind::HandshakeResponder, first);
             // Most data finds no question waiting: look before reading the clock.
             if crate::PENDING.get_ptr(&k).is_some() {
-                answer(&k, slot_of(&d.remote), Kind::HandshakeResponder, unsafe { bpf_ktime_get_ns() });
+                answer(&k, slot, Kind::HandshakeResponder, unsafe { bpf_ktime_get_ns() });
             }
-            data::<DIR>(ctx, &d);
+            if t == MessageType::Data {
+                data::<DIR>(ctx, &d, slot);
+            }
         }
-        (false, MSG_DATA, _) => data::<DIR>(ctx, &d),
+        (false, MessageType::Data) => data::<DIR>(ctx, &d, slot),
         _ => {}
     }
 }
@@ -216,7 +270,7 @@ pub(crate) fn observe<const DIR: usize>(ctx: &TcContext) {
 /// A data message (or a GSO batch of them) for the encap/decap FIFOs: leaving, it takes its
 /// plaintext's entry; arriving, it leaves one for its plaintext. Keepalives carry none.
 #[inline(always)]
-fn data<const DIR: usize>(ctx: &TcContext, d: &Datagram) {
+fn data<const DIR: usize>(ctx: &TcContext, d: &Datagram, slot: u32) {
     if !crate::delay::enabled() {
         return;
     }
@@ -230,7 +284,6 @@ fn data<const DIR: usize>(ctx: &TcContext, d: &Datagram) {
     } else {
         (1, d.len - DATA_MIN_LEN)
     };
-    let slot = slot_of(&d.remote);
     if slot == NO_SLOT {
         return;
     }

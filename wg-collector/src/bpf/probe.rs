@@ -17,7 +17,9 @@ use aya::{
 use ipnet::IpNet;
 use wg_common::{
     latency::{fifo_key, stats, Endpoint, Fifo, HistKey, HistValue, PendingKey},
-    names, Counter, PeerCounters, Unattributed, DEFAULT_MAX_ALLOWED_IPS, DEFAULT_MAX_HIST_ENTRIES, DEFAULT_MAX_PEERS,
+    names,
+    protocol::{Invalid, MessageCounts, NO_SLOT},
+    Counter, PeerCounters, Unattributed, DEFAULT_MAX_ALLOWED_IPS, DEFAULT_MAX_HIST_ENTRIES, DEFAULT_MAX_PEERS,
     DEFAULT_MAX_PENDING, DIRECTIONS,
 };
 
@@ -80,6 +82,9 @@ pub struct DeviceProbe {
     latency_stats: PerCpuArray<MapData, u64>,
     endpoints: BpfHashMap<MapData, Endpoint, u32>,
     fifos: BpfHashMap<MapData, u32, Fifo>,
+    messages: PerCpuHashMap<MapData, u32, MessageCounts>,
+    invalid: PerCpuArray<MapData, u64>,
+    indices: BpfHashMap<MapData, u32, u32>,
     listen_port: Array<MapData, u32>,
     /// What ENDPOINTS holds now.
     synced_endpoints: HashMap<Endpoint, u32>,
@@ -117,6 +122,8 @@ impl DeviceProbe {
             .override_global("LATENCY_SAMPLE_MASK", &sample_mask, true)
             .override_global("DELAY_ENABLED", &delay_enabled, true)
             .map_max_entries(names::DELAY_FIFO, opts.max_peers.saturating_mul(2))
+            .map_max_entries(names::MESSAGES, opts.max_peers.saturating_add(1))
+            .map_max_entries(names::INDICES, opts.max_peers.saturating_mul(4))
             .map_max_entries(names::PENDING, opts.max_pending)
             .map_max_entries(names::LATENCY_HIST, opts.max_hist_entries)
             .map_max_entries(names::PEER_COUNTERS, opts.max_peers)
@@ -149,6 +156,9 @@ impl DeviceProbe {
         let latency_stats = PerCpuArray::try_from(take(names::LATENCY_STATS)?)?;
         let endpoints = BpfHashMap::try_from(take(names::ENDPOINTS)?)?;
         let fifos = BpfHashMap::try_from(take(names::DELAY_FIFO)?)?;
+        let messages = PerCpuHashMap::try_from(take(names::MESSAGES)?)?;
+        let invalid = PerCpuArray::try_from(take(names::INVALID)?)?;
+        let indices = BpfHashMap::try_from(take(names::INDICES)?)?;
         let listen_port = Array::try_from(take(names::LISTEN_PORT)?)?;
         let cpus = nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))?;
         Ok(Self {
@@ -165,6 +175,9 @@ impl DeviceProbe {
             latency_stats,
             endpoints,
             fifos,
+            messages,
+            invalid,
+            indices,
             listen_port,
             synced_endpoints: HashMap::new(),
             underlays: HashSet::new(),
@@ -270,9 +283,18 @@ impl DeviceProbe {
             freed.extend(self.slots.release(&k));
         }
         for slot in &freed {
-            // Nor the packets its last peer left inside WireGuard.
+            // Nor the packets its last peer left inside WireGuard, nor its message counts.
             let _ = self.fifos.remove(&fifo_key(*slot, false));
             let _ = self.fifos.remove(&fifo_key(*slot, true));
+            let _ = self.messages.remove(slot);
+        }
+        if !freed.is_empty() {
+            // Nor the handshake indices its last peer was given.
+            let stale: Vec<u32> =
+                self.indices.iter().filter_map(|r| r.ok()).filter(|(_, s)| freed.contains(s)).map(|(i, _)| i).collect();
+            for i in stale {
+                let _ = self.indices.remove(&i);
+            }
         }
         if !freed.is_empty() {
             // A slot's next peer must not inherit its latency samples.
@@ -304,6 +326,39 @@ impl DeviceProbe {
             if v.count > 0 {
                 out.push((peer, k, v));
             }
+        }
+        Ok(out)
+    }
+
+    /// Underlay messages per peer, summed over CPUs, and the device's own (peer unknown).
+    pub fn messages(&self) -> Result<(HashMap<Key, MessageCounts>, MessageCounts)> {
+        let by_slot = self.slots.by_slot();
+        let mut peers = HashMap::new();
+        let mut device = MessageCounts::default();
+        for item in self.messages.iter() {
+            let (slot, per_cpu) = item?;
+            let mut sum = MessageCounts::default();
+            for c in per_cpu.iter() {
+                for (d, row) in c.counts.iter().enumerate() {
+                    for (t, n) in row.iter().enumerate() {
+                        sum.counts[d][t] += n;
+                    }
+                }
+            }
+            if slot == NO_SLOT {
+                device = sum;
+            } else if let Some(k) = by_slot.get(&slot) {
+                peers.insert(*k, sum);
+            }
+        }
+        Ok((peers, device))
+    }
+
+    /// Datagrams to the device's port that were no valid message, by [`Invalid`] reason.
+    pub fn invalid(&self) -> Result<[u64; Invalid::ALL.len()]> {
+        let mut out = [0; Invalid::ALL.len()];
+        for r in Invalid::ALL {
+            out[r as usize] = self.invalid.get(&(r as u32), 0)?.iter().sum();
         }
         Ok(out)
     }
@@ -437,9 +492,6 @@ pub struct LatencyStats {
     pub expired: u64,
     pub capacity: u32,
 }
-
-/// The slot of samples whose peer the programs could not tell (wg-ebpf's NO_SLOT).
-const NO_SLOT: u32 = u32::MAX;
 
 /// An endpoint as the underlay programs key it: IPv4 mapped into IPv6.
 fn endpoint_key(e: std::net::SocketAddr) -> Endpoint {

@@ -6,6 +6,7 @@
 #![no_std]
 
 pub mod latency;
+pub mod protocol;
 
 /// Map and program names, declared once for both sides.
 pub mod names {
@@ -31,6 +32,14 @@ pub mod names {
     pub const LATENCY_STATS: &str = "LATENCY_STATS";
     /// Hash: [`crate::latency::fifo_key`] → [`crate::latency::Fifo`]: packets inside WireGuard.
     pub const DELAY_FIFO: &str = "DELAY_FIFO";
+    /// Per-CPU hash: peer slot (or [`crate::protocol::NO_SLOT`]) → [`crate::protocol::MessageCounts`].
+    pub const MESSAGES: &str = "MESSAGES";
+    /// Per-CPU array indexed by [`crate::protocol::Invalid`]: datagrams to our port that are no
+    /// valid message.
+    pub const INVALID: &str = "INVALID";
+    /// LRU hash: an index this device picked in a handshake → the peer's slot, so messages
+    /// from an endpoint not synced yet (a roamed peer) are still the peer's.
+    pub const INDICES: &str = "INDICES";
     /// Hash: [`crate::latency::Endpoint`] → peer slot, for the underlay programs.
     pub const ENDPOINTS: &str = "ENDPOINTS";
     /// Array of one u32: the device's listen port, which marks its datagrams on the underlay.
@@ -123,4 +132,5 @@ mod pod {
     unsafe impl aya::Pod for super::latency::PendingKey {}
     unsafe impl aya::Pod for super::latency::Endpoint {}
     unsafe impl aya::Pod for super::latency::Fifo {}
+    unsafe impl aya::Pod for super::protocol::MessageCounts {}
 }
