@@ -36,3 +36,12 @@ fn refuses_bad_flags_naming_them() {
     let err = run_refused(&[], &["--poll-interval", "0"]);
     assert!(err.contains("--poll-interval 0"), "{err}");
 }
+
+#[test]
+fn refuses_a_malformed_names_file_naming_the_line() {
+    let path = std::env::temp_dir().join(format!("wg-names-{}", std::process::id()));
+    std::fs::write(&path, "# ok\nYP71z9BXGlz4MpombpSi3sh8/Z7J253dfEJPD5nDWy8= alice\nbob-without-key\n").unwrap();
+    let err = run_refused(&[], &["--names.file", path.to_str().unwrap()]);
+    std::fs::remove_file(&path).unwrap();
+    assert!(err.contains(&format!("{}:3: not a WireGuard public key", path.display())), "{err}");
+}

@@ -72,7 +72,9 @@ fn device_deleted_and_created_again_is_attached_again() {
     let b = lab.b.tunnel_v4.to_string();
 
     lab.exec('a', "ping", &["-c", "10", "-i", "0.01", "-q", &b]).unwrap();
-    assert!(c.scrape().unwrap().get(TX, &peer_b).unwrap() >= 10.0);
+    let m = c.scrape().unwrap();
+    let old = (m.get(TX, &peer_b).unwrap(), m.get("wireguard_peer_transmit_bytes_total", &peer_b).unwrap());
+    assert!(old.0 >= 10.0);
 
     lab.stop_daemon('a').unwrap();
     c.wait_for(Duration::from_secs(5), |m| m.get("wireguard_device_info", &[("device", &dev)]).is_none()).unwrap();
@@ -82,6 +84,10 @@ fn device_deleted_and_created_again_is_attached_again() {
     lab.wait_tunnel().unwrap();
     let (m, _) = c.wait_for(Duration::from_secs(5), |m| m.get(TX, &peer_b).is_some()).unwrap();
     let before = (m.get(TX, &peer_b).unwrap(), m.get(RX, &peer_b).unwrap());
+    // The new device counts from zero, WireGuard's and our programs' alike; the series do not
+    // go backwards (offsets continue them within the collector's life).
+    assert!(before.0 >= old.0, "{} packets after, {} before", before.0, old.0);
+    assert!(m.get("wireguard_peer_transmit_bytes_total", &peer_b).unwrap() >= old.1);
     lab.exec('a', "ping", &["-c", "20", "-i", "0.01", "-q", &b]).unwrap();
     let m = c.scrape().unwrap();
     assert_eq!(m.get(TX, &peer_b).unwrap() - before.0, 20.0, "{}", m.text);
