@@ -85,9 +85,16 @@ fn responder_round_trip_closes_on_first_data() {
 #[test]
 fn unknown_endpoints_count_for_the_device_and_other_ports_are_ignored() {
     let mut p = probe();
+    // A response from an endpoint not synced (a roamed peer) naming the index we gave the
+    // peer is still the peer's.
     out(&mut p, &wg::initiation(1));
     send(&mut p, names::PROG_UNDER_INGRESS, &eth_udp4(addr("198.51.100.9:4000"), addr("192.0.2.1:51820"), &wg::response(2, 1)));
-    assert_eq!(samples(&p, Kind::HandshakeInitiator), (0, 1));
+    assert_eq!(samples(&p, Kind::HandshakeInitiator), (1, 0));
+    // An initiation to an endpoint not synced: its answer counts for the device.
+    send(&mut p, names::PROG_UNDER_EGRESS, &eth_udp4(addr("192.0.2.1:51820"), addr("198.51.100.10:4000"), &wg::initiation(5)));
+    send(&mut p, names::PROG_UNDER_INGRESS, &eth_udp4(addr("198.51.100.10:4000"), addr("192.0.2.1:51820"), &wg::response(6, 5)));
+    assert_eq!(samples(&p, Kind::HandshakeInitiator), (1, 1));
+    assert_eq!(p.invalid().unwrap(), [0, 0, 0, 0]);
     // Another port's traffic is not ours, even when it looks like WireGuard.
     let before = p.latency_stats().unwrap().recorded;
     send(&mut p, names::PROG_UNDER_EGRESS, &eth_udp4(addr("192.0.2.1:51999"), addr("192.0.2.7:51821"), &wg::initiation(3)));

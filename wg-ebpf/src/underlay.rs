@@ -233,8 +233,9 @@ pub(crate) fn observe<const DIR: usize>(ctx: &TcContext) {
                 None => return invalid(Invalid::UnknownIndex),
             }
         }
-    } else if slot != NO_SLOT && (t == MessageType::HandshakeInitiation || t == MessageType::HandshakeResponse) {
-        // Our sender index: later messages to it are this peer's, wherever they come from.
+    } else if t == MessageType::HandshakeInitiation || t == MessageType::HandshakeResponse {
+        // Our sender index: later messages to it are this peer's, wherever they come from
+        // (or the device's, when the endpoint is not synced yet: still ours, not junk).
         let _ = INDICES.insert(&first, &slot, BPF_ANY as u64);
     }
     count(slot, DIR, t, n);
