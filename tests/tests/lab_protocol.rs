@@ -84,6 +84,10 @@ fn cookie_replies_under_load_are_counted() {
     let sock = netns::within(&lab.a.ns, move || Ok(UdpSocket::bind(format!("{}:40000", "10.200.0.1"))?)).unwrap();
     sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
     let before = c.scrape().unwrap();
+    // What b's kernel sent: UDP datagrams out of b's namespace. The tunnel is idle, so during
+    // the flood they are the cookie replies (sent one per datagram, no GSO).
+    std::thread::sleep(Duration::from_millis(200));
+    let out0 = lab.snmp('b', "Udp", "OutDatagrams").unwrap();
 
     // Read cookie replies while flooding.
     let (stop, cookies) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
@@ -112,13 +116,16 @@ fn cookie_replies_under_load_are_counted() {
     stop.store(true, Ordering::Relaxed);
     reader.join().unwrap();
     let got = cookies.load(Ordering::Relaxed) as f64;
+    let sent_by_b = (lab.snmp('b', "Udp", "OutDatagrams").unwrap() - out0) as f64;
 
     let m = c.scrape().unwrap();
     let counted = msg(&m, dev, "", "transmit", "cookie_reply") - msg(&before, dev, "", "transmit", "cookie_reply");
     let initiations = msg(&m, dev, "", "receive", "handshake_initiation") - msg(&before, dev, "", "receive", "handshake_initiation");
-    println!("sent {sent} initiations; b saw {initiations}, sent {counted} cookie replies; the sender got {got}");
+    println!("sent {sent} initiations; b saw {initiations}, counted {counted} cookie replies, its kernel sent {sent_by_b} datagrams; the sender got {got}");
     assert!(got >= 1.0, "no cookie reply provoked by {sent} initiations");
-    assert_eq!(counted, got, "cookie replies counted on b vs received by the sender");
+    assert_eq!(counted, sent_by_b, "cookie replies counted on b vs UDP datagrams b sent");
+    // A busy machine may drop some on the way back; never more arrive than were counted.
+    assert!(got <= counted);
     assert!(initiations <= sent as f64 && initiations >= counted);
     // The tunnel still works.
     lab.exec('a', "ping", &["-c", "3", "-i", "0.1", &lab.b.tunnel_v4.to_string()]).unwrap();
