@@ -244,7 +244,7 @@ fn cardinality_flags_leave_out_what_they_name() {
         let (_, k) = lab.keypair(&format!("p{i}")).unwrap();
         lab.wg('a', &["set", "{iface}", "peer", &k, "allowed-ips", &format!("10.98.0.{i}/32")]).unwrap();
     }
-    let c = Collector::start(&lab.a.ns, &["--metrics.omit", "endpoint", "--metrics.omit", "allowed-ips", "--metrics.max-series", "100"]).unwrap();
+    let c = Collector::start(&lab.a.ns, &["--redact", "endpoints", "--redact", "allowed-ips", "--metrics.max-series", "100"]).unwrap();
     let m = c.scrape().unwrap();
     assert_eq!(m.find("wireguard_peer_allowed_ips_info", &[]).count(), 0);
     assert!(!m.text.contains("10.200.0.2:51820"), "the endpoint must not show:\n{}", m.text);

@@ -11,4 +11,5 @@ pub mod metrics;
 pub mod monitor;
 pub mod privileges;
 pub mod server;
+pub mod web;
 pub mod wireguard;

@@ -5,13 +5,14 @@ use clap::Parser;
 use prometheus_client::registry::Registry;
 use wg_collector::{
     bpf::ProbeOptions,
+    histogram::Buckets,
     metrics::{ExportOptions, WireguardCollector},
-    names::{NameSources, Names},
     monitor::{Monitor, Options},
+    names::{NameSources, Names},
     privileges, server,
+    web::serve::{serve, Shared, Sources},
     wireguard::discovery::DEFAULT_UAPI_DIR,
 };
-use wg_collector::histogram::Buckets;
 use wg_common::{DEFAULT_MAX_ALLOWED_IPS, DEFAULT_MAX_HIST_ENTRIES, DEFAULT_MAX_PEERS, DEFAULT_MAX_PENDING};
 
 /// WireGuard telemetry collector: per-peer packet counters measured by eBPF on the
@@ -19,9 +20,21 @@ use wg_common::{DEFAULT_MAX_ALLOWED_IPS, DEFAULT_MAX_HIST_ENTRIES, DEFAULT_MAX_P
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
-    /// Address to serve metrics on.
-    #[arg(long = "web.listen-address", default_value = "[::]:9586")]
-    listen_address: SocketAddr,
+    /// Address to serve metrics on. Default: [::]:9586 when authentication is configured,
+    /// else 127.0.0.1:9586 (loopback only).
+    #[arg(long = "web.listen-address", value_name = "ADDR")]
+    listen_address: Option<SocketAddr>,
+    /// TLS and basic auth settings, in the format of prometheus/exporter-toolkit
+    /// (node_exporter's --web.config.file). Reloaded on SIGHUP and when it changes.
+    #[arg(long = "web.config.file", value_name = "FILE")]
+    web_config: Option<PathBuf>,
+    /// Bearer tokens, one per line (Prometheus: authorization.credentials_file). Reloaded on
+    /// SIGHUP and when it changes.
+    #[arg(long = "web.bearer-token-file", value_name = "FILE")]
+    bearer_token_file: Option<PathBuf>,
+    /// Allow serving a non-loopback address without authentication.
+    #[arg(long = "web.insecure")]
+    insecure: bool,
     /// Path under which metrics are served.
     #[arg(long = "web.telemetry-path", default_value = "/metrics")]
     telemetry_path: String,
@@ -66,10 +79,10 @@ struct Args {
     /// (repeat for several).
     #[arg(long = "names.wg-config", value_name = "FILE")]
     wg_configs: Vec<PathBuf>,
-    /// Leave out a label or family that maps the network: endpoint (the label on
-    /// wireguard_peer_info) or allowed-ips (wireguard_peer_allowed_ips_info); repeatable.
-    #[arg(long = "metrics.omit", value_name = "WHAT", value_parser = ["endpoint", "allowed-ips"])]
-    omit: Vec<String>,
+    /// Hide what maps your network: endpoints (the endpoint label), allowed-ips (the
+    /// wireguard_peer_allowed_ips_info family), or all; repeatable.
+    #[arg(long = "redact", value_name = "WHAT", value_parser = ["endpoints", "allowed-ips", "all"])]
+    redact: Vec<String>,
     /// At most this many per-peer series on a page (0 = no limit); peers past it are left out
     /// with a warning.
     #[arg(long = "metrics.max-series", default_value_t = 2_000_000)]
@@ -89,6 +102,15 @@ fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     let args = Args::parse();
+    // Everything that needs full privileges happens here, on the only thread, before the
+    // capabilities are dropped: threads started later inherit the reduced set.
+    let prepared = match prepare(&args) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("wg-collector: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -96,7 +118,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(args)) {
+    match rt.block_on(run(args, prepared)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("wg-collector: {e:#}");
@@ -105,9 +127,20 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(args: Args) -> Result<()> {
-    if !args.telemetry_path.starts_with('/') || args.telemetry_path == "/" {
-        bail!("--web.telemetry-path {:?}: must start with / and not be / itself", args.telemetry_path);
+/// What `prepare` made ready for `run`.
+struct Prepared {
+    /// Keeps bpf stats on while it lives.
+    _stats: Option<std::os::fd::OwnedFd>,
+    web: Arc<Shared>,
+    listen: SocketAddr,
+    names: Names,
+}
+
+/// Checks the flags and files, enables what needs CAP_SYS_ADMIN, picks the listen address,
+/// and drops every capability the daemon does not need from here on.
+fn prepare(args: &Args) -> Result<Prepared> {
+    if !args.telemetry_path.starts_with('/') || args.telemetry_path == "/" || args.telemetry_path == "/-/healthy" {
+        bail!("--web.telemetry-path {:?}: must start with / and not be / or /-/healthy", args.telemetry_path);
     }
     if !(0.05..=3600.0).contains(&args.poll_interval) {
         bail!("--poll-interval {}: must be between 0.05 and 3600 seconds", args.poll_interval);
@@ -123,28 +156,52 @@ async fn run(args: Args) -> Result<()> {
         let list: Vec<String> = missing.iter().map(|(c, why)| format!("{c} (to {why})")).collect();
         bail!("missing privileges: {}; run as root or grant these capabilities", list.join(", "));
     }
-    let _stats = if args.bpf_stats {
+    let sources = Sources { web_config: args.web_config.clone(), token_file: args.bearer_token_file.clone() };
+    let settings = sources.load()?;
+    let authenticated = settings.authenticates();
+    let listen = match (args.listen_address, authenticated) {
+        (Some(a), _) if authenticated || args.insecure || a.ip().is_loopback() => a,
+        (Some(a), _) => bail!(
+            "--web.listen-address {a}: not a loopback address, and no authentication is configured (--web.config.file with basic_auth_users or client certificates, or --web.bearer-token-file); per-peer metrics map your network. Pass --web.insecure to serve it anyway"
+        ),
+        (None, true) => "[::]:9586".parse()?,
+        (None, false) => {
+            tracing::warn!("no authentication configured: serving on 127.0.0.1:9586 only (see --web.config.file, --web.bearer-token-file)");
+            "127.0.0.1:9586".parse()?
+        }
+    };
+    let may_be_open = args.insecure || listen.ip().is_loopback();
+    let names = Names::load(NameSources { names_files: args.names_files.clone(), wg_configs: args.wg_configs.clone() })?;
+    let stats = if args.bpf_stats {
         Some(aya::sys::enable_stats(aya::sys::Stats::RunTime).context("enabling bpf stats (--bpf.stats)")?)
     } else {
         None
     };
+    privileges::drop_unneeded()?;
+    Ok(Prepared { _stats: stats, web: Shared::new(settings, sources, may_be_open), listen, names })
+}
 
-    let names = Names::load(NameSources { names_files: args.names_files, wg_configs: args.wg_configs })?;
-    let monitor = Arc::new(Monitor::new(Options {
-        uapi_dir: args.uapi_dir,
-        devices: args.devices,
-        probe: ProbeOptions {
-            max_peers: args.max_peers,
-            max_allowed_ips: args.max_allowed_ips,
-            max_pending: args.max_pending,
-            max_hist_entries: args.max_hist_entries,
-            latency_sample: args.latency_sample,
-            delay: !args.no_delay,
-            log_level: log::max_level(),
+async fn run(args: Args, prepared: Prepared) -> Result<()> {
+    let Prepared { _stats, web, listen, names } = prepared;
+    let redact = |what: &str| args.redact.iter().any(|r| r == what || r == "all");
+    let monitor = Arc::new(Monitor::new(
+        Options {
+            uapi_dir: args.uapi_dir,
+            devices: args.devices,
+            probe: ProbeOptions {
+                max_peers: args.max_peers,
+                max_allowed_ips: args.max_allowed_ips,
+                max_pending: args.max_pending,
+                max_hist_entries: args.max_hist_entries,
+                latency_sample: args.latency_sample,
+                delay: !args.no_delay,
+                log_level: log::max_level(),
+            },
+            pending_ttl: Duration::from_secs_f64(args.pending_ttl),
+            underlays: args.underlays,
         },
-        pending_ttl: Duration::from_secs_f64(args.pending_ttl),
-        underlays: args.underlays,
-    }, names));
+        names,
+    ));
     // First sync before serving, so the first scrape already finds the programs attached.
     let first = monitor.clone();
     tokio::task::spawn_blocking(move || first.refresh()).await?;
@@ -164,18 +221,17 @@ async fn run(args: Args) -> Result<()> {
     let mut registry = Registry::default();
     let export = ExportOptions {
         buckets: args.latency_buckets,
-        omit_endpoints: args.omit.iter().any(|o| o == "endpoint"),
-        omit_allowed_ips: args.omit.iter().any(|o| o == "allowed-ips"),
+        redact_endpoints: redact("endpoints"),
+        redact_allowed_ips: redact("allowed-ips"),
         max_series: args.max_series,
     };
     registry.register_collector(Box::new(WireguardCollector::new(monitor, export)));
-    let app = server::router(registry, &args.telemetry_path);
-    let listener = tokio::net::TcpListener::bind(args.listen_address)
-        .await
-        .with_context(|| format!("listening on --web.listen-address {}", args.listen_address))?;
-    tracing::info!(address = %listener.local_addr()?, path = %args.telemetry_path, "serving metrics");
-    axum::serve(listener, app).with_graceful_shutdown(shutdown()).await?;
-    Ok(())
+    let app = server::router(registry, &args.telemetry_path, web.clone());
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
+    let tls = web.current().tls.is_some();
+    tracing::info!(address = %listener.local_addr()?, path = %args.telemetry_path, tls, authentication = web.current().authenticates(), "serving metrics");
+    web.clone().watch();
+    serve(listener, app, web, shutdown()).await
 }
 
 async fn shutdown() {

@@ -32,10 +32,10 @@ pub struct WireguardCollector {
 #[derive(Clone, Debug, Default)]
 pub struct ExportOptions {
     pub buckets: Buckets,
-    /// Leave the endpoint label empty (it maps the network and changes with roaming).
-    pub omit_endpoints: bool,
-    /// Leave out wireguard_peer_allowed_ips_info.
-    pub omit_allowed_ips: bool,
+    /// Leave the endpoint label empty (`--redact endpoints`: it maps the network).
+    pub redact_endpoints: bool,
+    /// Leave out wireguard_peer_allowed_ips_info (`--redact allowed-ips`).
+    pub redact_allowed_ips: bool,
     /// At most this many per-peer series (0 = no limit): peers past it are left out whole,
     /// with a warning and wireguard_collector_peers_omitted.
     pub max_series: usize,
@@ -127,7 +127,7 @@ fn peer_series(d: &DeviceSnapshot, p: &Peer, hist_kinds: usize, opts: &ExportOpt
         Buckets::Classic(v) => v.len() + 3,
         Buckets::Full => 400,
     };
-    1 + if opts.omit_allowed_ips { 0 } else { p.allowed_ips.len() }
+    1 + if opts.redact_allowed_ips { 0 } else { p.allowed_ips.len() }
         + 5
         + if d.counters.contains_key(&p.public_key) { 4 } else { 0 }
         + if d.messages.contains_key(&p.public_key) { 10 } else { 0 }
@@ -225,12 +225,12 @@ fn encode_snapshot(snap: &Snapshot, opts: &ExportOptions, omitted: &[(String, us
 
     let mut m = family(enc, "wireguard_peer_info", "WireGuard peer: its friendly name (names file, or friendly_name comments in wg-quick files) and current endpoint (value 1)", Gauge)?;
     for (d, p, [dev, key]) in peers() {
-        let endpoint = if opts.omit_endpoints { String::new() } else { p.endpoint.map(|e| e.to_string()).unwrap_or_default() };
+        let endpoint = if opts.redact_endpoints { String::new() } else { p.endpoint.map(|e| e.to_string()).unwrap_or_default() };
         let name = d.names.get(&p.public_key).cloned().unwrap_or_default();
         gauge(&mut m, &[dev, key, ("name", name), ("endpoint", endpoint)], 1i64)?;
     }
 
-    if !opts.omit_allowed_ips {
+    if !opts.redact_allowed_ips {
         let mut m = family(enc, "wireguard_peer_allowed_ips_info", "One allowed IP of a peer (value 1)", Gauge)?;
         let mut buf = String::new();
         for (_, p, [dev, key]) in peers() {

@@ -33,6 +33,42 @@ fn missing_from(eff: u64) -> Vec<(&'static str, &'static str)> {
         .collect()
 }
 
+/// Drops every capability but the three the daemon needs for the rest of its life, from the
+/// effective, permitted, inheritable and ambient sets of this thread (threads started later
+/// inherit them), and from the bounding set where it may (CAP_SETPCAP); and sets
+/// no_new_privs, so nothing it could execute gains any back.
+///
+/// Kept, and why: CAP_BPF (every bpf() call, map reads included, needs it while unprivileged
+/// BPF is disabled, and new devices need programs and maps), CAP_NET_ADMIN (attaching TC
+/// programs to new devices and underlays; WireGuard's netlink GET_DEVICE), CAP_PERFMON (the
+/// programs' direct packet access and pointer use when loaded for a new device). The process
+/// stays uid 0: the UAPI sockets under /var/run/wireguard are root's.
+pub fn drop_unneeded() -> anyhow::Result<()> {
+    use caps::{CapSet, Capability};
+    let keep: caps::CapsHashSet = [Capability::CAP_BPF, Capability::CAP_NET_ADMIN, Capability::CAP_PERFMON].into_iter().collect();
+    let mut bounding_kept = true;
+    for cap in caps::all() {
+        if !keep.contains(&cap) && caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false) && caps::drop(None, CapSet::Bounding, cap).is_err() {
+            bounding_kept = false;
+        }
+    }
+    if !bounding_kept {
+        tracing::warn!("could not shrink the capability bounding set (no CAP_SETPCAP); the other sets are reduced");
+    }
+    caps::clear(None, CapSet::Ambient)?;
+    caps::clear(None, CapSet::Inheritable)?;
+    let permitted = caps::read(None, CapSet::Permitted)?;
+    let kept: caps::CapsHashSet = keep.intersection(&permitted).copied().collect();
+    caps::set(None, CapSet::Effective, &kept)?;
+    caps::set(None, CapSet::Permitted, &kept)?;
+    // SAFETY: prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        anyhow::bail!("prctl(PR_SET_NO_NEW_PRIVS): {}", std::io::Error::last_os_error());
+    }
+    tracing::info!("capabilities reduced to CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON");
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,19 +12,25 @@ use axum::{
 };
 use prometheus_client::{encoding, registry::Registry};
 
+use crate::web::serve::{authenticate, Shared};
+
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-pub fn router(registry: Registry, telemetry_path: &str) -> Router {
+/// The routes: the metrics and a landing page behind authentication, and `/-/healthy`,
+/// which needs none and says nothing but that the process serves.
+pub fn router(registry: Registry, telemetry_path: &str, web: Arc<Shared>) -> Router {
     let registry = Arc::new(registry);
     let landing = format!(
         "<!doctype html><html><head><title>WireGuard collector</title></head><body>\
          <h1>WireGuard collector</h1><p><a href=\"{telemetry_path}\">Metrics</a></p></body></html>"
     );
-    Router::new()
+    let protected = Router::new()
         .route(telemetry_path, get(metrics))
         .route("/", get(move || async move { Html(landing) }))
         .with_state(registry)
+        .layer(axum::middleware::from_fn_with_state(web, authenticate));
+    Router::new().route("/-/healthy", get(|| async { "OK\n" })).merge(protected)
 }
 
 async fn metrics(State(registry): State<Arc<Registry>>, headers: HeaderMap) -> Response {
