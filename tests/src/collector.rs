@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 use crate::{lab::terminate, netns, scrape::{http_get, Metrics}};
 
@@ -52,12 +52,18 @@ impl Collector {
 
     /// Like [`start`](Self::start), with RUST_LOG set to `filter`.
     pub fn start_with_log(ns: &str, args: &[&str], filter: &str) -> Result<Self> {
-        let addr: SocketAddr = "127.0.0.1:9586".parse().unwrap();
+        let addr: SocketAddr = args
+            .windows(2)
+            .find(|w| w[0] == "--web.listen-address")
+            .map_or("127.0.0.1:9586", |w| w[1])
+            .parse()
+            .context("--web.listen-address")?;
         let log = std::env::temp_dir().join(format!("{ns}-collector-{}.log", std::process::id()));
         let out = std::fs::File::create(&log)?;
         let bin = binary()?;
         let child = netns::cmd(ns, bin.to_str().unwrap())
-            .args(["--web.listen-address", &addr.to_string(), "--poll-interval", "0.2"])
+            .args(["--poll-interval", "0.2"])
+            .args(if args.contains(&"--web.listen-address") { vec![] } else { vec!["--web.listen-address".to_string(), addr.to_string()] })
             .args(args)
             .env("RUST_LOG", filter)
             .stdin(Stdio::null())
@@ -71,7 +77,9 @@ impl Collector {
             if let Ok(Some(status)) = c.child.try_wait() {
                 bail!("collector exited with {status}: {}", c.log_text());
             }
-            if c.scrape().is_ok() {
+            // It says so once it listens (with TLS or authentication, a plain scrape could
+            // not tell).
+            if c.log_text().contains("serving metrics") {
                 return Ok(c);
             }
             if Instant::now() > deadline {
@@ -116,6 +124,11 @@ impl Collector {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The collector's process id (`ip netns exec` execs into it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn is_running(&mut self) -> bool {

@@ -45,3 +45,17 @@ fn refuses_a_malformed_names_file_naming_the_line() {
     std::fs::remove_file(&path).unwrap();
     assert!(err.contains(&format!("{}:3: not a WireGuard public key", path.display())), "{err}");
 }
+
+#[test]
+fn refuses_an_open_non_loopback_listener_and_weak_tokens() {
+    let err = run_refused(&[], &["--web.listen-address", "0.0.0.0:9586"]);
+    assert!(err.contains("not a loopback address, and no authentication is configured") && err.contains("--web.insecure"), "{err}");
+    let path = std::env::temp_dir().join(format!("wg-weak-token-{}", std::process::id()));
+    std::fs::write(&path, "admin\n").unwrap();
+    let err = run_refused(&[], &["--web.bearer-token-file", path.to_str().unwrap()]);
+    std::fs::write(&path, "").unwrap();
+    let empty = run_refused(&[], &["--web.bearer-token-file", path.to_str().unwrap()]);
+    std::fs::remove_file(&path).unwrap();
+    assert!(err.contains("line 1: a well-known default token"), "{err}");
+    assert!(empty.contains("no token in it"), "{empty}");
+}

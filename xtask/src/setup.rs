@@ -20,6 +20,8 @@ const PACKAGES: &[&str] = &[
     "iproute2",
     "util-linux",
     "bpftool",
+    // A real Prometheus scrapes the collector in the tests; promtool checks rules.
+    "prometheus",
 ];
 
 const BPF_LINKER: &str = "0.13.0";
