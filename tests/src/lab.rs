@@ -27,6 +27,8 @@ use crate::{
 pub enum Implementation {
     WireguardGo,
     Boringtun,
+    /// The kernel module (only where it is loaded: the kernel-WireGuard VM).
+    Kernel,
 }
 
 impl Implementation {
@@ -35,6 +37,7 @@ impl Implementation {
         match self {
             Self::WireguardGo => "wireguard-go",
             Self::Boringtun => "boringtun",
+            Self::Kernel => "kernel",
         }
     }
 }
@@ -175,8 +178,13 @@ impl Lab {
     pub fn start_daemon(&mut self, name: char) -> Result<()> {
         let imp = self.implementation;
         let (ns, iface) = (self.side(name).ns.clone(), self.side(name).iface.clone());
+        if imp == Implementation::Kernel {
+            sh(&["ip", "-n", &ns, "link", "add", &iface, "type", "wireguard"])?;
+            return self.configure(name);
+        }
         let log = std::fs::File::create(self.dir.join(format!("{name}.log")))?;
         let mut c = match imp {
+            Implementation::Kernel => unreachable!(),
             Implementation::WireguardGo => {
                 let mut c = netns::cmd(&ns, "wireguard-go");
                 c.args(["-f", &iface]);
@@ -194,6 +202,12 @@ impl Lab {
         let sock = Path::new(UAPI_DIR).join(format!("{iface}.sock"));
         wait_until(Duration::from_secs(10), || sock.exists() && sh(&["ip", "-n", &ns, "link", "show", &iface]).is_ok())
             .with_context(|| format!("{imp:?} did not create {} and {iface}", sock.display()))?;
+        self.configure(name)
+    }
+
+    /// Keys, port, peer, addresses, up.
+    fn configure(&mut self, name: char) -> Result<()> {
+        let (ns, iface) = (self.side(name).ns.clone(), self.side(name).iface.clone());
 
         let me = self.side(name);
         let peer = self.other(name);
@@ -240,9 +254,13 @@ impl Lab {
         Ok(())
     }
 
-    /// Stops the side's daemon; its interface and socket go with it.
+    /// Stops the side's daemon; its interface and socket go with it (a kernel device is
+    /// deleted).
     pub fn stop_daemon(&mut self, name: char) -> Result<()> {
         let (ns, iface) = (self.side(name).ns.clone(), self.side(name).iface.clone());
+        if self.implementation == Implementation::Kernel {
+            sh(&["ip", "-n", &ns, "link", "del", &iface])?;
+        }
         if let Some(mut child) = self.side_mut(name).daemon.take() {
             terminate(&mut child);
         }

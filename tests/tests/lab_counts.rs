@@ -65,7 +65,7 @@ fn view(c: &Collector, lab: &Lab) -> PeerView {
 /// plaintext: exactly the IP bytes, keepalives being empty.
 fn assert_wg_bytes(imp: Implementation, what: &str, got: f64, packets: u64, ip_len: u64) {
     match imp {
-        Implementation::WireguardGo => {
+        Implementation::WireguardGo | Implementation::Kernel => {
             let data = packets * wg_data_bytes(ip_len, 1420);
             let extra = got as i64 - data as i64;
             assert!(extra >= 0 && extra % 32 == 0 && extra <= 64, "{what}: wireguard-go counted {got}, data messages make {data}");
@@ -152,7 +152,7 @@ fn bulk_transfer_is_counted_exactly(imp: Implementation) {
     for (i, (what, wg, payload, packets)) in [("tx", d.wg_tx_bytes, d.tx_payload, d.tx_packets), ("rx", d.wg_rx_bytes, d.rx_payload, d.rx_packets)].into_iter().enumerate() {
         let (low, high) = match imp {
             // Plaintext + 32 per message + padding to 16 (0..15 per packet) + keepalives.
-            Implementation::WireguardGo => (payload + 32.0 * packets, payload + 47.0 * packets + 64.0),
+            Implementation::WireguardGo | Implementation::Kernel => (payload + 32.0 * packets, payload + 47.0 * packets + 64.0),
             // The plaintext itself.
             Implementation::Boringtun => (payload, payload),
         };

@@ -162,28 +162,31 @@ fn addresses<const DIR: usize>(ctx: &TcContext, ip: &Ip, k: &mut PendingKey) -> 
 /// SACK_PERM TS on a SYN; BSD and Windows: MSS NOP WS NOP NOP TS), and few enough that the
 /// verifier's walk of the unrolled loop stays small.
 #[inline(always)]
-fn timestamps(opts: &[u8; 40], len: usize) -> Option<(u32, u32)> {
+fn timestamps(opts: &[u8; 48], len: usize) -> Option<(u32, u32)> {
     let mut i = 0usize;
     for _ in 0..8 {
         if i + 10 > len || i > 30 {
             return None;
         }
-        match opts[i] {
+        // Masked so that even an older verifier (6.1), which loses the bound above on the
+        // copy it checks, sees the offset stay inside the buffer.
+        let j = core::hint::black_box(i) & 31;
+        match opts[j] {
             TCPOPT_EOL => return None,
             TCPOPT_NOP => i += 1,
             TCPOPT_TIMESTAMP => {
-                if opts[i + 1] != 10 {
+                if opts[j + 1] != 10 {
                     return None;
                 }
-                let w = |k: usize| u32::from_be_bytes([opts[i + k], opts[i + k + 1], opts[i + k + 2], opts[i + k + 3]]);
+                let w = |k: usize| u32::from_be_bytes([opts[j + k], opts[j + k + 1], opts[j + k + 2], opts[j + k + 3]]);
                 return Some((w(2), w(6)));
             }
             _ => {
-                let olen = opts[i + 1] as usize;
+                let olen = opts[j + 1] as usize;
                 if olen < 2 {
                     return None;
                 }
-                i += olen;
+                i = j + olen;
             }
         }
     }
@@ -246,9 +249,14 @@ fn tcp<const DIR: usize>(ctx: &TcContext, ip: &Ip, l4: u32, slot: u32, clock: &C
         // wants a constant length): 40 bytes when the packet has them, else 20 (a SYN's
         // usual options), else 12.
         let avail = ctx.len().saturating_sub(l4 + 20);
-        let mut opts = [0u8; 40];
+        // 48 bytes, of which the options fill at most 40: the parser's masked offsets stay
+        // inside whatever it reads.
+        let mut opts = [0u8; 48];
         let loaded = if avail >= 40 {
-            load(ctx, l4 + 20, &mut opts)
+            let mut b = [0u8; 40];
+            let ok = load(ctx, l4 + 20, &mut b);
+            opts[..40].copy_from_slice(&b);
+            ok
         } else if avail >= 20 {
             let mut b = [0u8; 20];
             let ok = load(ctx, l4 + 20, &mut b);

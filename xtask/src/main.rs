@@ -5,6 +5,7 @@ mod bench;
 mod demo;
 mod setup;
 mod test;
+mod vm;
 
 use std::process::Command;
 
@@ -36,6 +37,8 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
+    /// Kernel WireGuard in a qemu guest: the kernel-WireGuard suite (tests/src/bin/vm-suite.rs).
+    Vmtest,
     /// Start a lab of two WireGuard peers in namespaces and keep it until Ctrl-C.
     Lab {
         #[arg(long = "impl", value_enum, default_value_t = Impl::WireguardGo)]
@@ -82,6 +85,12 @@ fn main() -> Result<()> {
             setup::run()?;
             build(false)?;
             let (passed, failed) = test::run()?;
+            // Kernel WireGuard, in a qemu guest (setup installed qemu).
+            let vm = vm::run();
+            if let Err(e) = &vm {
+                eprintln!("vmtest failed: {e:#}");
+            }
+            let (passed, failed) = if vm.is_ok() { (passed + 1, failed) } else { (passed, failed + 1) };
             // The benchmark's smoke mode, so it cannot rot.
             let bench = bench::run(true);
             if let Err(e) = &bench {
@@ -91,12 +100,16 @@ fn main() -> Result<()> {
             // The README's demo, briefly, so it cannot rot.
             let demo = demo::run(Implementation::WireguardGo, Some(3), "127.0.0.1:0".parse()?);
             let (passed, failed) = if demo.is_ok() { (passed + 1, failed) } else { (passed, failed + 1) };
-            println!("\nxtask test: {passed} passed, {failed} failed (cargo test, bench --quick and the demo)");
+            println!("\nxtask test: {passed} passed, {failed} failed (cargo test, the kernel-WireGuard VM, bench --quick and the demo)");
             demo?;
             if failed > 0 {
                 bail!("{failed} tests failed");
             }
             Ok(())
+        }
+        Task::Vmtest => {
+            setup::run()?;
+            vm::run()
         }
         Task::Bench { quick } => {
             setup::run()?;

@@ -22,6 +22,12 @@ const PACKAGES: &[&str] = &[
     "bpftool",
     // A real Prometheus scrapes the collector in the tests; promtool checks rules.
     "prometheus",
+    // Kernel WireGuard runs in a qemu guest (cargo xtask vmtest).
+    "qemu-system-x86",
+    "busybox-static",
+    "cpio",
+    "kmod",
+    "xz-utils",
 ];
 
 const BPF_LINKER: &str = "0.13.0";

@@ -1,0 +1,206 @@
+//! The kernel-WireGuard suite, run inside the qemu guest that `cargo xtask vmtest` boots
+//! (this machine's kernel has no WireGuard module). The same lab as the host tests, with
+//! kernel devices, and the same exact-count assertions; it ends by telling qemu its verdict
+//! through the isa-debug-exit port.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use wg_tests::{Collector, Implementation, Lab, Metrics};
+
+fn main() {
+    let checks: Vec<(&str, fn() -> Result<()>)> = vec![
+        ("netlink state: device, peer, handshake time", state_over_netlink),
+        ("ping -c 100: exact packets, payload and WireGuard bytes", ping_counts),
+        ("500+ peers over a multipart dump; added and removed", many_peers),
+        ("latency, handshake and encap/decap samples", latency),
+        ("a forced handshake counted exactly", forced_handshake),
+        ("a device deleted and created again", device_recreated),
+    ];
+    let (mut passed, mut failed) = (0, 0);
+    for (name, check) in checks {
+        let t0 = Instant::now();
+        match check() {
+            Ok(()) => {
+                passed += 1;
+                println!("vm-suite: ok   {name} ({:.1} s)", t0.elapsed().as_secs_f64());
+            }
+            Err(e) => {
+                failed += 1;
+                println!("vm-suite: FAIL {name}: {e:#}");
+            }
+        }
+    }
+    println!("vm-suite: {passed} passed, {failed} failed");
+    exit_qemu(if failed == 0 { 0 } else { 1 });
+}
+
+/// qemu's isa-debug-exit device: writing V to port 0xf4 ends qemu with status 2V+1.
+fn exit_qemu(v: u8) {
+    // SAFETY: ioperm and an out instruction on the debug-exit port; only in the guest.
+    unsafe {
+        if libc::ioperm(0xf4, 4, 1) == 0 {
+            core::arch::asm!("out dx, al", in("dx") 0xf4u16, in("al") v);
+        }
+    }
+    std::process::exit(v as i32);
+}
+
+/// Runs `f` with a collector in the lab's namespace a; a failure carries the collector's log.
+fn with_collector(lab: &mut Lab, args: &[&str], f: impl FnOnce(&mut Lab, &Collector) -> Result<()>) -> Result<()> {
+    let c = Collector::start(&lab.a.ns, args)?;
+    f(lab, &c).map_err(|e| {
+        let log = c.log_text();
+        // The first warning, whole (a verifier log runs over many lines), or nothing.
+        let first = log.find("WARN").map(|i| {
+            let rest = &log[i..];
+            let end = rest[1..].find("WARN").map_or(rest.len(), |j| j + 1);
+            let lines: Vec<&str> = rest[..end].lines().collect();
+            let n = lines.len();
+            if n > 40 { [&lines[..5], &["..."], &lines[n - 30..]].concat().join("\n") } else { lines.join("\n") }
+        });
+        e.context(format!("collector's first warning: {}", first.unwrap_or_default()))
+    })
+}
+
+fn peer_of<'a>(lab: &'a Lab) -> [(&'static str, &'a str); 2] {
+    [("device", lab.a.iface.as_str()), ("public_key", lab.b.public_key.as_str())]
+}
+
+fn get(m: &Metrics, name: &str, labels: &[(&str, &str)]) -> Result<f64> {
+    m.get(name, labels).with_context(|| format!("{name} {labels:?} missing:\n{}", m.text))
+}
+
+fn state_over_netlink() -> Result<()> {
+    let mut lab = Lab::new(Implementation::Kernel)?;
+    with_collector(&mut lab, &[], |lab, c| {
+        let m = c.scrape()?;
+        let dev = [("device", lab.a.iface.as_str())];
+        ensure!(m.get("wireguard_device_info", &[dev[0], ("implementation", "kernel"), ("listen_port", "51820")]) == Some(1.0), "device_info:\n{}", m.text);
+        ensure!(get(&m, "wireguard_peers", &dev)? == 1.0);
+        let hs = get(&m, "wireguard_peer_last_handshake_seconds", &peer_of(&lab))?;
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs_f64();
+        ensure!((now - hs).abs() < 60.0, "last handshake {hs}, now {now}");
+        ensure!(m.get("wireguard_peer_info", &[peer_of(&lab)[1], ("endpoint", "10.200.0.2:51820")]) == Some(1.0), "{}", m.text);
+        ensure!(get(&m, "wireguard_collector_errors_total", &[("source", "netlink")])? == 0.0);
+        Ok(())
+    })
+}
+
+fn ping_counts() -> Result<()> {
+    let mut lab = Lab::new(Implementation::Kernel)?;
+    with_collector(&mut lab, &[], |lab, c| {
+        let peer = peer_of(&lab);
+        let read = |m: &Metrics| -> Result<[f64; 6]> {
+            Ok([
+                get(m, "wireguard_peer_transmit_packets_total", &peer)?,
+                get(m, "wireguard_peer_receive_packets_total", &peer)?,
+                get(m, "wireguard_peer_transmit_payload_bytes_total", &peer)?,
+                get(m, "wireguard_peer_receive_payload_bytes_total", &peer)?,
+                get(m, "wireguard_peer_transmit_bytes_total", &peer)?,
+                get(m, "wireguard_peer_receive_bytes_total", &peer)?,
+            ])
+        };
+        let before = read(&c.scrape()?)?;
+        lab.exec('a', "ping", &["-c", "100", "-i", "0.01", "-q", &lab.b.tunnel_v4.to_string()])?;
+        let after = read(&c.scrape()?)?;
+        let d: Vec<f64> = after.iter().zip(before).map(|(a, b)| a - b).collect();
+        println!("vm-suite: ping deltas tx {} rx {} payload {} / {} wireguard bytes {} / {}", d[0], d[1], d[2], d[3], d[4], d[5]);
+        ensure!(d[0] == 100.0 && d[1] == 100.0, "packets {d:?}");
+        ensure!(d[2] == 8400.0 && d[3] == 8400.0, "payload {d:?}");
+        // Kernel WireGuard counts each data message as it goes on the wire: 16 + pad16(84) + 16
+        // = 128 bytes per ping, and keepalives (32) if any fell in the window.
+        for (what, got) in [("tx", d[4]), ("rx", d[5])] {
+            let extra = got - 100.0 * 128.0;
+            ensure!(extra >= 0.0 && extra % 32.0 == 0.0 && extra <= 64.0, "{what}: kernel WireGuard counted {got} bytes for 100 pings");
+        }
+        Ok(())
+    })
+}
+
+fn many_peers() -> Result<()> {
+    let mut lab = Lab::new(Implementation::Kernel)?;
+    with_collector(&mut lab, &[], |lab, c| {
+        // 600 peers in one `wg setconf`-like batch through a config file: the dump spans several
+        // netlink messages (~90 peers each).
+        let mut conf = String::new();
+        let mut keys = Vec::new();
+        for i in 0..600u32 {
+            let (_, k) = lab.keypair(&format!("m{i}"))?;
+            conf.push_str(&format!("[Peer]\nPublicKey = {k}\nAllowedIPs = 10.{}.{}.{}/32\n\n", 100 + i / 65536, (i / 256) % 256, i % 256));
+            keys.push(k);
+        }
+        let path = std::env::temp_dir().join(format!("{}-peers.conf", lab.a.ns));
+        std::fs::write(&path, conf)?;
+        lab.wg('a', &["addconf", "{iface}", path.to_str().unwrap()])?;
+        let dev = [("device", lab.a.iface.as_str())];
+        let (m, _) = c.wait_for(Duration::from_secs(20), |m| m.get("wireguard_peers", &dev) == Some(601.0))?;
+        ensure!(get(&m, "wireguard_peers_added_total", &dev)? == 600.0);
+        ensure!(m.find("wireguard_peer_allowed_ips_info", &[dev[0]]).count() == 602, "allowed IPs: {}", m.find("wireguard_peer_allowed_ips_info", &[dev[0]]).count());
+        for k in keys.iter().take(100) {
+            lab.wg('a', &["set", "{iface}", "peer", k, "remove"])?;
+        }
+        let (m, _) = c.wait_for(Duration::from_secs(20), |m| m.get("wireguard_peers", &dev) == Some(501.0))?;
+        ensure!(get(&m, "wireguard_peers_removed_total", &dev)? == 100.0);
+        ensure!(!m.mentions("public_key", &keys[0]) && m.mentions("public_key", &keys[599]));
+        std::fs::remove_file(&path)?;
+        Ok(())
+    })
+}
+
+fn latency() -> Result<()> {
+    let mut lab = Lab::new(Implementation::Kernel)?;
+    with_collector(&mut lab, &[], |lab, c| {
+        let peer = peer_of(&lab);
+        lab.reset_peer('a')?;
+        c.scrape()?;
+        lab.exec('a', "ping", &["-c", "40", "-i", "0.02", "-q", &lab.b.tunnel_v4.to_string()])?;
+        let m = c.scrape()?;
+        let icmp = get(&m, "wireguard_peer_latency_seconds_count", &[peer[0], peer[1], ("method", "icmp")])?;
+        let hs = get(&m, "wireguard_peer_handshake_rtt_seconds_count", &[peer[0], peer[1], ("role", "initiator")])?;
+        let tx = get(&m, "wireguard_peer_transmit_packets_total", &peer)?;
+        let rx = get(&m, "wireguard_peer_receive_packets_total", &peer)?;
+        let encap = get(&m, "wireguard_peer_encap_delay_seconds_count", &peer)?;
+        let decap = get(&m, "wireguard_peer_decap_delay_seconds_count", &peer)?;
+        println!("vm-suite: icmp samples {icmp}, handshakes {hs}, encap {encap} / tx {tx}, decap {decap} / rx {rx}");
+        ensure!(icmp == 40.0 && hs == 1.0, "icmp {icmp}, initiator handshakes {hs}");
+        ensure!(encap == tx && decap == rx, "encap {encap} vs tx {tx}, decap {decap} vs rx {rx}");
+        Ok(())
+    })
+}
+
+fn forced_handshake() -> Result<()> {
+    let mut lab = Lab::new(Implementation::Kernel)?;
+    with_collector(&mut lab, &[], |lab, c| {
+        let (dev, key) = (lab.a.iface.as_str(), lab.b.public_key.as_str());
+        let msg = |m: &Metrics, dir: &str, t: &str| m.get_or_zero("wireguard_messages_total", &[("device", dev), ("public_key", key), ("direction", dir), ("type", t)]);
+        let before = c.scrape()?;
+        lab.reset_peer('a')?;
+        c.scrape()?;
+        lab.exec('a', "ping", &["-c", "1", "-W", "2", &lab.b.tunnel_v4.to_string()])?;
+        let m = c.scrape()?;
+        let d = |dir, t| msg(&m, dir, t) - msg(&before, dir, t);
+        ensure!(d("transmit", "handshake_initiation") == 1.0 && d("receive", "handshake_response") == 1.0, "{}", m.text);
+        ensure!(d("transmit", "data") == 1.0 && d("receive", "data") == 1.0, "data {} / {}", d("transmit", "data"), d("receive", "data"));
+        Ok(())
+    })
+}
+
+fn device_recreated() -> Result<()> {
+    let mut lab = Lab::new(Implementation::Kernel)?;
+    with_collector(&mut lab, &[], |lab, c| {
+        let key = lab.b.public_key.clone();
+        let dev = lab.a.iface.clone();
+        lab.stop_daemon('a')?;
+        c.wait_for(Duration::from_secs(10), |m| m.get("wireguard_device_info", &[("device", dev.as_str())]).is_none())?;
+        lab.start_daemon('a')?;
+        lab.wait_tunnel()?;
+        let labels = [("device", dev.as_str()), ("public_key", key.as_str())];
+        let (m, _) = c.wait_for(Duration::from_secs(10), |m| m.get("wireguard_peer_transmit_packets_total", &labels).is_some())?;
+        let tx0 = get(&m, "wireguard_peer_transmit_packets_total", &labels)?;
+        lab.exec('a', "ping", &["-c", "20", "-i", "0.01", "-q", &lab.b.tunnel_v4.to_string()])?;
+        let m = c.scrape()?;
+        ensure!(get(&m, "wireguard_peer_transmit_packets_total", &labels)? - tx0 == 20.0);
+        Ok(())
+    })
+}
