@@ -388,6 +388,17 @@ fn keypair(dir: &Path, name: &str) -> Result<(PathBuf, String)> {
     Ok((file, String::from_utf8(out.stdout)?.trim().to_string()))
 }
 
+/// A random WireGuard public key (base64) for a peer that need not exist: any 32 bytes are
+/// a Curve25519 public key. Far cheaper than `wg genkey | wg pubkey` per peer at scale.
+pub fn random_public_key() -> String {
+    use base64::Engine;
+    let mut k = [0u8; 32];
+    // SAFETY: getrandom fills the buffer it is given.
+    let n = unsafe { libc::getrandom(k.as_mut_ptr().cast(), k.len(), 0) };
+    assert_eq!(n, 32, "getrandom");
+    base64::engine::general_purpose::STANDARD.encode(k)
+}
+
 /// Polls `f` every 50 ms until it holds or `timeout` passes.
 pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> Result<()> {
     let deadline = Instant::now() + timeout;
