@@ -1,6 +1,7 @@
 //! wg-collector: per-peer WireGuard telemetry from eBPF programs on the WireGuard interface,
 //! merged with WireGuard's own state and served to Prometheus.
 
+pub mod api;
 pub mod bpf;
 pub mod histogram;
 pub mod history;

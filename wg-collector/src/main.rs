@@ -225,8 +225,8 @@ async fn run(args: Args, prepared: Prepared) -> Result<()> {
         redact_allowed_ips: redact("allowed-ips"),
         max_series: args.max_series,
     };
-    registry.register_collector(Box::new(WireguardCollector::new(monitor, export)));
-    let app = server::router(registry, &args.telemetry_path, web.clone());
+    registry.register_collector(Box::new(WireguardCollector::new(monitor.clone(), export.clone())));
+    let app = server::router(registry, &args.telemetry_path, web.clone(), monitor, export);
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
     let tls = web.current().tls.is_some();
     tracing::info!(address = %listener.local_addr()?, path = %args.telemetry_path, tls, authentication = web.current().authenticates(), "serving metrics");

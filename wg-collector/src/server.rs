@@ -7,28 +7,44 @@ use axum::{
     extract::State,
     http::{header, HeaderMap, StatusCode},
     response::{Html, IntoResponse, Response},
+    Json,
     routing::get,
     Router,
 };
 use prometheus_client::{encoding, registry::Registry};
 
-use crate::web::serve::{authenticate, Shared};
+use crate::{
+    api,
+    metrics::ExportOptions,
+    monitor::Monitor,
+    web::serve::{authenticate, Shared},
+};
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// The routes: the metrics and a landing page behind authentication, and `/-/healthy`,
-/// which needs none and says nothing but that the process serves.
-pub fn router(registry: Registry, telemetry_path: &str, web: Arc<Shared>) -> Router {
+/// The live page: one file, its script and style inline, embedded in the binary.
+const LIVE_PAGE: &str = include_str!("live.html");
+
+/// The routes: the metrics, the live page and its data behind authentication, and
+/// `/-/healthy`, which needs none and says nothing but that the process serves.
+pub fn router(registry: Registry, telemetry_path: &str, web: Arc<Shared>, monitor: Arc<Monitor>, export: ExportOptions) -> Router {
     let registry = Arc::new(registry);
-    let landing = format!(
-        "<!doctype html><html><head><title>WireGuard collector</title></head><body>\
-         <h1>WireGuard collector</h1><p><a href=\"{telemetry_path}\">Metrics</a></p></body></html>"
-    );
+    let page = LIVE_PAGE.replace("href=\"metrics\"", &format!("href=\"{}\"", telemetry_path.trim_start_matches('/')));
+    let state = move || {
+        let (monitor, export) = (monitor.clone(), export.clone());
+        async move {
+            match tokio::task::spawn_blocking(move || api::state(&monitor.refresh(), &export)).await {
+                Ok(v) => Json(v).into_response(),
+                Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "reading the state failed\n").into_response(),
+            }
+        }
+    };
     let protected = Router::new()
         .route(telemetry_path, get(metrics))
-        .route("/", get(move || async move { Html(landing) }))
         .with_state(registry)
+        .route("/", get(move || async move { Html(page) }))
+        .route("/api/v1/state", get(state))
         .layer(axum::middleware::from_fn_with_state(web, authenticate));
     Router::new().route("/-/healthy", get(|| async { "OK\n" })).merge(protected)
 }
