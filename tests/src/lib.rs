@@ -9,6 +9,7 @@ pub mod collector;
 pub mod lab;
 pub mod netns;
 pub mod packets;
+pub mod prometheus;
 pub mod relay;
 pub mod scrape;
 pub mod tcp_ping;

@@ -4,9 +4,9 @@
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::Arc,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
@@ -14,7 +14,7 @@ use rustls::{
     pki_types::{CertificateDer, PrivateKeyDer, ServerName},
     ClientConfig, RootCertStore,
 };
-use wg_tests::{lab::wait_until, netns, scrape::http_get_with, Collector, Implementation, Lab};
+use wg_tests::{lab::wait_until, netns, prometheus::Prometheus, scrape::http_get_with, Collector, Implementation, Lab};
 
 const TOKEN: &str = "3f9c2a7be41d08c6a5f3e9b27d4c1a60";
 
@@ -287,52 +287,3 @@ fn a_real_prometheus_scrapes_with_tls_and_credentials_file() {
     assert_eq!(n, Some(1.0));
 }
 
-/// Debian's Prometheus, on loopback inside a lab namespace, removed on drop.
-struct Prometheus {
-    child: std::process::Child,
-    ns: String,
-    log: PathBuf,
-}
-
-impl Prometheus {
-    fn start(ns: &str, config: &str, data: &Path) -> Self {
-        let log = data.with_extension("log");
-        let out = std::fs::File::create(&log).unwrap();
-        let child = netns::cmd(ns, "prometheus")
-            .args([
-                &format!("--config.file={config}"),
-                &format!("--storage.tsdb.path={}", data.display()),
-                "--web.listen-address=127.0.0.1:9090",
-            ])
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("prometheus (cargo xtask setup installs it)");
-        let p = Prometheus { child, ns: ns.to_string(), log };
-        let t0 = Instant::now();
-        while p.query("vector(1)").is_none() {
-            assert!(t0.elapsed() < Duration::from_secs(20), "prometheus did not start:\n{}", p.log());
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        p
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// The value of an instant query's single sample.
-    fn query(&self, q: &str) -> Option<f64> {
-        let path = format!("/api/v1/query?query={}", q.bytes().map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") }).collect::<String>());
-        let body = netns::within(&self.ns, move || http_get_with("127.0.0.1:9090".parse().unwrap(), &path, &[])).ok()?.1;
-        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
-        v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        wg_tests::lab::terminate(&mut self.child);
-        let _ = std::fs::remove_file(&self.log);
-    }
-}

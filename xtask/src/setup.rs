@@ -22,6 +22,11 @@ const PACKAGES: &[&str] = &[
     "bpftool",
     // A real Prometheus scrapes the collector in the tests; promtool checks rules.
     "prometheus",
+    // The live page is tested in headless Chromium.
+    "chromium",
+    "fonts-dejavu-core",
+    // The systemd unit is checked with systemd-analyze.
+    "systemd",
     // Kernel WireGuard runs in a qemu guest (cargo xtask vmtest).
     "qemu-system-x86",
     "busybox-static",
