@@ -6,7 +6,12 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 pub fn run(quick: bool) -> Result<()> {
+    if !quick && wg_tests::lab::tool("prometheus_wireguard_exporter").is_err() {
+        // The exporter users would otherwise run, measured side by side.
+        crate::cargo(&["install", "prometheus_wireguard_exporter", "--locked"])?;
+    }
     crate::cargo(&["build", "--release", "--package", "wg-bench"])?;
+    crate::cargo(&["build", "--release", "--package", "wg-collector", "--bin", "wg-collector"])?;
     let mut c = Command::new("target/release/wg-bench");
     if quick {
         c.arg("--quick");
@@ -23,13 +28,16 @@ pub fn run(quick: bool) -> Result<()> {
     let doc = format!(
         "# Benchmarks\n\n\
          Produced by `cargo xtask bench` on {date}, {machine}.\n\n\
-         ## eBPF cost per packet and hook\n\n\
-         BPF_PROG_TEST_RUN, 1,000,000 runs per measurement, median of 7 repetitions with every \
+         eBPF costs: BPF_PROG_TEST_RUN, 1,000,000 runs per measurement, median of 7 repetitions with every \
          variant alternating inside each repetition; `ns/packet (net)` subtracts an empty \
          program measured the same way (the test-run loop's own cost). Warm caches: real \
          traffic with many peers misses caches and costs more. The `wg` hooks run on the \
          WireGuard interface (plaintext), the `underlay` hooks on the interface that carries \
          WireGuard's UDP; `other UDP` is what every non-WireGuard packet on the underlay pays.\n\n\
+         Scrape at scale: a wireguard-go device with that many peers (one `wg addconf`), the \
+         release collector and prometheus_wireguard_exporter (`cargo install \
+         prometheus_wireguard_exporter`) in the same namespace, scraped alternately over \
+         loopback, 7 times each after a warm-up; RSS of the collector after the scrapes.\n\n\
          {table}",
         date = sh("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
         machine = machine(),

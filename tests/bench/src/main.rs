@@ -3,6 +3,8 @@
 //! 1, 1,000 and 10,000 peers in the maps. Variants alternate within each repetition so noise
 //! hits them alike; the median of the repetitions is reported. Prints a Markdown table.
 
+mod scale;
+
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
     time::Duration,
@@ -78,6 +80,14 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() -> Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
+    println!("## eBPF cost per packet and hook\n");
+    ebpf_costs(quick)?;
+    println!("\n## Scrape at scale\n");
+    scale::run(quick)?;
+    Ok(())
+}
+
+fn ebpf_costs(quick: bool) -> Result<()> {
     let (reps, repeat, peer_counts): (usize, u32, &[u32]) = if quick { (3, 20_000, &[1, 1000]) } else { (7, 1_000_000, &[1, 1000, 10_000]) };
     println!("| hook | packet: work done | peers | ns/packet (net) | ns/run raw | empty program |");
     println!("|---|---|---:|---:|---:|---:|");

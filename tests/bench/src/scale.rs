@@ -1,0 +1,115 @@
+//! Scrape time and memory at 1 to 50,000 peers, side by side with
+//! prometheus_wireguard_exporter on the same device, and freshness (a peer added → its series
+//! on /metrics). A wireguard-go device in a lab namespace gets its peers in one `wg addconf`
+//! (random keys: peers need not answer to exist).
+
+use std::{
+    process::{Child, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use wg_tests::{
+    lab::{random_public_key, terminate, tool, wait_until},
+    netns,
+    scrape::http_get_with,
+    Collector, Implementation, Lab,
+};
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok()))
+        .unwrap_or(0)
+}
+
+/// One GET /metrics from inside the namespace: (seconds, body bytes).
+fn scrape(ns: &str, port: u16) -> Result<(f64, usize)> {
+    let t = Instant::now();
+    let (head, body) = netns::within(ns, move || http_get_with(format!("127.0.0.1:{port}").parse().unwrap(), "/metrics", &[]))?;
+    anyhow::ensure!(head.contains(" 200 "), "scrape: {head}");
+    Ok((t.elapsed().as_secs_f64(), body.len()))
+}
+
+fn quantile(mut v: Vec<f64>, q: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[((v.len() - 1) as f64 * q).round() as usize]
+}
+
+/// prometheus_wireguard_exporter in the namespace (it runs `wg show all dump` per scrape).
+struct Exporter(Child);
+
+impl Exporter {
+    fn start(ns: &str, port: u16) -> Result<Self> {
+        let bin = tool("prometheus_wireguard_exporter")?;
+        let child = netns::cmd(ns, &bin).args(["-l", "127.0.0.1", "-p", &port.to_string()]).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+        let e = Exporter(child);
+        wait_until(Duration::from_secs(10), || scrape(ns, port).is_ok()).context("prometheus_wireguard_exporter did not serve")?;
+        Ok(e)
+    }
+}
+
+impl Drop for Exporter {
+    fn drop(&mut self) {
+        terminate(&mut self.0);
+    }
+}
+
+pub fn run(quick: bool) -> Result<()> {
+    let (counts, reps): (&[usize], usize) = if quick { (&[1, 100], 3) } else { (&[1, 1000, 10_000, 50_000], 7) };
+    std::env::set_var("WG_COLLECTOR_BIN", std::fs::canonicalize("target/release/wg-collector")?);
+    let have_exporter = tool("prometheus_wireguard_exporter").is_ok();
+    println!("| peers | collector scrape median | p99 | page | RSS | exporter scrape median | p99 | page | ratio (exporter / collector) |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut freshness = Vec::new();
+    for &n in counts {
+        let lab = Lab::new(Implementation::WireguardGo)?;
+        let mut conf = String::new();
+        for i in 0..n.saturating_sub(1) {
+            conf.push_str(&format!("[Peer]\nPublicKey = {}\nAllowedIPs = 10.{}.{}.{}/32\n\n", random_public_key(), 100 + i / 65536, (i / 256) % 256, i % 256));
+        }
+        let path = std::env::temp_dir().join(format!("{}-bench.conf", lab.a.ns));
+        std::fs::write(&path, conf)?;
+        lab.wg('a', &["addconf", "{iface}", path.to_str().unwrap()])?;
+        std::fs::remove_file(&path)?;
+        let c = Collector::start(&lab.a.ns, &[])?;
+        let exporter = if have_exporter { Some(Exporter::start(&lab.a.ns, 9587)?) } else { None };
+        let (mut ours, mut theirs, mut our_page, mut their_page) = (Vec::new(), Vec::new(), 0, 0);
+        // Warm up both, then alternate.
+        scrape(&lab.a.ns, 9586)?;
+        if exporter.is_some() {
+            scrape(&lab.a.ns, 9587)?;
+        }
+        for _ in 0..reps {
+            let (t, b) = scrape(&lab.a.ns, 9586)?;
+            ours.push(t);
+            our_page = b;
+            if exporter.is_some() {
+                let (t, b) = scrape(&lab.a.ns, 9587)?;
+                theirs.push(t);
+                their_page = b;
+            }
+        }
+        let rss = rss_kib(c.pid());
+        let (om, op) = (quantile(ours.clone(), 0.5), quantile(ours, 0.99));
+        let (tm, tp) = if theirs.is_empty() { (f64::NAN, f64::NAN) } else { (quantile(theirs.clone(), 0.5), quantile(theirs, 0.99)) };
+        println!(
+            "| {n} | {:.1} ms | {:.1} ms | {:.0} KiB | {:.1} MiB | {:.1} ms | {:.1} ms | {:.0} KiB | {:.1}× |",
+            om * 1e3, op * 1e3, our_page as f64 / 1024.0, rss as f64 / 1024.0, tm * 1e3, tp * 1e3, their_page as f64 / 1024.0, tm / om
+        );
+        // Freshness: a peer added → its series on /metrics (the scrape itself rereads state).
+        let key = random_public_key();
+        let t = Instant::now();
+        lab.wg('a', &["set", "{iface}", "peer", &key, "allowed-ips", "10.250.0.1/32"])?;
+        c.wait_for(Duration::from_secs(10), |m| m.mentions("public_key", &key))?;
+        freshness.push((n, t.elapsed().as_secs_f64()));
+        drop(exporter);
+    }
+    println!();
+    println!("| peers | freshness: peer added → its series on /metrics |");
+    println!("|---:|---:|");
+    for (n, f) in freshness {
+        println!("| {n} | {:.0} ms |", f * 1e3);
+    }
+    Ok(())
+}
