@@ -22,7 +22,7 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
 /// the status.
 pub fn http_get_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Result<(String, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).with_context(|| format!("connecting to {addr}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    s.set_read_timeout(Some(Duration::from_secs(600)))?;
     let mut req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
