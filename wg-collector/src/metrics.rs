@@ -47,12 +47,6 @@ impl WireguardCollector {
     }
 }
 
-impl std::fmt::Debug for Monitor {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Monitor")
-    }
-}
-
 impl Collector for WireguardCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let mut snap = self.monitor.refresh();

@@ -126,6 +126,13 @@ struct State {
     names: Names,
 }
 
+// The Collector that holds it must be Debug; its state is not worth printing.
+impl std::fmt::Debug for Monitor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Monitor")
+    }
+}
+
 impl Monitor {
     /// Attaches the underlay programs where the device's datagrams go: the `--underlay`
     /// interfaces, or the interface each peer endpoint is routed through (looked up once per
