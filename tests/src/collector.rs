@@ -19,7 +19,16 @@ pub struct Collector {
     /// The telemetry path (`--web.telemetry-path` if given).
     path: String,
     pub log: PathBuf,
+    args: Vec<String>,
+    filter: String,
+    /// A bpffs of this collector's own, its --bpf.pin-path: it outlives restarts and is
+    /// unmounted (which detaches what is pinned there) when the collector is dropped.
+    pub pins: Option<PathBuf>,
 }
+
+/// Where test collectors mount their bpffs: /run, which `ip netns exec` leaves as it is (it
+/// mounts a fresh /sys, which would hide /sys/fs/bpf).
+const PIN_ROOT: &str = "/run/wg-tests-bpf";
 
 /// The collector binary: $WG_COLLECTOR_BIN, or target/debug/wg-collector of this workspace,
 /// built once per test process first (cargo does not rebuild another package's binary for
@@ -50,7 +59,8 @@ impl Collector {
         Self::start_with_log(ns, args, "info")
     }
 
-    /// Like [`start`](Self::start), with RUST_LOG set to `filter`.
+    /// Like [`start`](Self::start), with RUST_LOG set to `filter`. Unless `args` say
+    /// otherwise, it pins into a bpffs of its own.
     pub fn start_with_log(ns: &str, args: &[&str], filter: &str) -> Result<Self> {
         let addr: SocketAddr = args
             .windows(2)
@@ -58,35 +68,80 @@ impl Collector {
             .map_or("127.0.0.1:9586", |w| w[1])
             .parse()
             .context("--web.listen-address")?;
+        sweep_stale_pins();
         let log = std::env::temp_dir().join(format!("{ns}-collector-{}.log", std::process::id()));
-        let out = std::fs::File::create(&log)?;
+        let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let pins = if args.iter().any(|a| a == "--bpf.pin-path" || a == "--bpf.no-pin") {
+            None
+        } else {
+            let dir = mount_pin_root(ns)?;
+            args.extend(["--bpf.pin-path".to_string(), dir.display().to_string()]);
+            Some(dir)
+        };
+        let path = args.windows(2).find(|w| w[0] == "--web.telemetry-path").map_or("/metrics", |w| w[1].as_str()).to_string();
+        let child = Self::spawn(ns, addr, &args, filter, &log)?;
+        let mut c = Collector { child, ns: ns.to_string(), addr, path, log, args, filter: filter.to_string(), pins };
+        c.wait_serving(0)?;
+        Ok(c)
+    }
+
+    fn spawn(ns: &str, addr: SocketAddr, args: &[String], filter: &str, log: &std::path::Path) -> Result<Child> {
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
         let bin = binary()?;
-        let child = netns::cmd(ns, bin.to_str().unwrap())
+        Ok(netns::cmd(ns, bin.to_str().unwrap())
             .args(["--poll-interval", "0.2"])
-            .args(if args.contains(&"--web.listen-address") { vec![] } else { vec!["--web.listen-address".to_string(), addr.to_string()] })
+            .args(if args.iter().any(|a| a == "--web.listen-address") { vec![] } else { vec!["--web.listen-address".to_string(), addr.to_string()] })
             .args(args)
             .env("RUST_LOG", filter)
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)
-            .spawn()?;
-        let path = args.windows(2).find(|w| w[0] == "--web.telemetry-path").map_or("/metrics", |w| w[1]).to_string();
-        let mut c = Collector { child, ns: ns.to_string(), addr, path, log };
+            .spawn()?)
+    }
+
+    /// Waits until the log says "serving metrics" for the `n`th time (counting from 0).
+    fn wait_serving(&mut self, n: usize) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            if let Ok(Some(status)) = c.child.try_wait() {
-                bail!("collector exited with {status}: {}", c.log_text());
+            if let Ok(Some(status)) = self.child.try_wait() {
+                bail!("collector exited with {status}: {}", self.log_text());
             }
             // It says so once it listens (with TLS or authentication, a plain scrape could
             // not tell).
-            if c.log_text().contains("serving metrics") {
-                return Ok(c);
+            if self.log_text().matches("serving metrics").count() > n {
+                return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("collector did not serve within 15 s: {}", c.log_text());
+                bail!("collector did not serve within 15 s: {}", self.log_text());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Stops the collector (SIGTERM) and starts it again with the same arguments and pins,
+    /// as an upgrade would; returns once the new one serves. Its log goes on in the same
+    /// file.
+    pub fn restart(&mut self) -> Result<()> {
+        let served = self.log_text().matches("serving metrics").count();
+        self.stop();
+        self.child = Self::spawn(&self.ns, self.addr, &self.args, &self.filter, &self.log)?;
+        self.wait_serving(served)
+    }
+
+    /// Like [`restart`](Self::restart), with other arguments (the same pins).
+    pub fn restart_with(&mut self, args: &[&str]) -> Result<()> {
+        let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        if let Some(dir) = &self.pins {
+            args.extend(["--bpf.pin-path".to_string(), dir.display().to_string()]);
+        }
+        self.args = args;
+        self.restart()
+    }
+
+    /// Stops the collector (SIGTERM), leaving its pins; [`restart`](Self::restart) or drop
+    /// follows.
+    pub fn stop(&mut self) {
+        terminate(&mut self.child);
     }
 
     pub fn log_text(&self) -> String {
@@ -139,6 +194,36 @@ impl Collector {
 impl Drop for Collector {
     fn drop(&mut self) {
         terminate(&mut self.child);
+        if let Some(dir) = &self.pins {
+            unmount_pin_root(dir);
+        }
         let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// Mounts a fresh bpffs for one collector: /run/wg-tests-bpf/<pid>-<n>.
+fn mount_pin_root(ns: &str) -> Result<PathBuf> {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = PathBuf::from(PIN_ROOT).join(format!("{}-{n}-{ns}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    netns::sh(&["mount", "-t", "bpf", "bpf", dir.to_str().unwrap()]).with_context(|| format!("mounting bpffs on {}", dir.display()))?;
+    Ok(dir)
+}
+
+fn unmount_pin_root(dir: &std::path::Path) {
+    let _ = netns::sh(&["umount", "--lazy", dir.to_str().unwrap()]);
+    let _ = std::fs::remove_dir(dir);
+}
+
+/// Unmounts the bpffs of test processes that died without dropping their collector.
+fn sweep_stale_pins() {
+    let Ok(entries) = std::fs::read_dir(PIN_ROOT) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some((pid, _)) = name.split_once('-') else { continue };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            unmount_pin_root(&e.path());
+        }
     }
 }

@@ -17,7 +17,7 @@ const ME: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 const THEM: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 2);
 
 fn probe() -> DeviceProbe {
-    let mut p = DeviceProbe::load(ProbeOptions { max_peers: 16, ..Default::default() }).expect("load programs (root needed)");
+    let mut p = DeviceProbe::load(ProbeOptions { max_peers: 16, ..Default::default() }, None).expect("load programs (root needed)");
     let mut peer = Peer::new(PEER);
     peer.endpoint = Some("192.0.2.7:51821".parse().unwrap());
     peer.allowed_ips = vec!["10.1.0.0/16".parse::<IpNet>().unwrap()];
@@ -111,7 +111,7 @@ fn overflow_lets_the_orphaned_messages_go_without_samples() {
 
 #[test]
 fn delay_tracking_can_be_switched_off() {
-    let mut p = DeviceProbe::load(ProbeOptions { max_peers: 16, delay: false, ..Default::default() }).unwrap();
+    let mut p = DeviceProbe::load(ProbeOptions { max_peers: 16, delay: false, ..Default::default() }, None).unwrap();
     let mut peer = Peer::new(PEER);
     peer.endpoint = Some("192.0.2.7:51821".parse().unwrap());
     peer.allowed_ips = vec!["10.1.0.0/16".parse::<IpNet>().unwrap()];

@@ -24,7 +24,7 @@ const PEER6: Ipv6Addr = Ipv6Addr::new(0xfd01, 0, 0, 0, 0, 0, 0, 2);
 const PEER: Key = Key([7; 32]);
 
 fn probe() -> DeviceProbe {
-    let mut p = DeviceProbe::load(ProbeOptions { max_peers: 16, ..Default::default() }).expect("load programs (root needed)");
+    let mut p = DeviceProbe::load(ProbeOptions { max_peers: 16, ..Default::default() }, None).expect("load programs (root needed)");
     let mut peer = Peer::new(PEER);
     peer.allowed_ips = vec!["10.1.0.0/16".parse::<IpNet>().unwrap(), "fd01::/64".parse().unwrap()];
     p.sync(&[peer]).unwrap();
@@ -173,7 +173,7 @@ fn unanswered_questions_expire() {
 
 #[test]
 fn a_full_pending_map_refuses_and_counts() {
-    let mut p = DeviceProbe::load(ProbeOptions { max_peers: 16, max_pending: 4, ..Default::default() }).unwrap();
+    let mut p = DeviceProbe::load(ProbeOptions { max_peers: 16, max_pending: 4, ..Default::default() }, None).unwrap();
     let mut peer = Peer::new(PEER);
     peer.allowed_ips = vec!["10.1.0.0/16".parse::<IpNet>().unwrap()];
     p.sync(&[peer]).unwrap();
@@ -186,7 +186,7 @@ fn a_full_pending_map_refuses_and_counts() {
 
 #[test]
 fn sampling_records_one_in_n() {
-    let mut p = DeviceProbe::load(ProbeOptions { max_peers: 16, latency_sample: 4, ..Default::default() }).unwrap();
+    let mut p = DeviceProbe::load(ProbeOptions { max_peers: 16, latency_sample: 4, ..Default::default() }, None).unwrap();
     let mut peer = Peer::new(PEER);
     peer.allowed_ips = vec!["10.1.0.0/16".parse::<IpNet>().unwrap()];
     p.sync(&[peer]).unwrap();

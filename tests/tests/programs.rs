@@ -49,7 +49,7 @@ fn unattributed(probe: &DeviceProbe, dir: usize, r: Unattributed) -> Counter {
 }
 
 fn probe_with(peers: &[Peer], max_peers: u32) -> DeviceProbe {
-    let mut p = DeviceProbe::load(ProbeOptions { max_peers, ..Default::default() }).expect("load programs (root needed)");
+    let mut p = DeviceProbe::load(ProbeOptions { max_peers, ..Default::default() }, None).expect("load programs (root needed)");
     p.sync(peers).unwrap();
     p
 }

@@ -18,7 +18,7 @@ fn addr(s: &str) -> SocketAddrV4 {
 }
 
 fn probe() -> DeviceProbe {
-    let mut p = DeviceProbe::load(ProbeOptions { max_peers: 16, ..Default::default() }).expect("load programs (root needed)");
+    let mut p = DeviceProbe::load(ProbeOptions { max_peers: 16, ..Default::default() }, None).expect("load programs (root needed)");
     let mut peer = Peer::new(PEER);
     peer.endpoint = Some("192.0.2.7:51821".parse().unwrap());
     p.sync(&[peer]).unwrap();

@@ -10,7 +10,48 @@
 
 use std::{collections::HashMap, net::SocketAddr};
 
+use ipnet::IpNet;
+
 use crate::wireguard::{Device, Key};
+
+/// What part of a device's configuration changed, as the `field` label says it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ConfigField {
+    /// Seen as a new public key (the private key itself is never read out or logged).
+    PrivateKey,
+    ListenPort,
+    Fwmark,
+    /// A peer added or removed.
+    Peers,
+    /// A peer's allowed IPs.
+    AllowedIps,
+    /// A peer's endpoint set by configuration: changed while nothing came from the peer
+    /// (roaming needs an authenticated packet from the new address, which WireGuard counts).
+    Endpoint,
+}
+
+impl ConfigField {
+    pub const ALL: [ConfigField; 6] = [Self::PrivateKey, Self::ListenPort, Self::Fwmark, Self::Peers, Self::AllowedIps, Self::Endpoint];
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::PrivateKey => "private_key",
+            Self::ListenPort => "listen_port",
+            Self::Fwmark => "fwmark",
+            Self::Peers => "peers",
+            Self::AllowedIps => "allowed_ips",
+            Self::Endpoint => "endpoint",
+        }
+    }
+}
+
+/// One change seen by a refresh: which field, of which peer (for peer fields), and the new
+/// value as it may be logged (public keys, ports, prefixes, endpoints; never a secret).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    pub field: ConfigField,
+    pub peer: Option<Key>,
+    pub value: String,
+}
 
 /// A counter that never goes backwards: raw values that fall count as a restart.
 #[derive(Clone, Copy, Debug, Default)]
@@ -36,6 +77,9 @@ pub type CounterId = u32;
 struct PeerHistory {
     endpoint: Option<SocketAddr>,
     endpoint_changes: u64,
+    allowed_ips: Vec<IpNet>,
+    /// WireGuard's received bytes at the last reading (did anything come from the peer?).
+    rx_bytes: u64,
     counters: HashMap<CounterId, Monotonic>,
 }
 
@@ -46,6 +90,9 @@ struct DeviceHistory {
     peers: HashMap<Key, PeerHistory>,
     added: u64,
     removed: u64,
+    /// The device's own settings at the last reading: public key, listen port, fwmark.
+    settings: (Option<Key>, u16, u32),
+    config_changes: HashMap<ConfigField, u64>,
     counters: HashMap<CounterId, Monotonic>,
 }
 
@@ -55,6 +102,10 @@ pub struct Lifecycle {
     pub added: u64,
     pub removed: u64,
     pub endpoint_changes: HashMap<Key, u64>,
+    /// Configuration changes since start, every field (zero included).
+    pub config_changes: Vec<(ConfigField, u64)>,
+    /// What changed since the last refresh.
+    pub changed: Vec<Change>,
 }
 
 #[derive(Debug, Default)]
@@ -69,31 +120,68 @@ impl History {
         let h = self.devices.entry(dev.name.clone()).or_default();
         let first = !h.known;
         h.known = true;
+        let mut changed = Vec::new();
+        let settings = (dev.public_key, dev.listen_port, dev.fwmark);
+        if !first {
+            if settings.0 != h.settings.0 {
+                let value = settings.0.map(|k| format!("public key now {k}")).unwrap_or_else(|| "no key".into());
+                changed.push(Change { field: ConfigField::PrivateKey, peer: None, value });
+            }
+            if settings.1 != h.settings.1 {
+                changed.push(Change { field: ConfigField::ListenPort, peer: None, value: format!("{} → {}", h.settings.1, settings.1) });
+            }
+            if settings.2 != h.settings.2 {
+                changed.push(Change { field: ConfigField::Fwmark, peer: None, value: format!("{:#x} → {:#x}", h.settings.2, settings.2) });
+            }
+        }
+        h.settings = settings;
         let mut seen = std::collections::HashSet::with_capacity(dev.peers.len());
         for p in &dev.peers {
             seen.insert(p.public_key);
+            let mut allowed = p.allowed_ips.clone();
+            allowed.sort();
             let ph = h.peers.entry(p.public_key).or_insert_with(|| {
                 if !first {
                     h.added += 1;
+                    changed.push(Change { field: ConfigField::Peers, peer: Some(p.public_key), value: "added".into() });
                 }
-                PeerHistory { endpoint: p.endpoint, ..Default::default() }
+                PeerHistory { endpoint: p.endpoint, allowed_ips: allowed.clone(), rx_bytes: p.rx_bytes, ..Default::default() }
             });
+            if ph.allowed_ips != allowed {
+                let list: Vec<String> = allowed.iter().map(|n| n.to_string()).collect();
+                changed.push(Change { field: ConfigField::AllowedIps, peer: Some(p.public_key), value: list.join(",") });
+                ph.allowed_ips = allowed;
+            }
             if let (Some(old), Some(new)) = (ph.endpoint, p.endpoint) {
                 if old != new {
                     ph.endpoint_changes += 1;
+                    if p.rx_bytes == ph.rx_bytes {
+                        changed.push(Change { field: ConfigField::Endpoint, peer: Some(p.public_key), value: new.to_string() });
+                    }
                 }
             }
             if p.endpoint.is_some() {
                 ph.endpoint = p.endpoint;
             }
+            ph.rx_bytes = p.rx_bytes;
         }
         let before = h.peers.len();
-        h.peers.retain(|k, _| seen.contains(k));
+        h.peers.retain(|k, _| {
+            if !seen.contains(k) {
+                changed.push(Change { field: ConfigField::Peers, peer: Some(*k), value: "removed".into() });
+            }
+            seen.contains(k)
+        });
         h.removed += (before - h.peers.len()) as u64;
+        for c in &changed {
+            *h.config_changes.entry(c.field).or_default() += 1;
+        }
         Lifecycle {
             added: h.added,
             removed: h.removed,
             endpoint_changes: h.peers.iter().map(|(k, p)| (*k, p.endpoint_changes)).collect(),
+            config_changes: ConfigField::ALL.iter().map(|f| (*f, h.config_changes.get(f).copied().unwrap_or(0))).collect(),
+            changed,
         }
     }
 
@@ -147,6 +235,45 @@ mod tests {
         let l = h.observe(&dev(&[(1, Some("10.0.0.9:1")), (2, Some("10.0.0.7:2")), (3, None)]));
         assert_eq!((l.added, l.removed), (2, 1));
         assert_eq!(l.endpoint_changes[&Key([2; 32])], 0);
+    }
+
+    #[test]
+    fn counts_each_config_change_by_field_and_tells_roaming_from_configuration() {
+        let mut h = History::default();
+        let mut d = dev(&[(1, Some("10.0.0.1:1")), (2, None)]);
+        d.listen_port = 51820;
+        assert!(h.observe(&d).changed.is_empty(), "the first reading is no change");
+        let count = |l: &Lifecycle, f: ConfigField| l.config_changes.iter().find(|(g, _)| *g == f).unwrap().1;
+
+        d.listen_port = 51821;
+        d.fwmark = 7;
+        d.public_key = Some(Key([9; 32]));
+        d.peers[1].allowed_ips = vec!["10.9.0.0/24".parse().unwrap()];
+        let l = h.observe(&d);
+        let fields: Vec<ConfigField> = l.changed.iter().map(|c| c.field).collect();
+        assert_eq!(fields, [ConfigField::PrivateKey, ConfigField::ListenPort, ConfigField::Fwmark, ConfigField::AllowedIps]);
+        assert_eq!(l.changed[1].value, "51820 → 51821");
+        assert_eq!(l.changed[3].peer, Some(Key([2; 32])));
+
+        // Endpoint moved while the peer sent nothing: configuration. With bytes received: roaming.
+        d.peers[0].endpoint = Some("10.0.0.5:1".parse().unwrap());
+        let l = h.observe(&d);
+        assert_eq!(l.changed, [Change { field: ConfigField::Endpoint, peer: Some(Key([1; 32])), value: "10.0.0.5:1".into() }]);
+        d.peers[0].endpoint = Some("10.0.0.6:1".parse().unwrap());
+        d.peers[0].rx_bytes = 148;
+        let l = h.observe(&d);
+        assert!(l.changed.is_empty(), "roaming is no configuration change");
+        assert_eq!(l.endpoint_changes[&Key([1; 32])], 2);
+
+        d.peers.pop();
+        let l = h.observe(&d);
+        assert_eq!(l.changed[0].value, "removed");
+        assert_eq!(
+            ConfigField::ALL.map(|f| count(&l, f)),
+            [1, 1, 1, 1, 1, 1],
+            "{:?}",
+            l.config_changes
+        );
     }
 
     #[test]

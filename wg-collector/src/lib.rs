@@ -6,6 +6,7 @@ pub mod bpf;
 pub mod histogram;
 pub mod history;
 pub mod interfaces;
+pub mod links;
 pub mod names;
 pub mod pool;
 pub mod metrics;

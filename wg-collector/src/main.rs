@@ -4,7 +4,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use prometheus_client::registry::Registry;
 use wg_collector::{
-    bpf::ProbeOptions,
+    bpf::{ensure_bpffs, sweep, PinDir, PinOptions, ProbeOptions, DEFAULT_PIN_ROOT},
     histogram::Buckets,
     metrics::{ExportOptions, WireguardCollector},
     monitor::{Monitor, Options},
@@ -95,13 +95,40 @@ struct Args {
     /// on) and export it as wireguard_collector_bpf_*.
     #[arg(long = "bpf.stats")]
     bpf_stats: bool,
+    /// Pin each device's programs and maps in a directory of this bpffs path, so they keep
+    /// counting while the collector restarts or is upgraded [default: /sys/fs/bpf/wg-collector,
+    /// where bpffs is mounted if it is not yet].
+    #[arg(long = "bpf.pin-path", value_name = "DIR")]
+    pin_path: Option<PathBuf>,
+    /// Do not pin: the programs detach and the counts end when the collector exits.
+    #[arg(long = "bpf.no-pin", conflicts_with = "pin_path")]
+    no_pin: bool,
+    /// Replace pinned maps of another layout or size instead of refusing their device (its
+    /// counters start again from zero).
+    #[arg(long = "bpf.replace-pinned")]
+    replace_pinned: bool,
+    /// Unpin the programs and maps of the --device devices (or all), which detaches them,
+    /// and exit. For uninstalling.
+    #[arg(long = "bpf.unpin", conflicts_with = "no_pin")]
+    unpin: bool,
 }
 
 fn main() -> ExitCode {
+    // Colours only on a terminal: journald and log files get plain text.
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
+    if args.unpin {
+        return match unpin(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("wg-collector: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     // Everything that needs full privileges happens here, on the only thread, before the
     // capabilities are dropped: threads started later inherit the reduced set.
     let prepared = match prepare(&args) {
@@ -134,6 +161,7 @@ struct Prepared {
     web: Arc<Shared>,
     listen: SocketAddr,
     names: Names,
+    pins: Option<PinOptions>,
 }
 
 /// Checks the flags and files, enables what needs CAP_SYS_ADMIN, picks the listen address,
@@ -172,17 +200,50 @@ fn prepare(args: &Args) -> Result<Prepared> {
     };
     let may_be_open = args.insecure || listen.ip().is_loopback();
     let names = Names::load(NameSources { names_files: args.names_files.clone(), wg_configs: args.wg_configs.clone() })?;
+    let pins = pin_options(args)?;
     let stats = if args.bpf_stats {
         Some(aya::sys::enable_stats(aya::sys::Stats::RunTime).context("enabling bpf stats (--bpf.stats)")?)
     } else {
         None
     };
     privileges::drop_unneeded()?;
-    Ok(Prepared { _stats: stats, web: Shared::new(settings, sources, may_be_open), listen, names })
+    Ok(Prepared { _stats: stats, web: Shared::new(settings, sources, may_be_open), listen, names, pins })
+}
+
+/// Where to pin, with bpffs mounted (which needs CAP_SYS_ADMIN, so before the drop). The
+/// default path falls back to not pinning, with a warning, where bpffs cannot be had.
+fn pin_options(args: &Args) -> Result<Option<PinOptions>> {
+    if args.no_pin {
+        return Ok(None);
+    }
+    let root = args.pin_path.clone().unwrap_or_else(|| DEFAULT_PIN_ROOT.into());
+    match ensure_bpffs(&root) {
+        Ok(()) => Ok(Some(PinOptions { root, replace: args.replace_pinned })),
+        Err(e) if args.pin_path.is_none() => {
+            tracing::warn!("not pinning, counts end when the collector exits: {e:#}");
+            Ok(None)
+        }
+        Err(e) => Err(e.context("--bpf.pin-path")),
+    }
+}
+
+/// --bpf.unpin: removes the pin directories of the --device devices, or all of them.
+fn unpin(args: &Args) -> Result<()> {
+    let Some(pins) = pin_options(args)? else { return Ok(()) };
+    if args.devices.is_empty() {
+        let removed = sweep(&pins.root, &[])?;
+        println!("unpinned {} device(s) under {}: {}", removed.len(), pins.root.display(), removed.join(" "));
+    } else {
+        for d in &args.devices {
+            PinDir::new(&pins, d).remove()?;
+            println!("unpinned {d} under {}", pins.root.display());
+        }
+    }
+    Ok(())
 }
 
 async fn run(args: Args, prepared: Prepared) -> Result<()> {
-    let Prepared { _stats, web, listen, names } = prepared;
+    let Prepared { _stats, web, listen, names, pins } = prepared;
     let redact = |what: &str| args.redact.iter().any(|r| r == what || r == "all");
     let monitor = Arc::new(Monitor::new(
         Options {
@@ -199,6 +260,7 @@ async fn run(args: Args, prepared: Prepared) -> Result<()> {
             },
             pending_ttl: Duration::from_secs_f64(args.pending_ttl),
             underlays: args.underlays,
+            pins,
         },
         names,
     ));
@@ -206,13 +268,22 @@ async fn run(args: Args, prepared: Prepared) -> Result<()> {
     let first = monitor.clone();
     tokio::task::spawn_blocking(move || first.refresh()).await?;
 
+    // Link events (a device down, deleted, created) refresh at once rather than at the next tick.
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let waker = wake.clone();
+    if let Err(e) = monitor.links().watch(move || waker.notify_one()) {
+        tracing::warn!("not following link events, flaps are seen at each poll only: {e}");
+    }
     let poller = monitor.clone();
     let interval = Duration::from_secs_f64(args.poll_interval);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = wake.notified() => {}
+            }
             let m = poller.clone();
             let _ = tokio::task::spawn_blocking(move || m.refresh()).await;
         }

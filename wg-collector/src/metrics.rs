@@ -183,6 +183,21 @@ fn encode_snapshot(snap: &Snapshot, opts: &ExportOptions, omitted: &[(String, us
         gauge(&mut m, &labels, 1i64)?;
     }
 
+    let mut m = family(enc, "wireguard_device_up", "1 while the device's link is up with carrier (IFF_UP, IFF_RUNNING); 0 when down or deleted", Gauge)?;
+    for (name, link) in &snap.links {
+        gauge(&mut m, &[("device", name.as_str())], link.up as i64)?;
+    }
+    let mut m = family(enc, "wireguard_device_flaps", "Times the device's link went down, was deleted or replaced since the collector started (from link events as they happen)", Counter)?;
+    for (name, link) in &snap.links {
+        counter(&mut m, &[("device", name.as_str())], link.flaps)?;
+    }
+    let mut m = family(enc, "wireguard_config_changes", "Configuration changes seen since the collector started, by field: private_key (seen as a new public key), listen_port, fwmark, peers (added or removed), allowed_ips, endpoint (set by configuration, not roaming)", Counter)?;
+    for d in &snap.devices {
+        for (field, n) in &d.lifecycle.config_changes {
+            counter(&mut m, &[("device", d.found.name.as_str()), ("field", field.label())], *n)?;
+        }
+    }
+
     let mut m = family(enc, "wireguard_peers", "Peers configured on the device", Gauge)?;
     for d in &snap.devices {
         gauge(&mut m, &[("device", d.found.name.as_str())], d.state.peers.len() as i64)?;

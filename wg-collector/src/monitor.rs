@@ -10,7 +10,7 @@ use std::{
     path::PathBuf,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Mutex,
+        Arc, Mutex,
     },
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -23,9 +23,10 @@ use wg_common::{
 };
 
 use crate::{
-    bpf::{DeviceProbe, LatencyStats, ProbeOptions, ProgramStats},
+    bpf::{self, DeviceProbe, LatencyStats, PinDir, PinOptions, ProbeOptions, ProgramStats},
     history::{History, Lifecycle},
     interfaces,
+    links::{LinkState, Links},
     names::Names,
     pool::{self, Pool},
     wireguard::{
@@ -63,6 +64,8 @@ pub struct Options {
     pub pending_ttl: Duration,
     /// Underlay interfaces to watch; empty = those the peers' endpoints are routed through.
     pub underlays: Vec<String>,
+    /// Where the programs and maps are pinned (None: they end with the collector).
+    pub pins: Option<PinOptions>,
 }
 
 /// What one refresh saw of one device.
@@ -99,6 +102,8 @@ pub struct Snapshot {
     pub durations: Vec<(ErrorSource, Duration)>,
     /// Errors per source since start.
     pub errors: Vec<(ErrorSource, u64)>,
+    /// Link state of every device seen since start, gone ones included (down).
+    pub links: Vec<(String, LinkState)>,
 }
 
 struct Tracked {
@@ -115,6 +120,7 @@ const ACTIVE_WITHIN: Duration = Duration::from_secs(180);
 
 pub struct Monitor {
     opts: Options,
+    links: Arc<Links>,
     state: Mutex<State>,
     errors: [AtomicU64; 3],
 }
@@ -124,6 +130,8 @@ struct State {
     tracked: BTreeMap<String, Tracked>,
     history: History,
     names: Names,
+    /// Whether stale pin directories were looked for (once, at the first refresh).
+    swept: bool,
 }
 
 // The Collector that holds it must be Debug; its state is not worth printing.
@@ -160,9 +168,15 @@ impl Monitor {
     pub fn new(opts: Options, names: Names) -> Self {
         Self {
             opts,
-            state: Mutex::new(State { tracked: BTreeMap::new(), history: History::default(), names }),
+            links: Arc::default(),
+            state: Mutex::new(State { tracked: BTreeMap::new(), history: History::default(), names, swept: false }),
             errors: Default::default(),
         }
+    }
+
+    /// The link states, for following the kernel's link events (see links.rs).
+    pub fn links(&self) -> &Arc<Links> {
+        &self.links
     }
 
     fn error(&self, source: ErrorSource, what: impl std::fmt::Display) {
@@ -173,7 +187,7 @@ impl Monitor {
     /// Reads every device, brings the maps in line with it and returns what it saw.
     pub fn refresh(&self) -> Snapshot {
         let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let State { tracked, history, names } = &mut *guard;
+        let State { tracked, history, names, swept } = &mut *guard;
         if let Err(e) = names.refresh() {
             tracing::warn!("names not re-read, keeping the old ones: {e}");
         }
@@ -183,14 +197,43 @@ impl Monitor {
             .filter(|f| self.opts.devices.is_empty() || self.opts.devices.contains(&f.name))
             .collect();
 
-        // Devices that went away, or were created again (new ifindex): drop their programs.
+        for f in &found {
+            self.links.follow(&f.name);
+        }
+        for (name, _) in self.links.all() {
+            self.links.check(&name);
+        }
+
+        // Devices that went away: drop their programs and unpin them. Created again (new
+        // ifindex): drop the programs, keep the pins; the next load adopts the maps, so the
+        // counts go on, and attaches anew.
         tracked.retain(|name, t| {
+            let same_name = found.iter().any(|f| &f.name == name);
             let keep = found.iter().any(|f| &f.name == name && f.ifindex == t.found.ifindex);
             if !keep {
-                tracing::info!(device = %name, "device gone; detaching");
+                tracing::info!(device = %name, "device {}; detaching", if same_name { "created again" } else { "gone" });
+            }
+            if !same_name {
+                if let Some(dir) = t.probe.as_ref().and_then(|p| p.pin_dir()) {
+                    if let Err(e) = dir.remove() {
+                        self.error(ErrorSource::Bpf, format_args!("device {name}: {e:#}"));
+                    }
+                }
             }
             keep
         });
+        if !*swept && self.opts.devices.is_empty() {
+            // Pins of devices that went away while no collector ran.
+            if let Some(pins) = &self.opts.pins {
+                let names: Vec<&str> = found.iter().map(|f| f.name.as_str()).collect();
+                match bpf::sweep(&pins.root, &names) {
+                    Ok(gone) if !gone.is_empty() => tracing::info!(devices = ?gone, "unpinned the maps of devices that are gone"),
+                    Ok(_) => {}
+                    Err(e) => self.error(ErrorSource::Bpf, format_args!("sweeping {}: {e:#}", pins.root.display())),
+                }
+            }
+            *swept = true;
+        }
 
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         let mut devices = Vec::new();
@@ -212,7 +255,8 @@ impl Monitor {
             let t0 = Instant::now();
             let t = tracked.entry(f.name.clone()).or_insert_with(|| Tracked { found: f.clone(), probe: None, routed: HashSet::new(), attach_error: None });
             if t.probe.is_none() {
-                match DeviceProbe::load(self.opts.probe).and_then(|mut p| p.attach(&f.name).map(|_| p)) {
+                let pins = self.opts.pins.as_ref().map(|o| PinDir::new(o, &f.name));
+                match DeviceProbe::load(self.opts.probe, pins).and_then(|mut p| p.attach(&f.name).map(|_| p)) {
                     Ok(p) => {
                         tracing::info!(device = %f.name, implementation = %f.implementation, "programs attached");
                         t.probe = Some(p);
@@ -283,6 +327,12 @@ impl Monitor {
             }
             *spent.entry(ErrorSource::Bpf).or_default() += t0.elapsed();
             snap.lifecycle = history.observe(&snap.state);
+            for c in &snap.lifecycle.changed {
+                match c.peer {
+                    Some(peer) => tracing::warn!(device = %snap.found.name, field = %c.field.label(), %peer, "configuration changed: {}", c.value),
+                    None => tracing::warn!(device = %snap.found.name, field = %c.field.label(), "configuration changed: {}", c.value),
+                }
+            }
             monotonic(history, &mut snap);
             snap.active = snap.state.peers.iter().filter(|p| p.last_handshake.is_some_and(|t| now.saturating_sub(t) < ACTIVE_WITHIN)).count();
             let used: Vec<IpNet> = snap.state.peers.iter().flat_map(|p| p.allowed_ips.iter().copied()).collect();
@@ -297,6 +347,7 @@ impl Monitor {
             devices,
             durations,
             errors: ErrorSource::ALL.iter().map(|s| (*s, self.errors[*s as usize].load(Ordering::Relaxed))).collect(),
+            links: self.links.all(),
         }
     }
 }

@@ -86,6 +86,14 @@ static ENDPOINTS: HashMap<wg_common::latency::Endpoint, u32> =
 #[map(name = "LISTEN_PORT")]
 static LISTEN_PORT: aya_ebpf::maps::Array<u32> = aya_ebpf::maps::Array::with_max_entries(1, 0);
 
+/// Peer slot → public key: the collector's record, kept here so it outlives the collector.
+#[map(name = "SLOT_KEYS")]
+static SLOT_KEYS: HashMap<u32, [u8; 32]> = HashMap::with_max_entries(DEFAULT_MAX_PEERS, BPF_F_NO_PREALLOC);
+
+/// What these maps are (see wg_common::pinning), written by the collector that made them.
+#[map(name = "META")]
+static META: aya_ebpf::maps::Array<u64> = aya_ebpf::maps::Array::with_max_entries(wg_common::pinning::META_ENTRIES, 0);
+
 #[map(name = "LATENCY_STATS")]
 static LATENCY_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(wg_common::latency::stats::ENTRIES, 0);
 

@@ -33,7 +33,7 @@ fn peer_addr(i: u32) -> Ipv4Addr {
 }
 
 fn probe(peers: u32, delay: bool) -> Result<DeviceProbe> {
-    let mut p = DeviceProbe::load(ProbeOptions { delay, ..Default::default() })?;
+    let mut p = DeviceProbe::load(ProbeOptions { delay, ..Default::default() }, None)?;
     let list: Vec<Peer> = (0..peers)
         .map(|i| {
             let mut k = [0u8; 32];

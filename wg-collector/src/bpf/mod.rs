@@ -1,10 +1,12 @@
 //! The kernel side as the collector sees it: the embedded wg-ebpf object, loaded and
 //! attached once per WireGuard device, and the maps kept in sync with the device's peers.
 
+mod pins;
 mod probe;
 mod slots;
 
 pub use probe::{monotonic_ns, DeviceProbe, LatencyStats, ProbeOptions, ProgramStats};
+pub use pins::{ensure_bpffs, sweep, PinDir, PinOptions, DEFAULT_PIN_ROOT};
 pub use slots::SlotTable;
 
 /// The wg-ebpf object built by build.rs.

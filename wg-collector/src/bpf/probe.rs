@@ -10,7 +10,11 @@ use anyhow::{anyhow, Context, Result};
 use aya_log::EbpfLogger;
 use aya::{
     maps::{lpm_trie::Key as LpmKey, Array, HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
-    programs::{tc, SchedClassifier, TcAttachType},
+    programs::{
+        links::{FdLink, PinnedLink},
+        tc::{self, SchedClassifierLink},
+        SchedClassifier, TcAttachType,
+    },
     util::nr_cpus,
     Ebpf, EbpfLoader,
 };
@@ -23,7 +27,7 @@ use wg_common::{
     DEFAULT_MAX_PENDING, DIRECTIONS,
 };
 
-use super::{object, SlotTable};
+use super::{object, PinDir, SlotTable};
 use crate::wireguard::{Key, Peer};
 
 /// Sizes of the maps, set at load time.
@@ -86,6 +90,9 @@ pub struct DeviceProbe {
     invalid: PerCpuArray<MapData, u64>,
     indices: BpfHashMap<MapData, u32, u32>,
     listen_port: Array<MapData, u32>,
+    /// Slot → public key, so a later collector knows the slots (see pins.rs).
+    slot_keys: BpfHashMap<MapData, u32, [u8; 32]>,
+    pins: Option<PinDir>,
     /// What ENDPOINTS holds now.
     synced_endpoints: HashMap<Endpoint, u32>,
     /// Underlay interfaces the underlay programs are attached to.
@@ -108,7 +115,9 @@ const UNDERLAY_PROGRAMS: [(&str, TcAttachType); 2] =
 
 impl DeviceProbe {
     /// Loads the programs into the kernel (verified, not attached yet).
-    pub fn load(opts: ProbeOptions) -> Result<Self> {
+    /// With `pins`, the maps are pinned there, or adopted from there when an earlier
+    /// collector left them (see pins.rs).
+    pub fn load(opts: ProbeOptions, pins: Option<PinDir>) -> Result<Self> {
         // Disabled levels cost the programs one compare; aya_log_common::Level counts
         // Error = 1 up to Trace = 5, as log::LevelFilter does.
         let level = opts.log_level as u8;
@@ -117,20 +126,25 @@ impl DeviceProbe {
         }
         let sample_mask = opts.latency_sample - 1;
         let delay_enabled = opts.delay as u32;
-        let mut ebpf = EbpfLoader::new()
+        let sizes = map_sizes(&opts);
+        let adopt = match &pins {
+            Some(dir) => dir.prepare(&sizes)?,
+            None => false,
+        };
+        let mut loader = EbpfLoader::new();
+        loader
             .override_global(aya_log::LEVEL, &level, true)
             .override_global("LATENCY_SAMPLE_MASK", &sample_mask, true)
-            .override_global("DELAY_ENABLED", &delay_enabled, true)
-            .map_max_entries(names::DELAY_FIFO, opts.max_peers.saturating_mul(2))
-            .map_max_entries(names::MESSAGES, opts.max_peers.saturating_add(1))
-            .map_max_entries(names::INDICES, opts.max_peers.saturating_mul(4))
-            .map_max_entries(names::PENDING, opts.max_pending)
-            .map_max_entries(names::LATENCY_HIST, opts.max_hist_entries)
-            .map_max_entries(names::PEER_COUNTERS, opts.max_peers)
-            .map_max_entries(names::HOSTS_V4, opts.max_allowed_ips)
-            .map_max_entries(names::HOSTS_V6, opts.max_allowed_ips)
-            .map_max_entries(names::PEERS_V4, opts.max_allowed_ips)
-            .map_max_entries(names::PEERS_V6, opts.max_allowed_ips)
+            .override_global("DELAY_ENABLED", &delay_enabled, true);
+        for (name, entries) in &sizes {
+            loader.map_max_entries(name, *entries);
+        }
+        if let Some(dir) = &pins {
+            for name in names::PINNED {
+                loader.map_pin_path(name, dir.map(name));
+            }
+        }
+        let mut ebpf = loader
             .load(object())
             .context("loading the eBPF programs")?;
         for (name, _) in PROGRAMS.iter().chain(&UNDERLAY_PROGRAMS) {
@@ -160,8 +174,10 @@ impl DeviceProbe {
         let invalid = PerCpuArray::try_from(take(names::INVALID)?)?;
         let indices = BpfHashMap::try_from(take(names::INDICES)?)?;
         let listen_port = Array::try_from(take(names::LISTEN_PORT)?)?;
+        let slot_keys = BpfHashMap::try_from(take(names::SLOT_KEYS)?)?;
+        let mut meta = Array::try_from(take(names::META)?)?;
         let cpus = nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))?;
-        Ok(Self {
+        let mut probe = Self {
             ebpf,
             logger,
             hosts_v4,
@@ -186,7 +202,55 @@ impl DeviceProbe {
             slots: SlotTable::new(opts.max_peers),
             prefixes: HashMap::new(),
             cpus,
-        })
+            slot_keys,
+            pins,
+        };
+        match probe.pins.clone() {
+            Some(dir) if adopt => {
+                probe.restore().with_context(|| format!("adopting the maps pinned in {}", dir.path().display()))?;
+                tracing::info!(pins = %dir.path().display(), peers = probe.slots.len(), "adopted pinned maps");
+            }
+            Some(dir) => dir.seal(&mut meta)?,
+            None => {}
+        }
+        Ok(probe)
+    }
+
+    /// Reads back what an earlier collector put into the adopted maps: whose slot is which,
+    /// which prefixes and endpoints the maps hold.
+    fn restore(&mut self) -> Result<()> {
+        let mut owners = Vec::new();
+        for item in self.slot_keys.iter() {
+            let (slot, key) = item?;
+            owners.push((slot, Key(key)));
+        }
+        self.slots = SlotTable::restore(self.slots.capacity(), owners);
+        for item in self.hosts_v4.iter() {
+            let (a, slot) = item?;
+            self.prefixes.insert(IpNet::from(IpAddr::from(a)), slot);
+        }
+        for item in self.hosts_v6.iter() {
+            let (a, slot) = item?;
+            self.prefixes.insert(IpNet::from(IpAddr::from(a)), slot);
+        }
+        for item in self.v4.iter() {
+            let (k, slot) = item?;
+            self.prefixes.insert(IpNet::new(IpAddr::from(k.data()), k.prefix_len() as u8)?, slot);
+        }
+        for item in self.v6.iter() {
+            let (k, slot) = item?;
+            self.prefixes.insert(IpNet::new(IpAddr::from(k.data()), k.prefix_len() as u8)?, slot);
+        }
+        for item in self.endpoints.iter() {
+            let (e, slot) = item?;
+            self.synced_endpoints.insert(e, slot);
+        }
+        Ok(())
+    }
+
+    /// Whether the maps were adopted from an earlier collector.
+    pub fn pin_dir(&self) -> Option<&PinDir> {
+        self.pins.as_ref()
     }
 
     /// Attaches both programs to `iface` (TCX on kernels ≥ 6.6, clsact before). They run
@@ -195,8 +259,49 @@ impl DeviceProbe {
         // Needed only for the netlink (pre-TCX) path; harmless if it exists.
         let _ = tc::qdisc_add_clsact(iface);
         for (name, attach_type) in PROGRAMS {
-            let prog: &mut SchedClassifier = program(&mut self.ebpf, name)?;
-            prog.attach(iface, attach_type).with_context(|| format!("attaching {name} to {iface}"))?;
+            self.attach_one(name, iface, attach_type).with_context(|| format!("attaching {name} to {iface}"))?;
+        }
+        Ok(())
+    }
+
+    /// Attaches one program. With pins and TCX, the link is pinned, so the program stays
+    /// attached when the collector exits; a link an earlier collector pinned gets this
+    /// program atomically in place of its own (no packet is counted twice or missed).
+    /// Netlink (clsact) attachments cannot be pinned: they end with the collector.
+    fn attach_one(&mut self, name: &str, iface: &str, attach_type: TcAttachType) -> Result<()> {
+        let pin = self.pins.as_ref().map(|d| d.link(name, iface));
+        let prog: &mut SchedClassifier = program(&mut self.ebpf, name)?;
+        let mut replaced = None;
+        if let Some(path) = pin.as_ref().filter(|p| p.exists()) {
+            let old = PinnedLink::from_pin(path).map_err(|e| anyhow!("opening {}: {e}", path.display()))?;
+            // The old link's interface may be gone (a device deleted and created again): its
+            // link cannot take a program any more, so it is unpinned and a new one made.
+            let link = SchedClassifierLink::try_from(FdLink::from(old)).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+            match prog.attach_to_link(link) {
+                Ok(id) => replaced = Some(id),
+                Err(e) => {
+                    tracing::debug!(link = %path.display(), "pinned link not reusable ({e}); attaching anew");
+                    std::fs::remove_file(path).with_context(|| format!("unpinning {}", path.display()))?;
+                }
+            }
+        }
+        let was_pinned = replaced.is_some();
+        let id = match replaced {
+            Some(id) => id,
+            None => prog.attach(iface, attach_type)?,
+        };
+        let Some(path) = pin else { return Ok(()) };
+        if was_pinned {
+            // Still pinned at its path; only our fd to it is dropped with the program.
+            return Ok(());
+        }
+        let link = prog.take_link(id)?;
+        match FdLink::try_from(link) {
+            Ok(fd) => {
+                fd.pin(&path).with_context(|| format!("pinning {}", path.display()))?;
+            }
+            // A netlink attachment: give it back to the program, which detaches it on drop.
+            Err(_) => tracing::debug!(program = name, "attached through netlink; not pinned"),
         }
         Ok(())
     }
@@ -208,8 +313,7 @@ impl DeviceProbe {
         }
         let _ = tc::qdisc_add_clsact(iface);
         for (name, attach_type) in UNDERLAY_PROGRAMS {
-            let prog: &mut SchedClassifier = program(&mut self.ebpf, name)?;
-            prog.attach(iface, attach_type).with_context(|| format!("attaching {name} to underlay {iface}"))?;
+            self.attach_one(name, iface, attach_type).with_context(|| format!("attaching {name} to underlay {iface}"))?;
         }
         self.underlays.insert(iface.to_string());
         Ok(())
@@ -242,6 +346,7 @@ impl DeviceProbe {
             if fresh {
                 let zero = PerCpuValues::try_from(vec![PeerCounters::default(); self.cpus])?;
                 self.counters.set(slot, zero, 0).context("zeroing a peer slot")?;
+                self.slot_keys.insert(slot, p.public_key.0, 0).context("recording a slot's peer")?;
             }
             for net in &p.allowed_ips {
                 wanted.insert(*net, slot);
@@ -283,6 +388,7 @@ impl DeviceProbe {
             freed.extend(self.slots.release(&k));
         }
         for slot in &freed {
+            let _ = self.slot_keys.remove(slot);
             // Nor the packets its last peer left inside WireGuard, nor its message counts.
             let _ = self.fifos.remove(&fifo_key(*slot, false));
             let _ = self.fifos.remove(&fifo_key(*slot, true));
@@ -478,6 +584,24 @@ impl DeviceProbe {
     pub fn peers(&self) -> usize {
         self.slots.len()
     }
+}
+
+/// The maps whose size the options set, and that size.
+fn map_sizes(opts: &ProbeOptions) -> Vec<(&'static str, u32)> {
+    vec![
+        (names::DELAY_FIFO, opts.max_peers.saturating_mul(2)),
+        (names::MESSAGES, opts.max_peers.saturating_add(1)),
+        (names::INDICES, opts.max_peers.saturating_mul(4)),
+        (names::PENDING, opts.max_pending),
+        (names::LATENCY_HIST, opts.max_hist_entries),
+        (names::PEER_COUNTERS, opts.max_peers),
+        (names::SLOT_KEYS, opts.max_peers),
+        (names::ENDPOINTS, opts.max_peers),
+        (names::HOSTS_V4, opts.max_allowed_ips),
+        (names::HOSTS_V6, opts.max_allowed_ips),
+        (names::PEERS_V4, opts.max_allowed_ips),
+        (names::PEERS_V6, opts.max_allowed_ips),
+    ]
 }
 
 /// What happened to packets waiting for their answer, since load.

@@ -26,6 +26,19 @@ impl SlotTable {
         Self { by_key: HashMap::new(), free: VecDeque::new(), next: 0, capacity }
     }
 
+    /// The table an earlier collector left: `owners` are the slots in use; those below the
+    /// highest in use that nobody owns are free.
+    pub fn restore(capacity: u32, owners: Vec<(u32, Key)>) -> Self {
+        let next = owners.iter().map(|(s, _)| s + 1).max().unwrap_or(0).min(capacity);
+        let used: std::collections::HashSet<u32> = owners.iter().map(|(s, _)| *s).collect();
+        let free = (0..next).filter(|s| !used.contains(s)).collect();
+        Self { by_key: owners.into_iter().map(|(s, k)| (k, s)).collect(), free, next, capacity }
+    }
+
+    pub fn capacity(&self) -> u32 {
+        self.capacity
+    }
+
     pub fn get(&self, key: &Key) -> Option<u32> {
         self.by_key.get(key).copied()
     }
@@ -92,5 +105,16 @@ mod tests {
         assert_eq!(t.assign(k(5)).unwrap(), (1, true));
         assert!(t.assign(k(6)).is_err());
         assert_eq!(t.len(), 3);
+    }
+
+    #[test]
+    fn a_restored_table_keeps_owners_and_frees_the_gaps() {
+        let mut t = SlotTable::restore(5, vec![(0, k(1)), (2, k(3))]);
+        assert_eq!(t.assign(k(1)).unwrap(), (0, false));
+        assert_eq!(t.assign(k(3)).unwrap(), (2, false));
+        assert_eq!(t.assign(k(7)).unwrap(), (3, true));
+        assert_eq!(t.assign(k(8)).unwrap(), (4, true));
+        assert_eq!(t.assign(k(9)).unwrap(), (1, true));
+        assert!(t.assign(k(10)).is_err());
     }
 }

@@ -6,6 +6,7 @@
 #![no_std]
 
 pub mod latency;
+pub mod pinning;
 pub mod protocol;
 
 /// Map and program names, declared once for both sides.
@@ -44,6 +45,17 @@ pub mod names {
     pub const ENDPOINTS: &str = "ENDPOINTS";
     /// Array of one u32: the device's listen port, which marks its datagrams on the underlay.
     pub const LISTEN_PORT: &str = "LISTEN_PORT";
+    /// Hash: peer slot → the peer's public key. Written and read by the collector only, so a
+    /// restarted collector knows which slot is whose (the programs never look at it).
+    pub const SLOT_KEYS: &str = "SLOT_KEYS";
+    /// Array of u64 indexed by [`crate::pinning`]: what the pinned maps are.
+    pub const META: &str = "META";
+    /// The maps pinned per device, so a collector restart or upgrade keeps counting: all
+    /// state. (The programs' logs and read-only settings are made anew at each load.)
+    pub const PINNED: [&str; 17] = [
+        HOSTS_V4, HOSTS_V6, PEERS_V4, PEERS_V6, PEER_COUNTERS, UNATTRIBUTED, PENDING, LATENCY_HIST,
+        LATENCY_STATS, DELAY_FIFO, MESSAGES, INVALID, INDICES, ENDPOINTS, LISTEN_PORT, SLOT_KEYS, META,
+    ];
     /// TC program on the underlay's ingress (encrypted datagrams from peers).
     pub const PROG_UNDER_INGRESS: &str = "wg_under_ingress";
     /// TC program on the underlay's egress (encrypted datagrams to peers).
