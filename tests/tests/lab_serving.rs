@@ -64,3 +64,55 @@ fn bpf_stats_account_every_program_run() {
     assert!(ns_per_run > 0.0 && ns_per_run < 100_000.0, "{ns_per_run} ns per run");
     println!("egress program: {ns_per_run:.0} ns per packet (with stats overhead) over {total_runs} runs");
 }
+
+/// GET /metrics at `addr` from inside namespace `ns`: the status line, or the error.
+fn status_from(ns: &str, addr: &str) -> String {
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    match wg_tests::netns::within(ns, move || wg_tests::scrape::http_get_with(addr, "/metrics", &[])) {
+        Ok((head, _)) => head.lines().next().unwrap_or_default().to_string(),
+        Err(e) => format!("error: {e:#}"),
+    }
+}
+
+#[test]
+fn vpn_only_listens_on_the_interface_addresses_and_follows_them() {
+    let lab = Lab::new(Implementation::WireguardGo).unwrap();
+    let dev = lab.a.iface.as_str();
+    let listen = format!("{dev}:9586");
+    let c = Collector::start(&lab.a.ns, &["--web.listen-address", &listen, "--web.insecure"]).unwrap();
+    let a_v4 = format!("{}:9586", lab.a.tunnel_v4);
+    let a_v6 = format!("[{}]:9586", lab.a.tunnel_v6);
+
+    // Over the tunnel, from the peer: served, on both families.
+    assert!(status_from(&lab.b.ns, &a_v4).contains("200"), "{}", c.log_text());
+    assert!(status_from(&lab.b.ns, &a_v6).contains("200"));
+    // Not on loopback nor on the underlay address.
+    assert!(status_from(&lab.a.ns, "127.0.0.1:9586").contains("refused"));
+    let underlay = format!("{}:9586", lab.a.underlay);
+    assert!(status_from(&lab.b.ns, &underlay).starts_with("error"), "{}", status_from(&lab.b.ns, &underlay));
+    // Each socket is bound to the interface itself.
+    let ss = lab.exec('a', "ss", &["-Hltn", "sport", "= :9586"]).unwrap();
+    assert_eq!(ss.lines().count(), 2, "{ss}");
+    assert!(ss.lines().all(|l| l.contains(&format!("%{dev}:9586"))), "{ss}");
+
+    // An address added: listened on within a second; one removed: no longer. (A /32, so
+    // removing the /24 leaves it: a second address of the same subnet would go with it.)
+    lab.exec('a', "ip", &["addr", "add", "10.99.0.50/32", "dev", dev]).unwrap();
+    let b_allows = format!("{}/32,{}/128,10.99.0.50/32", lab.a.tunnel_v4, lab.a.tunnel_v6);
+    lab.wg('b', &["set", "{iface}", "peer", &lab.a.public_key, "allowed-ips", &b_allows]).unwrap();
+    wg_tests::lab::wait_until(std::time::Duration::from_secs(2), || status_from(&lab.b.ns, "10.99.0.50:9586").contains("200")).unwrap();
+    lab.exec('a', "ip", &["addr", "del", &format!("{}/24", lab.a.tunnel_v4), "dev", dev]).unwrap();
+    let gone = wg_tests::lab::wait_until(std::time::Duration::from_secs(2), || status_from(&lab.b.ns, &a_v4).starts_with("error"));
+    assert!(gone.is_ok(), "{} / {}", status_from(&lab.b.ns, &a_v4), c.log_text());
+    assert!(status_from(&lab.b.ns, "10.99.0.50:9586").contains("200"));
+    let log = c.log_text();
+    assert!(log.contains("stopped listening (address removed)"), "{log}");
+}
+
+#[test]
+fn an_interface_listener_without_authentication_needs_insecure() {
+    let lab = Lab::new(Implementation::WireguardGo).unwrap();
+    let listen = format!("{}:9586", lab.a.iface);
+    let err = Collector::start(&lab.a.ns, &["--web.listen-address", &listen]).err().unwrap().to_string();
+    assert!(err.contains(&format!("--web.listen-address {listen}: not a loopback address")), "{err}");
+}

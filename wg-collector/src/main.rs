@@ -1,4 +1,4 @@
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
+use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
@@ -10,7 +10,10 @@ use wg_collector::{
     monitor::{Monitor, Options},
     names::{NameSources, Names},
     privileges, server,
-    web::serve::{serve, Shared, Sources},
+    web::{
+        listen::{ListenAddress, Listeners},
+        serve::{serve, Shared, Sources},
+    },
     wireguard::discovery::DEFAULT_UAPI_DIR,
 };
 use wg_common::{DEFAULT_MAX_ALLOWED_IPS, DEFAULT_MAX_HIST_ENTRIES, DEFAULT_MAX_PEERS, DEFAULT_MAX_PENDING};
@@ -22,8 +25,10 @@ use wg_common::{DEFAULT_MAX_ALLOWED_IPS, DEFAULT_MAX_HIST_ENTRIES, DEFAULT_MAX_P
 struct Args {
     /// Address to serve metrics on. Default: [::]:9586 when authentication is configured,
     /// else 127.0.0.1:9586 (loopback only).
+    /// INTERFACE:PORT (wg0:9586) listens on every address of that interface only, following
+    /// them as they change: the metrics are then reachable over the VPN alone.
     #[arg(long = "web.listen-address", value_name = "ADDR")]
-    listen_address: Option<SocketAddr>,
+    listen_address: Option<ListenAddress>,
     /// TLS and basic auth settings, in the format of prometheus/exporter-toolkit
     /// (node_exporter's --web.config.file). Reloaded on SIGHUP and when it changes.
     #[arg(long = "web.config.file", value_name = "FILE")]
@@ -159,7 +164,7 @@ struct Prepared {
     /// Keeps bpf stats on while it lives.
     _stats: Option<std::os::fd::OwnedFd>,
     web: Arc<Shared>,
-    listen: SocketAddr,
+    listen: ListenAddress,
     names: Names,
     pins: Option<PinOptions>,
 }
@@ -187,18 +192,18 @@ fn prepare(args: &Args) -> Result<Prepared> {
     let sources = Sources { web_config: args.web_config.clone(), token_file: args.bearer_token_file.clone() };
     let settings = sources.load()?;
     let authenticated = settings.authenticates();
-    let listen = match (args.listen_address, authenticated) {
-        (Some(a), _) if authenticated || args.insecure || a.ip().is_loopback() => a,
+    let listen = match (args.listen_address.clone(), authenticated) {
+        (Some(a), _) if authenticated || args.insecure || a.is_loopback() => a,
         (Some(a), _) => bail!(
             "--web.listen-address {a}: not a loopback address, and no authentication is configured (--web.config.file with basic_auth_users or client certificates, or --web.bearer-token-file); per-peer metrics map your network. Pass --web.insecure to serve it anyway"
         ),
-        (None, true) => "[::]:9586".parse()?,
+        (None, true) => ListenAddress::Socket("[::]:9586".parse()?),
         (None, false) => {
             tracing::warn!("no authentication configured: serving on 127.0.0.1:9586 only (see --web.config.file, --web.bearer-token-file)");
-            "127.0.0.1:9586".parse()?
+            ListenAddress::Socket("127.0.0.1:9586".parse()?)
         }
     };
-    let may_be_open = args.insecure || listen.ip().is_loopback();
+    let may_be_open = args.insecure || listen.is_loopback();
     let names = Names::load(NameSources { names_files: args.names_files.clone(), wg_configs: args.wg_configs.clone() })?;
     let pins = pin_options(args)?;
     let stats = if args.bpf_stats {
@@ -298,11 +303,11 @@ async fn run(args: Args, prepared: Prepared) -> Result<()> {
     };
     registry.register_collector(Box::new(WireguardCollector::new(monitor.clone(), export.clone())));
     let app = server::router(registry, &args.telemetry_path, web.clone(), monitor, export);
-    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
+    let listeners = Listeners::open(&listen).await?;
     let tls = web.current().tls.is_some();
-    tracing::info!(address = %listener.local_addr()?, path = %args.telemetry_path, tls, authentication = web.current().authenticates(), "serving metrics");
+    tracing::info!(address = %listen, path = %args.telemetry_path, tls, authentication = web.current().authenticates(), "serving metrics");
     web.clone().watch();
-    serve(listener, app, web, shutdown()).await
+    serve(listeners, app, web, shutdown()).await
 }
 
 async fn shutdown() {

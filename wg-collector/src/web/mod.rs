@@ -4,5 +4,6 @@
 
 pub mod auth;
 pub mod config;
+pub mod listen;
 pub mod serve;
 pub mod tokens;

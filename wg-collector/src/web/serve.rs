@@ -20,7 +20,7 @@ use axum::{
     Router,
 };
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use super::listen::Listeners;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
@@ -167,19 +167,15 @@ pub async fn authenticate(State(shared): State<Arc<Shared>>, req: Request, next:
     }
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves, with TLS when the settings say so.
-pub async fn serve(listener: TcpListener, router: Router, shared: Arc<Shared>, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+/// Serves `router` on `listeners` until `shutdown` resolves, with TLS when the settings say so.
+pub async fn serve(mut listeners: Listeners, router: Router, shared: Arc<Shared>, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
     tokio::pin!(shutdown);
     loop {
         let (tcp, remote) = tokio::select! {
             _ = &mut shutdown => return Ok(()),
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!("accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
+            c = listeners.accept() => match c {
+                Some(c) => c,
+                None => anyhow::bail!("every listener ended"),
             },
         };
         let router = router.clone();
