@@ -289,6 +289,23 @@ impl Lab {
         run(netns::cmd(&self.side(name).ns, "wg").args(&args))
     }
 
+    /// Sends one `set=1` operation (UAPI lines, `public_key=<hex>` and so on) straight to the
+    /// side's UAPI socket, as `wg set` would but without a process per change; returns once
+    /// WireGuard applied it.
+    pub fn uapi_set(&self, name: char, lines: &str) -> Result<()> {
+        use std::io::{BufRead, Write};
+        let sock = Path::new(UAPI_DIR).join(format!("{}.sock", self.side(name).iface));
+        let mut s = std::os::unix::net::UnixStream::connect(&sock).with_context(|| format!("connecting to {}", sock.display()))?;
+        write!(s, "set=1\n{lines}\n")?;
+        let mut reply = String::new();
+        let mut r = std::io::BufReader::new(s);
+        while r.read_line(&mut reply)? > 1 {}
+        if !reply.contains("errno=0") {
+            bail!("UAPI set refused: {reply:?} for {lines:?}");
+        }
+        Ok(())
+    }
+
     /// A fresh key pair (private key file, public key) in the lab's directory.
     pub fn keypair(&self, name: &str) -> Result<(PathBuf, String)> {
         keypair(&self.dir, name)
@@ -392,11 +409,23 @@ fn keypair(dir: &Path, name: &str) -> Result<(PathBuf, String)> {
 /// a Curve25519 public key. Far cheaper than `wg genkey | wg pubkey` per peer at scale.
 pub fn random_public_key() -> String {
     use base64::Engine;
-    let mut k = [0u8; 32];
+    base64::engine::general_purpose::STANDARD.encode(random_bytes::<32>())
+}
+
+/// A key as UAPI spells it (hex) from its base64 form.
+pub fn key_hex(base64_key: &str) -> String {
+    use base64::Engine;
+    let k = base64::engine::general_purpose::STANDARD.decode(base64_key).expect("a base64 key");
+    k.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Random bytes from the kernel.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut k = [0u8; N];
     // SAFETY: getrandom fills the buffer it is given.
     let n = unsafe { libc::getrandom(k.as_mut_ptr().cast(), k.len(), 0) };
-    assert_eq!(n, 32, "getrandom");
-    base64::engine::general_purpose::STANDARD.encode(k)
+    assert_eq!(n, N as isize, "getrandom");
+    k
 }
 
 /// Polls `f` every 50 ms until it holds or `timeout` passes.

@@ -49,7 +49,12 @@ impl WireguardCollector {
 
 impl Collector for WireguardCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let mut snap = self.monitor.refresh();
+        let snap = self.monitor.refresh();
+        if self.opts.max_series == 0 || total_series(&snap, &self.opts) <= self.opts.max_series {
+            return encode_snapshot(&snap, &self.opts, &[], &mut enc);
+        }
+        // Over the limit (rare): a copy of this scrape's snapshot, trimmed.
+        let mut snap = Snapshot::clone(&snap);
         let omitted = limit_series(&mut snap, &self.opts);
         encode_snapshot(&snap, &self.opts, &omitted, &mut enc)
     }
@@ -128,6 +133,28 @@ fn peer_series(d: &DeviceSnapshot, p: &Peer, hist_kinds: usize, opts: &ExportOpt
         + hist_kinds * buckets
 }
 
+/// How many latency methods each peer has samples of (a histogram family each).
+fn latency_kinds(d: &DeviceSnapshot) -> std::collections::HashMap<Key, usize> {
+    let mut kinds: std::collections::HashMap<Key, std::collections::HashSet<u16>> = Default::default();
+    for (k, h, _) in &d.latency {
+        if let Some(k) = k {
+            kinds.entry(*k).or_default().insert(h.kind);
+        }
+    }
+    kinds.into_iter().map(|(k, s)| (k, s.len())).collect()
+}
+
+/// Per-peer series the snapshot would give.
+fn total_series(snap: &Snapshot, opts: &ExportOptions) -> usize {
+    snap.devices
+        .iter()
+        .map(|d| {
+            let kinds = latency_kinds(d);
+            d.state.peers.iter().map(|p| peer_series(d, p, kinds.get(&p.public_key).copied().unwrap_or(0), opts)).sum::<usize>()
+        })
+        .sum()
+}
+
 /// Drops peers past the series limit from the snapshot; returns how many per device.
 fn limit_series(snap: &mut Snapshot, opts: &ExportOptions) -> Vec<(String, usize)> {
     if opts.max_series == 0 {
@@ -136,16 +163,11 @@ fn limit_series(snap: &mut Snapshot, opts: &ExportOptions) -> Vec<(String, usize
     let mut budget = opts.max_series;
     let mut omitted = Vec::new();
     for d in &mut snap.devices {
-        let mut kinds: std::collections::HashMap<Key, std::collections::HashSet<u16>> = Default::default();
-        for (k, h, _) in &d.latency {
-            if let Some(k) = k {
-                kinds.entry(*k).or_default().insert(h.kind);
-            }
-        }
+        let kinds = latency_kinds(d);
         let mut keep = Vec::with_capacity(d.state.peers.len());
         let mut dropped = 0;
         for p in std::mem::take(&mut d.state.peers) {
-            let n = peer_series(d, &p, kinds.get(&p.public_key).map_or(0, |s| s.len()), opts);
+            let n = peer_series(d, &p, kinds.get(&p.public_key).copied().unwrap_or(0), opts);
             if n <= budget {
                 budget -= n;
                 keep.push(p);

@@ -10,7 +10,7 @@ use std::{
     path::PathBuf,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc, Mutex,
+        Arc, Condvar, Mutex,
     },
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -69,6 +69,7 @@ pub struct Options {
 }
 
 /// What one refresh saw of one device.
+#[derive(Clone)]
 pub struct DeviceSnapshot {
     pub found: Found,
     pub state: Device,
@@ -96,6 +97,7 @@ pub struct DeviceSnapshot {
 }
 
 /// What one refresh saw.
+#[derive(Clone)]
 pub struct Snapshot {
     pub devices: Vec<DeviceSnapshot>,
     /// Time spent per source in this refresh.
@@ -121,8 +123,20 @@ const ACTIVE_WITHIN: Duration = Duration::from_secs(180);
 pub struct Monitor {
     opts: Options,
     links: Arc<Links>,
+    /// Refreshes asked for at once share one (see [`Monitor::refresh`]).
+    flight: Mutex<Flight>,
+    landed: Condvar,
     state: Mutex<State>,
     errors: [AtomicU64; 3],
+}
+
+/// Refresh numbers: the last one started, the last one done and what it saw.
+#[derive(Default)]
+struct Flight {
+    started: u64,
+    done: u64,
+    running: bool,
+    last: Option<Arc<Snapshot>>,
 }
 
 /// What refreshes share, behind one lock.
@@ -169,6 +183,8 @@ impl Monitor {
         Self {
             opts,
             links: Arc::default(),
+            flight: Mutex::default(),
+            landed: Condvar::new(),
             state: Mutex::new(State { tracked: BTreeMap::new(), history: History::default(), names, swept: false }),
             errors: Default::default(),
         }
@@ -184,8 +200,49 @@ impl Monitor {
         tracing::warn!(source = source.label(), "{what}");
     }
 
+    /// A refresh that started after this call: the state of this moment. Callers that come
+    /// while one runs wait for the next and share it, so any number of concurrent scrapes
+    /// costs at most one refresh running and one waiting, and the poll loop's map sync is
+    /// never queued behind a crowd of scrapes.
+    pub fn refresh(&self) -> Arc<Snapshot> {
+        let mut f = self.flight.lock().unwrap_or_else(|e| e.into_inner());
+        let want = f.started + 1;
+        loop {
+            if f.done >= want {
+                if let Some(s) = &f.last {
+                    return s.clone();
+                }
+            }
+            if !f.running {
+                f.running = true;
+                f.started += 1;
+                let n = f.started;
+                drop(f);
+                // Cleared on unwind too, so a panicking refresh cannot wedge every caller.
+                struct Land<'a>(&'a Monitor, u64, Option<Arc<Snapshot>>);
+                impl Drop for Land<'_> {
+                    fn drop(&mut self) {
+                        let mut f = self.0.flight.lock().unwrap_or_else(|e| e.into_inner());
+                        f.running = false;
+                        f.done = self.1;
+                        if let Some(s) = self.2.take() {
+                            f.last = Some(s);
+                        }
+                        self.0.landed.notify_all();
+                    }
+                }
+                let mut land = Land(self, n, None);
+                let snap = Arc::new(self.refresh_now());
+                land.2 = Some(snap.clone());
+                drop(land);
+                return snap;
+            }
+            f = self.landed.wait(f).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
     /// Reads every device, brings the maps in line with it and returns what it saw.
-    pub fn refresh(&self) -> Snapshot {
+    fn refresh_now(&self) -> Snapshot {
         let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let State { tracked, history, names, swept } = &mut *guard;
         if let Err(e) = names.refresh() {

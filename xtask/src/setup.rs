@@ -20,6 +20,8 @@ const PACKAGES: &[&str] = &[
     "iproute2",
     "util-linux",
     "bpftool",
+    // HTTP load on /metrics (issue 9's load case).
+    "wrk",
     // A real Prometheus scrapes the collector in the tests; promtool checks rules.
     "prometheus",
     // The live page is tested in headless Chromium.
