@@ -98,7 +98,8 @@ pub fn parse_names_file(text: &str, path: &str) -> Result<HashMap<Key, String>, 
         let err = |what| NamesError::Line { path: path.to_string(), line: i + 1, what, text: raw.to_string() };
         // A key is 44 characters of base64 (ending in '='); the name follows, after spaces
         // and an optional '='.
-        let (key, rest) = line.split_at(line.len().min(44));
+        // (Split after 44 characters, not bytes: a name may be anything UTF-8.)
+        let (key, rest) = line.split_at(line.char_indices().nth(44).map_or(line.len(), |(at, _)| at));
         let key = Key::from_base64(key).ok_or_else(|| err("not a WireGuard public key (44 characters of base64)"))?;
         let name = rest.trim_start();
         let name = name.strip_prefix('=').unwrap_or(name).trim();
@@ -174,5 +175,11 @@ mod tests {
         assert!(e.contains("f:1"), "{e}");
         let e = parse_names_file(&format!("{K1} a\n{K1} b\n"), "f").unwrap_err().to_string();
         assert!(e.contains("f:2: this key is named twice"), "{e}");
+        // Multi-byte characters where a key should be: an error naming the line, not a panic
+        // (found by the names fuzz target).
+        let e = parse_names_file("Ünïcödé-is-not-base64-and-has-many-bytes-per-char name\n", "f").unwrap_err().to_string();
+        assert!(e.contains("f:1: not a WireGuard public key"), "{e}");
+        let n = parse_names_file(&format!("{K1} Zoë's phone ☎\n"), "f").unwrap();
+        assert_eq!(n[&Key::from_base64(K1).unwrap()], "Zoë's phone ☎");
     }
 }

@@ -3,6 +3,7 @@
 
 mod bench;
 mod demo;
+mod fuzz;
 mod setup;
 mod test;
 mod vm;
@@ -22,7 +23,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install what building and testing need (Debian packages, bpf-linker, boringtun); idempotent.
+    /// Install what building and testing need (Debian packages, bpf-linker, boringtun, cargo-fuzz); idempotent.
     Setup,
     /// Build the eBPF programs and the collector.
     Build {
@@ -39,6 +40,11 @@ enum Task {
     },
     /// Kernel WireGuard in a qemu guest: the kernel-WireGuard suite (tests/src/bin/vm-suite.rs).
     Vmtest,
+    /// Run every fuzz target for --seconds each and write fuzz/RESULTS.md.
+    Fuzz {
+        #[arg(long, default_value_t = 600)]
+        seconds: u64,
+    },
     /// Start a lab of two WireGuard peers in namespaces and keep it until Ctrl-C.
     Lab {
         #[arg(long = "impl", value_enum, default_value_t = Impl::WireguardGo)]
@@ -100,7 +106,18 @@ fn main() -> Result<()> {
             // The README's demo, briefly, so it cannot rot.
             let demo = demo::run(Implementation::WireguardGo, Some(3), "127.0.0.1:0".parse()?);
             let (passed, failed) = if demo.is_ok() { (passed + 1, failed) } else { (passed, failed + 1) };
-            println!("\nxtask test: {passed} passed, {failed} failed (cargo test, the kernel-WireGuard VM, bench --quick and the demo)");
+            // A few seconds of each fuzz target, so none of them rots.
+            let (passed, failed) = match fuzz::run(5) {
+                Ok(outcomes) => {
+                    let crashed = outcomes.iter().filter(|o| o.crashed).count() as u64;
+                    (passed + outcomes.len() as u64 - crashed, failed + crashed)
+                }
+                Err(e) => {
+                    eprintln!("fuzz smoke run failed: {e:#}");
+                    (passed, failed + 1)
+                }
+            };
+            println!("\nxtask test: {passed} passed, {failed} failed (cargo test, the kernel-WireGuard VM, bench --quick, the demo and 5 s of each fuzz target)");
             demo?;
             if failed > 0 {
                 bail!("{failed} tests failed");
@@ -110,6 +127,17 @@ fn main() -> Result<()> {
         Task::Vmtest => {
             setup::run()?;
             vm::run()
+        }
+        Task::Fuzz { seconds } => {
+            setup::run()?;
+            let outcomes = fuzz::run(seconds)?;
+            let table = fuzz::table(&outcomes, seconds);
+            print!("\n{table}");
+            std::fs::write("fuzz/RESULTS.md", &table)?;
+            if outcomes.iter().any(|o| o.crashed) {
+                bail!("a fuzz target crashed; its input is in fuzz/artifacts/");
+            }
+            Ok(())
         }
         Task::Bench { quick } => {
             setup::run()?;
@@ -127,7 +155,7 @@ fn main() -> Result<()> {
     }
 }
 
-fn workspace_root() -> std::path::PathBuf {
+pub(crate) fn workspace_root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 

@@ -39,6 +39,7 @@ const PACKAGES: &[&str] = &[
 
 const BPF_LINKER: &str = "0.13.0";
 const BORINGTUN: &str = "0.7.1";
+const CARGO_FUZZ: &str = "0.13.2";
 
 pub fn run() -> Result<()> {
     let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
@@ -61,6 +62,10 @@ pub fn run() -> Result<()> {
     if !has_version("boringtun-cli", BORINGTUN) {
         eprintln!("setup: building boringtun-cli {BORINGTUN} (about a minute)");
         sh(cargo().args(["install", "boringtun-cli", "--locked", "--version", BORINGTUN]))?;
+    }
+    if !has_version("cargo-fuzz", CARGO_FUZZ) {
+        eprintln!("setup: building cargo-fuzz {CARGO_FUZZ} (about a minute; cargo xtask fuzz)");
+        sh(cargo().args(["install", "cargo-fuzz", "--locked", "--version", CARGO_FUZZ]))?;
     }
     Ok(())
 }

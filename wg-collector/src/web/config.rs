@@ -80,10 +80,16 @@ impl WebConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let p = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: p.clone(), source })?;
+        Self::parse(&text, path)
+    }
+
+    /// Checks the text of a web configuration file read from `path`.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let p = path.display().to_string();
         let file: File = if text.trim().is_empty() {
             File::default()
         } else {
-            serde_yaml_ng::from_str(&text).map_err(|e| ConfigError::Yaml { path: p.clone(), msg: with_line(&e, &text) })?
+            serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Yaml { path: p.clone(), msg: with_line(&e, text) })?
         };
         let dir = path.parent().unwrap_or(Path::new("."));
         let setting = |key: &'static str, msg: String| ConfigError::Setting { path: p.clone(), key, msg };

@@ -90,26 +90,49 @@ where
     let mut out = Vec::new();
     loop {
         let (data, _) = sock.recv_from_full()?;
-        let mut off = 0;
-        while off < data.len() {
-            let msg = NetlinkMessage::<GenlMessage<F>>::deserialize(&data[off..])
-                .map_err(|e| NetlinkError::Decode { device: device.into(), what: e.to_string() })?;
-            let len = msg.header.length as usize;
-            match msg.payload {
-                NetlinkPayload::InnerMessage(m) => out.push(m),
-                NetlinkPayload::Done(_) => return Ok(out),
-                NetlinkPayload::Error(e) => match e.code {
-                    None => return Ok(out), // the ACK that ends a non-dump request
-                    Some(_) => return Err(NetlinkError::Kernel { device: device.into(), source: e.to_io() }),
-                },
-                _ => {}
-            }
-            if len == 0 {
-                break;
-            }
-            off += (len + 3) & !3;
+        if decode(&data, device, &mut out)? {
+            return Ok(out);
         }
     }
+}
+
+/// Decodes one datagram of kernel answers into `out`; true when it ends the answer (done, or
+/// the ACK of a plain request). Whatever the bytes, an error or a result, never a panic (the
+/// netlink fuzz target feeds it arbitrary input).
+pub fn decode<F>(data: &[u8], device: &str, out: &mut Vec<GenlMessage<F>>) -> Result<bool, NetlinkError>
+where
+    F: netlink_packet_generic::GenlFamily
+        + netlink_packet_core::Emitable
+        + netlink_packet_core::ParseableParametrized<[u8], netlink_packet_generic::GenlHeader>
+        + std::fmt::Debug,
+{
+    let mut off = 0;
+    while off < data.len() {
+        let msg = NetlinkMessage::<GenlMessage<F>>::deserialize(&data[off..])
+            .map_err(|e| NetlinkError::Decode { device: device.into(), what: e.to_string() })?;
+        let len = msg.header.length as usize;
+        match msg.payload {
+            NetlinkPayload::InnerMessage(m) => out.push(m),
+            NetlinkPayload::Done(_) => return Ok(true),
+            NetlinkPayload::Error(e) => match e.code {
+                None => return Ok(true), // the ACK that ends a non-dump request
+                // Not e.to_io(): it overflows on i32::MIN (found by the netlink fuzz target).
+                Some(code) => {
+                    let source = match code.get().checked_abs() {
+                        Some(errno) => std::io::Error::from_raw_os_error(errno),
+                        None => std::io::Error::other(format!("error code {code}")),
+                    };
+                    return Err(NetlinkError::Kernel { device: device.into(), source });
+                }
+            },
+            _ => {}
+        }
+        if len == 0 {
+            break;
+        }
+        off += (len + 3) & !3;
+    }
+    Ok(false)
 }
 
 /// Folds the messages of one dump into a device.

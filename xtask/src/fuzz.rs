@@ -1,0 +1,84 @@
+//! `cargo xtask fuzz`: runs the cargo-fuzz targets of fuzz/ (everything the collector parses
+//! from outside) one after the other, each for `seconds`, from the checked-in seeds plus the
+//! corpus earlier runs grew. A crash fails the task; libFuzzer leaves the input in
+//! fuzz/artifacts/<target>/ (add it to fuzz/seeds/<target>/ once fixed, so it stays fixed).
+//! The full run writes fuzz/RESULTS.md.
+
+use std::{
+    process::{Command, Stdio},
+    time::Instant,
+};
+
+use anyhow::{bail, Context, Result};
+
+pub const TARGETS: [&str; 4] = ["uapi", "netlink", "names", "web_config"];
+
+/// What one target's run did.
+pub struct Outcome {
+    pub target: &'static str,
+    pub seconds: f64,
+    pub runs: u64,
+    pub crashed: bool,
+}
+
+/// cargo-fuzz with the flags libFuzzer's instrumentation needs: -Z flags of Debian's stable
+/// rustc, allowed by RUSTC_BOOTSTRAP (as the eBPF build does, ../shared/docs/toolchain.md).
+fn cargo_fuzz() -> Command {
+    let mut c = Command::new(crate::cargo_bin());
+    c.arg("fuzz").current_dir(crate::workspace_root().join("fuzz")).env("RUSTC_BOOTSTRAP", "1");
+    c
+}
+
+pub fn run(seconds: u64) -> Result<Vec<Outcome>> {
+    let status = cargo_fuzz().args(["build", "--release"]).status().context("cargo fuzz (cargo xtask setup installs it)")?;
+    if !status.success() {
+        bail!("building the fuzz targets failed ({status})");
+    }
+    let mut out = Vec::new();
+    for target in TARGETS {
+        let corpus = format!("corpus/{target}");
+        std::fs::create_dir_all(crate::workspace_root().join("fuzz").join(&corpus))?;
+        let t0 = Instant::now();
+        let run = cargo_fuzz()
+            .args(["run", "--release", target, &corpus, &format!("seeds/{target}"), "--"])
+            .args([format!("-max_total_time={seconds}"), "-print_final_stats=1".into(), "-timeout=10".into()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .with_context(|| format!("running fuzz target {target}"))?;
+        let log = String::from_utf8_lossy(&run.stderr);
+        let runs = log.lines().find_map(|l| l.strip_prefix("stat::number_of_executed_units:")).and_then(|n| n.trim().parse().ok()).unwrap_or(0);
+        let crashed = !run.status.success();
+        if crashed {
+            eprintln!("fuzz target {target} crashed:\n{}", tail(&log, 40));
+        }
+        println!("fuzz {target}: {runs} runs in {:.0} s, {}", t0.elapsed().as_secs_f64(), if crashed { "CRASHED" } else { "no crash" });
+        out.push(Outcome { target, seconds: t0.elapsed().as_secs_f64(), runs, crashed });
+    }
+    Ok(out)
+}
+
+/// The table of a run, for fuzz/RESULTS.md.
+pub fn table(outcomes: &[Outcome], seconds: u64) -> String {
+    let mut s = format!(
+        "# Fuzzing\n\nProduced by `cargo xtask fuzz --seconds {seconds}` on {} ({}), cargo-fuzz with libFuzzer and AddressSanitizer.\n\n| target | what it parses | seconds | runs | crashes |\n|---|---|---:|---:|---:|\n",
+        crate::bench::sh("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        crate::bench::machine()
+    );
+    for o in outcomes {
+        let what = match o.target {
+            "uapi" => "a userspace WireGuard's UAPI `get=1` answer",
+            "netlink" => "kernel WireGuard's generic netlink datagrams, folded into a device",
+            "names" => "names files and wg-quick configurations (friendly_name)",
+            _ => "the exporter-toolkit web configuration and --web.listen-address",
+        };
+        s += &format!("| {} | {what} | {:.0} | {} | {} |\n", o.target, o.seconds, o.runs, o.crashed as u8);
+    }
+    s += "\nCrashes found and fixed (their inputs are seeds now, so every run replays them): a names file with multi-byte characters before the key (the parser split the line at byte 44, inside a character); a netlink error message with code i32::MIN (netlink-packet-core's `ErrorMessage::to_io` overflows on it; the collector no longer calls it).\n";
+    s
+}
+
+fn tail(s: &str, lines: usize) -> String {
+    let v: Vec<&str> = s.lines().collect();
+    v[v.len().saturating_sub(lines)..].join("\n")
+}
