@@ -42,7 +42,35 @@ pub fn run(quick: bool) -> Result<()> {
         date = sh("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
         machine = machine(),
     );
-    std::fs::write("BENCHMARKS.md", doc)?;
+    // The soak's section comes from `cargo xtask soak`; keep it.
+    let old = std::fs::read_to_string("BENCHMARKS.md").unwrap_or_default();
+    let soak = old.find(SOAK).map(|at| &old[at..]).unwrap_or_default();
+    std::fs::write("BENCHMARKS.md", format!("{}\n{soak}", doc.trim_end()))?;
+    println!("\nwritten to BENCHMARKS.md");
+    Ok(())
+}
+
+const SOAK: &str = "## Soak";
+
+/// `cargo xtask soak`: the collector for `minutes` under churn (tests/bench/src/soak.rs);
+/// its table replaces the soak section of BENCHMARKS.md.
+pub fn soak(minutes: u64) -> Result<()> {
+    crate::cargo(&["build", "--release", "--package", "wg-bench"])?;
+    crate::cargo(&["build", "--release", "--package", "wg-collector", "--bin", "wg-collector"])?;
+    let out = Command::new("target/release/wg-bench").args(["--soak", &minutes.to_string()]).output().context("running wg-bench --soak")?;
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    print!("{table}");
+    if !out.status.success() {
+        bail!("soak failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let section = format!(
+        "{SOAK}\n\nProduced by `cargo xtask soak --minutes {minutes}` on {}, {}: the release collector on a wireguard-go device, peers added and removed 100 times a second (around 100 peers), a scrape and a ping every second; RSS and open file descriptors every 10 s (one row a minute).\n\n{table}",
+        sh("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        machine()
+    );
+    let old = std::fs::read_to_string("BENCHMARKS.md").unwrap_or_default();
+    let before = old.find(SOAK).map_or(old.as_str(), |at| &old[..at]);
+    std::fs::write("BENCHMARKS.md", format!("{}\n\n{section}", before.trim_end()))?;
     println!("\nwritten to BENCHMARKS.md");
     Ok(())
 }

@@ -40,6 +40,12 @@ enum Task {
     },
     /// Kernel WireGuard in a qemu guest: the kernel-WireGuard suite (tests/src/bin/vm-suite.rs).
     Vmtest,
+    /// Run the collector for --minutes under churn, scrapes and pings; RSS and file
+    /// descriptors must stay flat. Writes the soak section of BENCHMARKS.md.
+    Soak {
+        #[arg(long, default_value_t = 60)]
+        minutes: u64,
+    },
     /// Run every fuzz target for --seconds each and write fuzz/RESULTS.md.
     Fuzz {
         #[arg(long, default_value_t = 600)]
@@ -127,6 +133,10 @@ fn main() -> Result<()> {
         Task::Vmtest => {
             setup::run()?;
             vm::run()
+        }
+        Task::Soak { minutes } => {
+            setup::run()?;
+            bench::soak(minutes)
         }
         Task::Fuzz { seconds } => {
             setup::run()?;

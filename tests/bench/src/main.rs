@@ -4,6 +4,7 @@
 //! hits them alike; the median of the repetitions is reported. Prints a Markdown table.
 
 mod scale;
+mod soak;
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
@@ -79,7 +80,11 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() -> Result<()> {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(m) = args.windows(2).find(|w| w[0] == "--soak").map(|w| w[1].parse()) {
+        return soak::run(m?);
+    }
+    let quick = args.iter().any(|a| a == "--quick");
     println!("## eBPF cost per packet and hook\n");
     ebpf_costs(quick)?;
     println!("\n## Scrape at scale\n");
