@@ -3,6 +3,7 @@
 //! 1, 1,000 and 10,000 peers in the maps. Variants alternate within each repetition so noise
 //! hits them alike; the median of the repetitions is reported. Prints a Markdown table.
 
+mod load;
 mod scale;
 mod soak;
 
@@ -89,6 +90,8 @@ fn main() -> Result<()> {
     ebpf_costs(quick)?;
     println!("\n## Scrape at scale\n");
     scale::run(quick)?;
+    println!("\n## Load: 200 concurrent scrapers\n");
+    load::run(quick)?;
     Ok(())
 }
 

@@ -72,6 +72,20 @@ fn continue_freshness(lab: &Lab, c: &Collector, n: usize, out: &mut Vec<(usize, 
     Ok(())
 }
 
+/// A lab whose device a has `n` peers: b, and random others, added in one `wg addconf`.
+pub fn lab_with_peers(n: usize) -> Result<Lab> {
+    let lab = Lab::new(Implementation::WireguardGo)?;
+    let mut conf = String::new();
+    for i in 0..n.saturating_sub(1) {
+        conf.push_str(&format!("[Peer]\nPublicKey = {}\nAllowedIPs = 10.{}.{}.{}/32\n\n", random_public_key(), 100 + i / 65536, (i / 256) % 256, i % 256));
+    }
+    let path = std::env::temp_dir().join(format!("{}-bench.conf", lab.a.ns));
+    std::fs::write(&path, conf)?;
+    lab.wg('a', &["addconf", "{iface}", path.to_str().unwrap()])?;
+    std::fs::remove_file(&path)?;
+    Ok(lab)
+}
+
 pub fn run(quick: bool) -> Result<()> {
     let (counts, reps): (&[usize], usize) = if quick { (&[1, 100], 3) } else { (&[1, 1000, 10_000, 50_000], 7) };
     std::env::set_var("WG_COLLECTOR_BIN", std::fs::canonicalize("target/release/wg-collector")?);
@@ -80,15 +94,7 @@ pub fn run(quick: bool) -> Result<()> {
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut freshness = Vec::new();
     for &n in counts {
-        let lab = Lab::new(Implementation::WireguardGo)?;
-        let mut conf = String::new();
-        for i in 0..n.saturating_sub(1) {
-            conf.push_str(&format!("[Peer]\nPublicKey = {}\nAllowedIPs = 10.{}.{}.{}/32\n\n", random_public_key(), 100 + i / 65536, (i / 256) % 256, i % 256));
-        }
-        let path = std::env::temp_dir().join(format!("{}-bench.conf", lab.a.ns));
-        std::fs::write(&path, conf)?;
-        lab.wg('a', &["addconf", "{iface}", path.to_str().unwrap()])?;
-        std::fs::remove_file(&path)?;
+        let lab = lab_with_peers(n)?;
         let c = Collector::start(&lab.a.ns, &[])?;
         // Above 10k peers one scrape of the exporter ran past 10 minutes here: not measured.
         let exporter = if have_exporter && n <= 10_000 { Some(Exporter::start(&lab.a.ns, 9587)?) } else { None };
