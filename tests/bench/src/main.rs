@@ -6,6 +6,7 @@
 mod load;
 mod scale;
 mod soak;
+mod throughput;
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
@@ -75,7 +76,7 @@ fn ns_per_run(p: &mut DeviceProbe, program: &str, packet: &[u8], repeat: u32) ->
     Ok(r.duration.as_nanos() as f64)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
@@ -90,6 +91,8 @@ fn main() -> Result<()> {
     ebpf_costs(quick)?;
     println!("\n## Scrape at scale\n");
     scale::run(quick)?;
+    println!("\n## Tunnel throughput with and without our programs\n");
+    throughput::run(quick)?;
     println!("\n## Load: 200 concurrent scrapers\n");
     load::run(quick)?;
     Ok(())
