@@ -37,7 +37,10 @@ fn run(probe: &mut DeviceProbe, prog: &str, pkt: &[u8], ctx: Option<&[u8]>, repe
 }
 
 fn counters(probe: &DeviceProbe, n: u8) -> PeerCounters {
-    probe.peer_counters(&Key([n; 32])).unwrap().expect("peer has a slot")
+    let one = probe.peer_counters(&Key([n; 32])).unwrap().expect("peer has a slot");
+    // The batch read the collector uses (BPF_MAP_LOOKUP_BATCH) agrees with the one-by-one read.
+    assert_eq!(probe.all_peer_counters().unwrap().get(&Key([n; 32])), Some(&one));
+    one
 }
 
 fn c(packets: u64, bytes: u64) -> Counter {

@@ -80,8 +80,12 @@ struct PeerHistory {
     allowed_ips: Vec<IpNet>,
     /// WireGuard's received bytes at the last reading (did anything come from the peer?).
     rx_bytes: u64,
-    counters: HashMap<CounterId, Monotonic>,
+    /// By id: a fixed array, not a map, as every refresh updates each of them for every peer.
+    counters: [Monotonic; PEER_COUNTER_IDS],
 }
+
+/// Peer counter ids are below this.
+pub const PEER_COUNTER_IDS: usize = 32;
 
 #[derive(Debug, Default)]
 struct DeviceHistory {
@@ -187,15 +191,30 @@ impl History {
 
     /// The never-falling value of a peer's counter (the peer must have been observed).
     pub fn peer_counter(&mut self, device: &str, peer: &Key, id: CounterId, raw: u64) -> u64 {
-        match self.devices.get_mut(device).and_then(|d| d.peers.get_mut(peer)) {
-            Some(p) => p.counters.entry(id).or_default().update(raw),
+        match self.peer(device, peer) {
+            Some(mut p) => p.update(id, raw),
             None => raw,
         }
+    }
+
+    /// A peer's never-falling counters, looked up once for all of them.
+    pub fn peer(&mut self, device: &str, peer: &Key) -> Option<PeerCounters<'_>> {
+        self.devices.get_mut(device)?.peers.get_mut(peer).map(|p| PeerCounters(&mut p.counters))
     }
 
     /// The never-falling value of a device-level counter.
     pub fn device_counter(&mut self, device: &str, id: CounterId, raw: u64) -> u64 {
         self.devices.entry(device.to_string()).or_default().counters.entry(id).or_default().update(raw)
+    }
+}
+
+/// The counters of one peer (see [`History::peer`]).
+pub struct PeerCounters<'a>(&'a mut [Monotonic; PEER_COUNTER_IDS]);
+
+impl PeerCounters<'_> {
+    /// The never-falling value of counter `id` (below [`PEER_COUNTER_IDS`]).
+    pub fn update(&mut self, id: CounterId, raw: u64) -> u64 {
+        self.0[id as usize].update(raw)
     }
 }
 

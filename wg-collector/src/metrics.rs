@@ -225,7 +225,14 @@ fn encode_snapshot(snap: &Snapshot, opts: &ExportOptions, omitted: &[(String, us
         gauge(&mut m, &[("device", d.found.name.as_str())], d.state.peers.len() as i64)?;
     }
 
-    let peers = || snap.devices.iter().flat_map(|d| d.state.peers.iter().map(move |p| (d, p, [("device", d.found.name.clone()), ("public_key", p.public_key.to_base64())])));
+    // Every per-peer family labels its samples with the device and the key: the keys are
+    // encoded once per scrape, not once per family.
+    let keys: Vec<Vec<String>> = snap.devices.iter().map(|d| d.state.peers.iter().map(|p| p.public_key.to_base64()).collect()).collect();
+    let peers = || {
+        snap.devices.iter().zip(&keys).flat_map(|(d, keys)| {
+            d.state.peers.iter().zip(keys).map(move |(p, k)| (d, p, [("device", d.found.name.as_str()), ("public_key", k.as_str())]))
+        })
+    };
 
     let mut m = family(enc, "wireguard_peers_active", "Peers whose last handshake is younger than 180 s (a live session)", Gauge)?;
     for d in &snap.devices {
@@ -257,8 +264,8 @@ fn encode_snapshot(snap: &Snapshot, opts: &ExportOptions, omitted: &[(String, us
     let mut m = family(enc, "wireguard_peer_info", "WireGuard peer: its friendly name (names file, or friendly_name comments in wg-quick files) and current endpoint (value 1)", Gauge)?;
     for (d, p, [dev, key]) in peers() {
         let endpoint = if opts.redact_endpoints { String::new() } else { p.endpoint.map(|e| e.to_string()).unwrap_or_default() };
-        let name = d.names.get(&p.public_key).cloned().unwrap_or_default();
-        gauge(&mut m, &[dev, key, ("name", name), ("endpoint", endpoint)], 1i64)?;
+        let name = d.names.get(&p.public_key).map_or("", String::as_str);
+        gauge(&mut m, &[dev, key, ("name", name), ("endpoint", endpoint.as_str())], 1i64)?;
     }
 
     if !opts.redact_allowed_ips {
@@ -268,7 +275,7 @@ fn encode_snapshot(snap: &Snapshot, opts: &ExportOptions, omitted: &[(String, us
             for net in &p.allowed_ips {
                 buf.clear();
                 write!(buf, "{net}")?;
-                gauge(&mut m, &[dev.clone(), key.clone(), ("allowed_ip", buf.clone())], 1i64)?;
+                gauge(&mut m, &[dev, key, ("allowed_ip", buf.as_str())], 1i64)?;
             }
         }
     }

@@ -350,14 +350,9 @@ impl Monitor {
                     self.error(ErrorSource::Bpf, format_args!("syncing maps of {}: {e:#}", snap.found.name));
                 }
                 self.follow_underlays(p, &mut t.routed, &snap.state);
-                for peer in &snap.state.peers {
-                    match p.peer_counters(&peer.public_key) {
-                        Ok(Some(c)) => {
-                            snap.counters.insert(peer.public_key, c);
-                        }
-                        Ok(None) => {}
-                        Err(e) => self.error(ErrorSource::Bpf, format_args!("reading counters of {}: {e:#}", snap.found.name)),
-                    }
+                match p.all_peer_counters() {
+                    Ok(c) => snap.counters = c,
+                    Err(e) => self.error(ErrorSource::Bpf, format_args!("reading counters of {}: {e:#}", snap.found.name)),
                 }
                 match p.unattributed() {
                     Ok(u) => snap.unattributed = Some(u),
@@ -413,21 +408,23 @@ impl Monitor {
 /// (see history.rs). Ids: per peer 0–1 WireGuard's bytes, 2–5 our packets and bytes, 10–19
 /// messages; per device 0–5 unattributed packets, 100– invalid, 200– the device's messages.
 fn monotonic(h: &mut History, snap: &mut DeviceSnapshot) {
+    const _: () = assert!(10 + DIRECTIONS * MESSAGE_TYPES <= crate::history::PEER_COUNTER_IDS);
     let dev = snap.found.name.clone();
     for p in &mut snap.state.peers {
-        p.rx_bytes = h.peer_counter(&dev, &p.public_key, 0, p.rx_bytes);
-        p.tx_bytes = h.peer_counter(&dev, &p.public_key, 1, p.tx_bytes);
+        let Some(mut mono) = h.peer(&dev, &p.public_key) else { continue };
+        p.rx_bytes = mono.update(0, p.rx_bytes);
+        p.tx_bytes = mono.update(1, p.tx_bytes);
         if let Some(c) = snap.counters.get_mut(&p.public_key) {
             for (d, dc) in c.dir.iter_mut().enumerate() {
                 let id = 2 + 2 * d as u32;
-                dc.packets = h.peer_counter(&dev, &p.public_key, id, dc.packets);
-                dc.bytes = h.peer_counter(&dev, &p.public_key, id + 1, dc.bytes);
+                dc.packets = mono.update(id, dc.packets);
+                dc.bytes = mono.update(id + 1, dc.bytes);
             }
         }
         if let Some(m) = snap.messages.get_mut(&p.public_key) {
             for (d, row) in m.counts.iter_mut().enumerate() {
                 for (t, n) in row.iter_mut().enumerate() {
-                    *n = h.peer_counter(&dev, &p.public_key, 10 + (d * MESSAGE_TYPES + t) as u32, *n);
+                    *n = mono.update(10 + (d * MESSAGE_TYPES + t) as u32, *n);
                 }
             }
         }

@@ -1,6 +1,7 @@
 //! The kernel side as the collector sees it: the embedded wg-ebpf object, loaded and
 //! attached once per WireGuard device, and the maps kept in sync with the device's peers.
 
+mod batch;
 mod pins;
 mod probe;
 mod slots;

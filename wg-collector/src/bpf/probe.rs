@@ -3,13 +3,14 @@
 use std::{
     collections::{HashMap, HashSet},
     net::IpAddr,
+    os::fd::AsFd,
     time::Duration,
 };
 
 use anyhow::{anyhow, Context, Result};
 use aya_log::EbpfLogger;
 use aya::{
-    maps::{lpm_trie::Key as LpmKey, Array, HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    maps::{lpm_trie::Key as LpmKey, Array, Map, HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
     programs::{
         links::{FdLink, PinnedLink},
         tc::{self, SchedClassifierLink},
@@ -80,6 +81,8 @@ pub struct DeviceProbe {
     v4: LpmTrie<MapData, [u8; 4], u32>,
     v6: LpmTrie<MapData, [u8; 16], u32>,
     counters: PerCpuArray<MapData, PeerCounters>,
+    /// The same map, for batch reads (see batch.rs).
+    counters_fd: std::os::fd::OwnedFd,
     unattributed: PerCpuArray<MapData, Counter>,
     pending: BpfHashMap<MapData, PendingKey, u64>,
     hist: PerCpuHashMap<MapData, HistKey, HistValue>,
@@ -163,7 +166,12 @@ impl DeviceProbe {
         let hosts_v6 = BpfHashMap::try_from(take(names::HOSTS_V6)?)?;
         let v4 = LpmTrie::try_from(take(names::PEERS_V4)?)?;
         let v6 = LpmTrie::try_from(take(names::PEERS_V6)?)?;
-        let counters = PerCpuArray::try_from(take(names::PEER_COUNTERS)?)?;
+        let counters = take(names::PEER_COUNTERS)?;
+        let counters_fd = match &counters {
+            Map::PerCpuArray(m) => m.fd().as_fd().try_clone_to_owned().context("duplicating the counters' fd")?,
+            _ => anyhow::bail!("map {} is not a per-CPU array", names::PEER_COUNTERS),
+        };
+        let counters = PerCpuArray::try_from(counters)?;
         let unattributed = PerCpuArray::try_from(take(names::UNATTRIBUTED)?)?;
         let pending = BpfHashMap::try_from(take(names::PENDING)?)?;
         let hist = PerCpuHashMap::try_from(take(names::LATENCY_HIST)?)?;
@@ -185,6 +193,7 @@ impl DeviceProbe {
             v4,
             v6,
             counters,
+            counters_fd,
             unattributed,
             pending,
             hist,
@@ -532,17 +541,29 @@ impl DeviceProbe {
         Ok(())
     }
 
+    /// Every peer's counters summed over all CPUs, read in batches (one syscall per 4096
+    /// slots; one per peer where the kernel cannot batch).
+    pub fn all_peer_counters(&self) -> Result<HashMap<Key, PeerCounters>> {
+        let by_slot = self.slots.by_slot();
+        let rows = match super::batch::lookup_percpu_array::<PeerCounters>(self.counters_fd.as_fd(), self.slots.high_water(), self.cpus) {
+            Ok(rows) => rows,
+            Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {
+                return by_slot.values().filter_map(|k| self.peer_counters(k).transpose().map(|c| c.map(|c| (*k, c)))).collect();
+            }
+            Err(e) => return Err(anyhow!("reading {} in batches: {e}", names::PEER_COUNTERS)),
+        };
+        let mut out = HashMap::with_capacity(by_slot.len());
+        for (slot, per_cpu) in rows.iter().enumerate() {
+            let Some(key) = by_slot.get(&(slot as u32)) else { continue };
+            out.insert(*key, sum_counters(per_cpu.iter()));
+        }
+        Ok(out)
+    }
+
     /// A peer's counters summed over all CPUs; `None` for a peer without a slot.
     pub fn peer_counters(&self, key: &Key) -> Result<Option<PeerCounters>> {
         let Some(slot) = self.slots.get(key) else { return Ok(None) };
-        let mut sum = PeerCounters::default();
-        for c in self.counters.get(&slot, 0)?.iter() {
-            for d in 0..DIRECTIONS {
-                sum.dir[d].packets += c.dir[d].packets;
-                sum.dir[d].bytes += c.dir[d].bytes;
-            }
-        }
-        Ok(Some(sum))
+        Ok(Some(sum_counters(self.counters.get(&slot, 0)?.iter())))
     }
 
     /// Packets no peer could be given, by direction and reason, summed over all CPUs.
@@ -584,6 +605,17 @@ impl DeviceProbe {
     pub fn peers(&self) -> usize {
         self.slots.len()
     }
+}
+
+fn sum_counters<'a>(per_cpu: impl Iterator<Item = &'a PeerCounters>) -> PeerCounters {
+    let mut sum = PeerCounters::default();
+    for c in per_cpu {
+        for d in 0..DIRECTIONS {
+            sum.dir[d].packets += c.dir[d].packets;
+            sum.dir[d].bytes += c.dir[d].bytes;
+        }
+    }
+    sum
 }
 
 /// The maps whose size the options set, and that size.

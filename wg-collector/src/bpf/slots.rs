@@ -35,6 +35,11 @@ impl SlotTable {
         Self { by_key: owners.into_iter().map(|(s, k)| (k, s)).collect(), free, next, capacity }
     }
 
+    /// Slots below this have been given out at some time; none above.
+    pub fn high_water(&self) -> u32 {
+        self.next
+    }
+
     pub fn capacity(&self) -> u32 {
         self.capacity
     }
