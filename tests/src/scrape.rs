@@ -21,6 +21,12 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
 /// GET `path` with extra request headers; returns the response head and body, whatever
 /// the status.
 pub fn http_get_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Result<(String, String)> {
+    let (head, body) = http_get_bytes(addr, path, headers)?;
+    Ok((head, String::from_utf8(body).context("a body that is not UTF-8 (compressed?)")?))
+}
+
+/// Like [`http_get_with`], the body as bytes (a compressed one, say).
+pub fn http_get_bytes(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Result<(String, Vec<u8>)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).with_context(|| format!("connecting to {addr}"))?;
     s.set_read_timeout(Some(Duration::from_secs(600)))?;
     let mut req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n");
@@ -29,10 +35,10 @@ pub fn http_get_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> 
     }
     req.push_str("\r\n");
     s.write_all(req.as_bytes())?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw)?;
-    let (head, body) = raw.split_once("\r\n\r\n").context("no HTTP header end")?;
-    Ok((head.to_string(), body.to_string()))
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").context("no HTTP header end")?;
+    Ok((String::from_utf8_lossy(&raw[..end]).into_owned(), raw[end + 4..].to_vec()))
 }
 
 /// One sample: name, labels in order, value.

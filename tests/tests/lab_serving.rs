@@ -17,6 +17,16 @@ fn serves_openmetrics_when_asked_and_prometheus_text_otherwise() {
 
     let (head, _) = c.get("/metrics", &[]).unwrap();
     assert!(head.starts_with("HTTP/1.0 404") || head.starts_with("HTTP/1.1 404"), "{head}");
+
+    // Gzip when asked, as Prometheus always does: the same page, compressed.
+    let addr = "127.0.0.1:9586".parse().unwrap();
+    let (head, gz) = wg_tests::netns::within(&lab.a.ns, move || wg_tests::scrape::http_get_bytes(addr, "/wg", &[("Accept-Encoding", "gzip")])).unwrap();
+    assert!(head.to_lowercase().contains("content-encoding: gzip"), "{head}");
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&gz[..]), &mut text).unwrap();
+    let m = wg_tests::Metrics::parse(&text).unwrap();
+    assert!(m.get("wireguard_peers", &[("device", lab.a.iface.as_str())]) == Some(1.0), "{text}");
+    assert!(gz.len() * 2 < text.len(), "{} compressed vs {} plain", gz.len(), text.len());
 }
 
 #[test]
