@@ -85,7 +85,7 @@ struct PeerHistory {
 }
 
 /// Peer counter ids are below this.
-pub const PEER_COUNTER_IDS: usize = 32;
+pub const PEER_COUNTER_IDS: usize = 20;
 
 #[derive(Debug, Default)]
 struct DeviceHistory {
