@@ -25,13 +25,15 @@ struct BatchAttr {
     flags: u64,
 }
 
-/// Entries `0..entries` of a per-CPU array of `V`, each as its `cpus` per-CPU values.
-/// `Err(Unsupported)` where the kernel has no batch operations for arrays (before 5.6).
-pub fn lookup_percpu_array<V: Pod + Default>(fd: BorrowedFd<'_>, entries: u32, cpus: usize) -> io::Result<Vec<Vec<V>>> {
+/// Entries `0..entries` of a per-CPU array of `V`, each folded from its `cpus` per-CPU
+/// values by `fold` (no allocation per entry). `Err(Unsupported)` where the kernel has no
+/// batch operations for arrays (before 5.6).
+pub fn lookup_percpu_array<V: Pod + Default, T>(fd: BorrowedFd<'_>, entries: u32, cpus: usize, fold: impl Fn(&[V]) -> T) -> io::Result<Vec<T>> {
     // The kernel lays out each element's per-CPU values 8-byte aligned.
     let stride = size_of::<V>().div_ceil(8) * 8;
     const CHUNK: u32 = 4096;
     let mut out = Vec::with_capacity(entries as usize);
+    let mut per_cpu = vec![V::default(); cpus];
     let (mut keys, mut values) = (vec![0u32; CHUNK as usize], vec![0u8; CHUNK as usize * stride * cpus]);
     let (mut in_batch, mut out_batch) = (0u32, 0u32);
     let mut first = true;
@@ -61,15 +63,11 @@ pub fn lookup_percpu_array<V: Pod + Default>(fd: BorrowedFd<'_>, entries: u32, c
         };
         for i in 0..attr.count as usize {
             let element = &values[i * stride * cpus..(i + 1) * stride * cpus];
-            let per_cpu = (0..cpus)
-                .map(|c| {
-                    let mut v = V::default();
-                    // SAFETY: V is Pod; the slice holds size_of::<V>() bytes at this offset.
-                    unsafe { std::ptr::copy_nonoverlapping(element[c * stride..].as_ptr(), (&mut v as *mut V).cast::<u8>(), size_of::<V>()) };
-                    v
-                })
-                .collect();
-            out.push(per_cpu);
+            for (c, v) in per_cpu.iter_mut().enumerate() {
+                // SAFETY: V is Pod; the slice holds size_of::<V>() bytes at this offset.
+                unsafe { std::ptr::copy_nonoverlapping(element[c * stride..].as_ptr(), (v as *mut V).cast::<u8>(), size_of::<V>()) };
+            }
+            out.push(fold(&per_cpu));
         }
         if done || attr.count == 0 {
             break;

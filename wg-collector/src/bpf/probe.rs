@@ -542,22 +542,26 @@ impl DeviceProbe {
     }
 
     /// Every peer's counters summed over all CPUs, read in batches (one syscall per 4096
-    /// slots; one per peer where the kernel cannot batch).
+    /// slots) where the live peers fill most of the slots given out so far; one lookup per
+    /// peer where they are sparse (after heavy churn the high-water mark can be far above the
+    /// peers there are: the soak found batch reads of 65k mostly idle slots).
     pub fn all_peer_counters(&self) -> Result<HashMap<Key, PeerCounters>> {
         let by_slot = self.slots.by_slot();
-        let rows = match super::batch::lookup_percpu_array::<PeerCounters>(self.counters_fd.as_fd(), self.slots.high_water(), self.cpus) {
-            Ok(rows) => rows,
-            Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {
-                return by_slot.values().filter_map(|k| self.peer_counters(k).transpose().map(|c| c.map(|c| (*k, c)))).collect();
-            }
+        let one_by_one = || by_slot.values().filter_map(|k| self.peer_counters(k).transpose().map(|c| c.map(|c| (*k, c)))).collect();
+        if (by_slot.len() as u64) * 2 < self.slots.high_water() as u64 {
+            return one_by_one();
+        }
+        let sums = match super::batch::lookup_percpu_array::<PeerCounters, PeerCounters>(
+            self.counters_fd.as_fd(),
+            self.slots.high_water(),
+            self.cpus,
+            |per_cpu| sum_counters(per_cpu.iter()),
+        ) {
+            Ok(sums) => sums,
+            Err(e) if e.kind() == std::io::ErrorKind::Unsupported => return one_by_one(),
             Err(e) => return Err(anyhow!("reading {} in batches: {e}", names::PEER_COUNTERS)),
         };
-        let mut out = HashMap::with_capacity(by_slot.len());
-        for (slot, per_cpu) in rows.iter().enumerate() {
-            let Some(key) = by_slot.get(&(slot as u32)) else { continue };
-            out.insert(*key, sum_counters(per_cpu.iter()));
-        }
-        Ok(out)
+        Ok(sums.into_iter().enumerate().filter_map(|(slot, c)| Some((*by_slot.get(&(slot as u32))?, c))).collect())
     }
 
     /// A peer's counters summed over all CPUs; `None` for a peer without a slot.
