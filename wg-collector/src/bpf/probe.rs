@@ -228,36 +228,22 @@ impl DeviceProbe {
     /// Reads back what an earlier collector put into the adopted maps: whose slot is which,
     /// which prefixes and endpoints the maps hold.
     fn restore(&mut self) -> Result<()> {
-        let mut owners = Vec::new();
-        for item in self.slot_keys.iter() {
-            let (slot, key) = item?;
-            owners.push((slot, Key(key)));
-        }
+        let owners = self.slot_keys.iter().map(|r| r.map(|(slot, key)| (slot, Key(key)))).collect::<Result<Vec<_>, _>>()?;
         self.slots = SlotTable::restore(self.slots.capacity(), owners);
-        for item in self.hosts_v4.iter() {
-            let (a, slot) = item?;
-            self.prefixes.insert(IpNet::from(IpAddr::from(a)), slot);
+        // Host addresses from the hashes, shorter prefixes from the tries (see insert_prefix).
+        let hosts = self.hosts_v4.iter().map(|r| r.map(|(a, s)| (IpAddr::from(a), 32, s)));
+        let hosts = hosts.chain(self.hosts_v6.iter().map(|r| r.map(|(a, s)| (IpAddr::from(a), 128, s))));
+        let tries = self.v4.iter().map(|r| r.map(|(k, s)| (IpAddr::from(k.data()), k.prefix_len() as u8, s)));
+        let tries = tries.chain(self.v6.iter().map(|r| r.map(|(k, s)| (IpAddr::from(k.data()), k.prefix_len() as u8, s))));
+        for item in hosts.chain(tries) {
+            let (addr, len, slot) = item?;
+            self.prefixes.insert(IpNet::new(addr, len)?, slot);
         }
-        for item in self.hosts_v6.iter() {
-            let (a, slot) = item?;
-            self.prefixes.insert(IpNet::from(IpAddr::from(a)), slot);
-        }
-        for item in self.v4.iter() {
-            let (k, slot) = item?;
-            self.prefixes.insert(IpNet::new(IpAddr::from(k.data()), k.prefix_len() as u8)?, slot);
-        }
-        for item in self.v6.iter() {
-            let (k, slot) = item?;
-            self.prefixes.insert(IpNet::new(IpAddr::from(k.data()), k.prefix_len() as u8)?, slot);
-        }
-        for item in self.endpoints.iter() {
-            let (e, slot) = item?;
-            self.synced_endpoints.insert(e, slot);
-        }
+        self.synced_endpoints = self.endpoints.iter().collect::<Result<_, _>>()?;
         Ok(())
     }
 
-    /// Whether the maps were adopted from an earlier collector.
+    /// Where this device's maps and links are pinned, if they are.
     pub fn pin_dir(&self) -> Option<&PinDir> {
         self.pins.as_ref()
     }
