@@ -187,6 +187,17 @@ impl Collector {
         self.child.id()
     }
 
+    /// Whether IPv4 host address `addr` is in `device`'s pinned host map (read with bpftool,
+    /// not through the collector's endpoint): the map sync seen from the kernel's side.
+    pub fn host_in_maps(&self, device: &str, addr: std::net::Ipv4Addr) -> bool {
+        let Some(pins) = &self.pins else { return false };
+        let map = pins.join(device).join("HOSTS_V4");
+        let key: Vec<String> = addr.octets().iter().map(|b| b.to_string()).collect();
+        let mut args = vec!["bpftool", "map", "lookup", "pinned", map.to_str().unwrap(), "key"];
+        args.extend(key.iter().map(String::as_str));
+        netns::sh(&args).is_ok()
+    }
+
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }

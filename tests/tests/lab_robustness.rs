@@ -245,8 +245,7 @@ fn a_crowd_of_scrapers_gets_no_errors_and_does_not_hold_up_the_sync() {
     // Under the crowd, the map sync goes on: a new peer's allowed IP is in the pinned host
     // map (read with bpftool, not through the busy endpoint) within a second.
     let key = random_public_key();
-    let hosts = c.pins.clone().unwrap().join(&lab.a.iface).join("HOSTS_V4");
-    let in_map = || netns::sh(&["bpftool", "map", "lookup", "pinned", hosts.to_str().unwrap(), "key", "10", "151", "0", "1"]).is_ok();
+    let in_map = || c.host_in_maps(&lab.a.iface, "10.151.0.1".parse().unwrap());
     assert!(!in_map());
     lab.uapi_set('a', &format!("public_key={}\nallowed_ip=10.151.0.1/32\n", key_hex(&key))).unwrap();
     let t = Instant::now();

@@ -37,8 +37,7 @@ pub fn run(quick: bool) -> Result<()> {
         .spawn()
         .context("wrk (cargo xtask setup installs it)")?;
     std::thread::sleep(Duration::from_secs(secs as u64 / 2));
-    let hosts = c.pins.clone().context("pins")?.join(&lab.a.iface).join("HOSTS_V4");
-    let in_map = || netns::sh(&["bpftool", "map", "lookup", "pinned", hosts.to_str().unwrap(), "key", "10", "151", "0", "1"]).is_ok();
+    let in_map = || c.host_in_maps(&lab.a.iface, "10.151.0.1".parse().unwrap());
     lab.uapi_set('a', &format!("public_key={}\nallowed_ip=10.151.0.1/32\n", key_hex(&random_public_key())))?;
     let t = Instant::now();
     wait_until(Duration::from_secs(10), in_map)?;
