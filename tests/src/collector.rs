@@ -90,7 +90,7 @@ impl Collector {
         let out = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
         let bin = binary()?;
         Ok(netns::cmd(ns, bin.to_str().unwrap())
-            .args(["--poll-interval", "0.2"])
+            .args(if args.iter().any(|a| a == "--poll-interval") { vec![] } else { vec!["--poll-interval", "0.2"] })
             .args(if args.iter().any(|a| a == "--web.listen-address") { vec![] } else { vec!["--web.listen-address".to_string(), addr.to_string()] })
             .args(args)
             .env("RUST_LOG", filter)

@@ -126,3 +126,33 @@ fn an_interface_listener_without_authentication_needs_insecure() {
     let err = Collector::start(&lab.a.ns, &["--web.listen-address", &listen]).err().unwrap().to_string();
     assert!(err.contains(&format!("--web.listen-address {listen}: not a loopback address")), "{err}");
 }
+
+/// `--scrape.max-age`: scrapes within the age share one reading (the same counts, however
+/// much traffic passed since), and the first scrape past it reads again, exactly.
+#[test]
+fn scrapes_share_a_reading_younger_than_max_age() {
+    use std::time::{Duration, Instant};
+    let lab = Lab::new(Implementation::WireguardGo).unwrap();
+    // The poll loop far apart, so only scrapes read.
+    let c = Collector::start(&lab.a.ns, &["--scrape.max-age", "3", "--poll-interval", "600"]).unwrap();
+    let l = [("device", lab.a.iface.as_str()), ("public_key", lab.b.public_key.as_str())];
+    let tx = |m: &wg_tests::Metrics| m.get("wireguard_peer_transmit_packets_total", &l).unwrap_or_else(|| panic!("{}", m.text));
+    let age = |m: &wg_tests::Metrics| m.get("wireguard_collector_reading_age_seconds", &[]).unwrap_or_else(|| panic!("{}", m.text));
+
+    // A reading of its own, then pings the next scrape must not show yet.
+    std::thread::sleep(Duration::from_secs(3));
+    let first = c.scrape().unwrap();
+    let read_at = Instant::now();
+    assert!(age(&first) < 1.0, "a fresh reading: {}", age(&first));
+    lab.exec('a', "ping", &["-c", "20", "-i", "0.01", "-q", &lab.b.tunnel_v4.to_string()]).unwrap();
+    let shared = c.scrape().unwrap();
+    assert!(read_at.elapsed() < Duration::from_secs(2), "the test was too slow to see sharing");
+    assert_eq!(tx(&shared), tx(&first), "a scrape within --scrape.max-age shows the same reading");
+    assert!(age(&shared) >= age(&first), "its age grows: {} then {}", age(&first), age(&shared));
+
+    // Past the age: read again, every ping there.
+    std::thread::sleep(Duration::from_secs(3).saturating_sub(read_at.elapsed()) + Duration::from_millis(200));
+    let fresh = c.scrape().unwrap();
+    assert_eq!(tx(&fresh) - tx(&first), 20.0, "{}", fresh.text);
+    assert!(age(&fresh) < 1.0, "a new reading: {}", age(&fresh));
+}

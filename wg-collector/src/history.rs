@@ -12,7 +12,7 @@ use std::{collections::HashMap, net::SocketAddr};
 
 use ipnet::IpNet;
 
-use crate::wireguard::{Device, Key};
+use crate::wireguard::{Device, Key, KeyMap, KeySet};
 
 /// What part of a device's configuration changed, as the `field` label says it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -91,7 +91,7 @@ pub const PEER_COUNTER_IDS: usize = 20;
 struct DeviceHistory {
     /// Seen at least once: its first peers are not "added".
     known: bool,
-    peers: HashMap<Key, PeerHistory>,
+    peers: KeyMap<PeerHistory>,
     added: u64,
     removed: u64,
     /// The device's own settings at the last reading: public key, listen port, fwmark.
@@ -105,7 +105,7 @@ struct DeviceHistory {
 pub struct Lifecycle {
     pub added: u64,
     pub removed: u64,
-    pub endpoint_changes: HashMap<Key, u64>,
+    pub endpoint_changes: KeyMap<u64>,
     /// Configuration changes since start, every field (zero included).
     pub config_changes: Vec<(ConfigField, u64)>,
     /// What changed since the last refresh.
@@ -139,22 +139,30 @@ impl History {
             }
         }
         h.settings = settings;
-        let mut seen = std::collections::HashSet::with_capacity(dev.peers.len());
+        let mut seen = KeySet::with_capacity_and_hasher(dev.peers.len(), Default::default());
         for p in &dev.peers {
             seen.insert(p.public_key);
-            let mut allowed = p.allowed_ips.clone();
-            allowed.sort();
+            // Compared in order: copied and sorted only when WireGuard's order is not.
+            let sorted;
+            let allowed: &[IpNet] = if p.allowed_ips.is_sorted() {
+                &p.allowed_ips
+            } else {
+                let mut v = p.allowed_ips.clone();
+                v.sort();
+                sorted = v;
+                &sorted
+            };
             let ph = h.peers.entry(p.public_key).or_insert_with(|| {
                 if !first {
                     h.added += 1;
                     changed.push(Change { field: ConfigField::Peers, peer: Some(p.public_key), value: "added".into() });
                 }
-                PeerHistory { endpoint: p.endpoint, allowed_ips: allowed.clone(), rx_bytes: p.rx_bytes, ..Default::default() }
+                PeerHistory { endpoint: p.endpoint, allowed_ips: allowed.to_vec(), rx_bytes: p.rx_bytes, ..Default::default() }
             });
             if ph.allowed_ips != allowed {
                 let list: Vec<String> = allowed.iter().map(|n| n.to_string()).collect();
                 changed.push(Change { field: ConfigField::AllowedIps, peer: Some(p.public_key), value: list.join(",") });
-                ph.allowed_ips = allowed;
+                ph.allowed_ips = allowed.to_vec();
             }
             if let (Some(old), Some(new)) = (ph.endpoint, p.endpoint) {
                 if old != new {

@@ -2,11 +2,10 @@ use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use prometheus_client::registry::Registry;
 use wg_collector::{
     bpf::{ensure_bpffs, sweep, PinDir, PinOptions, ProbeOptions, DEFAULT_PIN_ROOT},
     histogram::Buckets,
-    metrics::{ExportOptions, WireguardCollector},
+    metrics::ExportOptions,
     monitor::{Monitor, Options},
     names::{NameSources, Names},
     privileges, server,
@@ -52,6 +51,12 @@ struct Args {
     /// How often devices and peers are re-read to keep the eBPF maps in sync, in seconds.
     #[arg(long = "poll-interval", default_value_t = 1.0)]
     poll_interval: f64,
+    /// Let a scrape show the last reading of WireGuard and the maps if it began at most this
+    /// many seconds ago (the poll loop reads every --poll-interval); 0 = read at every scrape.
+    /// For many peers on userspace WireGuard, whose state is slow to read (wireguard-go at 10k
+    /// peers: ~80 ms a reading), and for several Prometheus servers scraping one gateway.
+    #[arg(long = "scrape.max-age", default_value_t = 0.0)]
+    scrape_max_age: f64,
     /// Peer slots per device in the eBPF maps.
     #[arg(long = "bpf.max-peers", default_value_t = DEFAULT_MAX_PEERS)]
     max_peers: u32,
@@ -187,6 +192,9 @@ fn prepare(args: &Args) -> Result<Prepared> {
     if !(0.05..=3600.0).contains(&args.poll_interval) {
         bail!("--poll-interval {}: must be between 0.05 and 3600 seconds", args.poll_interval);
     }
+    if !(0.0..=3600.0).contains(&args.scrape_max_age) {
+        bail!("--scrape.max-age {}: must be between 0 and 3600 seconds", args.scrape_max_age);
+    }
     if !args.latency_sample.is_power_of_two() {
         bail!("--latency.sample {}: must be a power of two (1, 2, 4, ...)", args.latency_sample);
     }
@@ -303,15 +311,14 @@ async fn run(args: Args, prepared: Prepared) -> Result<()> {
         }
     });
 
-    let mut registry = Registry::default();
     let export = ExportOptions {
         buckets: args.latency_buckets,
         redact_endpoints: redact("endpoints"),
         redact_allowed_ips: redact("allowed-ips"),
         max_series: args.max_series,
+        max_age: Duration::from_secs_f64(args.scrape_max_age),
     };
-    registry.register_collector(Box::new(WireguardCollector::new(monitor.clone(), export.clone())));
-    let app = server::router(registry, &args.telemetry_path, web.clone(), monitor, export);
+    let app = server::router(&args.telemetry_path, web.clone(), monitor, export);
     let listeners = Listeners::open(&listen).await?;
     let tls = web.current().tls.is_some();
     tracing::info!(address = %listen, path = %args.telemetry_path, tls, authentication = web.current().authenticates(), "serving metrics");

@@ -1,5 +1,5 @@
-//! The Prometheus side: a custom Collector that refreshes the monitor at scrape time and
-//! encodes what it saw. Family names and HELP texts are the contract of
+//! The Prometheus side: a custom Collector that refreshes the monitor at scrape time (or takes
+//! a recent reading, with `--scrape.max-age`) and encodes what it saw. Family names and HELP texts are the contract of
 //! ../shared/docs/metrics.md (prometheus-client appends `_total` to counters).
 
 use std::{collections::BTreeMap, fmt::Write as _, sync::Arc};
@@ -12,21 +12,14 @@ use prometheus_client::{
 use wg_common::{
     latency::Kind,
     protocol::{Invalid, MessageType},
-    Unattributed, DIR_RX, DIR_TX,
+    PeerCounters, Unattributed, DIR_RX, DIR_TX,
 };
 
 use crate::{
     histogram::{Buckets, Series},
-    monitor::{DeviceSnapshot, Monitor, Snapshot},
+    monitor::{DeviceSnapshot, Snapshot},
     wireguard::{Key, Peer},
 };
-
-/// Reads WireGuard and the eBPF maps at every scrape.
-#[derive(Debug)]
-pub struct WireguardCollector {
-    monitor: Arc<Monitor>,
-    opts: ExportOptions,
-}
 
 /// What the page shows, beyond what there is.
 #[derive(Clone, Debug, Default)]
@@ -39,24 +32,90 @@ pub struct ExportOptions {
     /// At most this many per-peer series (0 = no limit): peers past it are left out whole,
     /// with a warning and wireguard_collector_peers_omitted.
     pub max_series: usize,
+    /// A scrape may show a reading that began this long ago (`--scrape.max-age`).
+    pub max_age: std::time::Duration,
 }
 
-impl WireguardCollector {
-    pub fn new(monitor: Arc<Monitor>, opts: ExportOptions) -> Self {
-        Self { monitor, opts }
+/// One scrape's page: the reading it shows (trimmed to --metrics.max-series) and each peer's
+/// row, made once for every per-peer family.
+pub struct Page {
+    snap: Arc<Snapshot>,
+    /// Peers left out per device.
+    omitted: Vec<(String, usize)>,
+    rows: Vec<Vec<Row>>,
+    opts: ExportOptions,
+}
+
+impl std::fmt::Debug for Page {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Page")
     }
 }
 
-impl Collector for WireguardCollector {
+impl Page {
+    pub fn new(snap: Arc<Snapshot>, opts: &ExportOptions) -> Self {
+        let (snap, omitted) = if opts.max_series == 0 || total_series(&snap, opts) <= opts.max_series {
+            (snap, Vec::new())
+        } else {
+            // Over the limit (rare): a copy of this scrape's snapshot, trimmed.
+            let mut trimmed = Snapshot::clone(&snap);
+            let omitted = limit_series(&mut trimmed, opts);
+            (Arc::new(trimmed), omitted)
+        };
+        let rows = snap.devices.iter().map(|d| d.state.peers.iter().map(|p| Row::of(d, p)).collect()).collect();
+        Self { snap, omitted, rows, opts: opts.clone() }
+    }
+
+    /// The page in two halves of about the same size, each a Collector to register on a
+    /// registry of its own: prometheus-client encodes a registry on one thread, and at 10k
+    /// peers and more the encoding is most of a scrape, so the halves go on two.
+    pub fn halves(self: &Arc<Self>) -> [PageHalf; 2] {
+        [PageHalf { page: self.clone(), second: false }, PageHalf { page: self.clone(), second: true }]
+    }
+
+    /// Every peer with its row and the labels all per-peer families start with.
+    fn peers(&self) -> impl Iterator<Item = (&DeviceSnapshot, &Peer, &Row, [(&'static str, &str); 2])> {
+        self.snap.devices.iter().zip(&self.rows).flat_map(|(d, rows)| {
+            d.state.peers.iter().zip(rows).map(move |(p, row)| (d, p, row, [("device", d.found.name.as_str()), ("public_key", row.key.as_str())]))
+        })
+    }
+}
+
+/// Half of a [`Page`]: WireGuard's own state, or what the eBPF programs measured and the
+/// collector's own families.
+#[derive(Debug)]
+pub struct PageHalf {
+    page: Arc<Page>,
+    second: bool,
+}
+
+impl Collector for PageHalf {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let snap = self.monitor.refresh();
-        if self.opts.max_series == 0 || total_series(&snap, &self.opts) <= self.opts.max_series {
-            return encode_snapshot(&snap, &self.opts, &[], &mut enc);
+        if self.second {
+            encode_measured(&self.page, &mut enc)
+        } else {
+            encode_wireguard(&self.page, &mut enc)
         }
-        // Over the limit (rare): a copy of this scrape's snapshot, trimmed.
-        let mut snap = Snapshot::clone(&snap);
-        let omitted = limit_series(&mut snap, &self.opts);
-        encode_snapshot(&snap, &self.opts, &omitted, &mut enc)
+    }
+}
+
+/// A peer as the per-peer families show it (looked up by key once per scrape: at 10k peers
+/// a lookup per family was a tenth of the page's time).
+struct Row {
+    key: String,
+    name: Option<String>,
+    counters: Option<PeerCounters>,
+    endpoint_changes: u64,
+}
+
+impl Row {
+    fn of(d: &DeviceSnapshot, p: &Peer) -> Self {
+        Row {
+            key: p.public_key.to_base64(),
+            name: d.names.get(&p.public_key).cloned(),
+            counters: d.counters.get(&p.public_key).copied(),
+            endpoint_changes: d.lifecycle.endpoint_changes.get(&p.public_key).copied().unwrap_or(0),
+        }
     }
 }
 
@@ -187,9 +246,10 @@ fn limit_series(snap: &mut Snapshot, opts: &ExportOptions) -> Vec<(String, usize
     omitted
 }
 
-fn encode_snapshot(snap: &Snapshot, opts: &ExportOptions, omitted: &[(String, usize)], enc: &mut DescriptorEncoder) -> std::fmt::Result {
-    use MetricType::{Counter, Gauge, Histogram};
-    let buckets = &opts.buckets;
+/// The first half of the page: WireGuard's own state.
+fn encode_wireguard(page: &Page, enc: &mut DescriptorEncoder) -> std::fmt::Result {
+    use MetricType::{Counter, Gauge};
+    let (snap, opts) = (&*page.snap, &page.opts);
 
     // --- WireGuard's own state -----------------------------------------------------------
     let mut m = family(enc, "wireguard_device_info", "WireGuard device: its public key, listen port, fwmark and implementation (value 1)", Gauge)?;
@@ -225,15 +285,6 @@ fn encode_snapshot(snap: &Snapshot, opts: &ExportOptions, omitted: &[(String, us
         gauge(&mut m, &[("device", d.found.name.as_str())], d.state.peers.len() as i64)?;
     }
 
-    // Every per-peer family labels its samples with the device and the key: the keys are
-    // encoded once per scrape, not once per family.
-    let keys: Vec<Vec<String>> = snap.devices.iter().map(|d| d.state.peers.iter().map(|p| p.public_key.to_base64()).collect()).collect();
-    let peers = || {
-        snap.devices.iter().zip(&keys).flat_map(|(d, keys)| {
-            d.state.peers.iter().zip(keys).map(move |(p, k)| (d, p, [("device", d.found.name.as_str()), ("public_key", k.as_str())]))
-        })
-    };
-
     let mut m = family(enc, "wireguard_peers_active", "Peers whose last handshake is younger than 180 s (a live session)", Gauge)?;
     for d in &snap.devices {
         gauge(&mut m, &[("device", d.found.name.as_str())], d.active as i64)?;
@@ -262,16 +313,19 @@ fn encode_snapshot(snap: &Snapshot, opts: &ExportOptions, omitted: &[(String, us
     }
 
     let mut m = family(enc, "wireguard_peer_info", "WireGuard peer: its friendly name (names file, or friendly_name comments in wg-quick files) and current endpoint (value 1)", Gauge)?;
-    for (d, p, [dev, key]) in peers() {
-        let endpoint = if opts.redact_endpoints { String::new() } else { p.endpoint.map(|e| e.to_string()).unwrap_or_default() };
-        let name = d.names.get(&p.public_key).map_or("", String::as_str);
-        gauge(&mut m, &[dev, key, ("name", name), ("endpoint", endpoint.as_str())], 1i64)?;
+    let mut endpoint = String::new();
+    for (_, p, row, [dev, key]) in page.peers() {
+        endpoint.clear();
+        if let Some(e) = p.endpoint.filter(|_| !opts.redact_endpoints) {
+            write!(endpoint, "{e}")?;
+        }
+        gauge(&mut m, &[dev, key, ("name", row.name.as_deref().unwrap_or("")), ("endpoint", endpoint.as_str())], 1i64)?;
     }
 
     if !opts.redact_allowed_ips {
         let mut m = family(enc, "wireguard_peer_allowed_ips_info", "One allowed IP of a peer (value 1)", Gauge)?;
         let mut buf = String::new();
-        for (_, p, [dev, key]) in peers() {
+        for (_, p, _, [dev, key]) in page.peers() {
             for net in &p.allowed_ips {
                 buf.clear();
                 write!(buf, "{net}")?;
@@ -281,25 +335,34 @@ fn encode_snapshot(snap: &Snapshot, opts: &ExportOptions, omitted: &[(String, us
     }
 
     let mut m = family(enc, "wireguard_peer_endpoint_changes", "Times the peer's endpoint changed since the collector started (roaming, or set anew)", Counter)?;
-    for (d, p, labels) in peers() {
-        counter(&mut m, &labels, d.lifecycle.endpoint_changes.get(&p.public_key).copied().unwrap_or(0))?;
+    for (_, _, row, labels) in page.peers() {
+        counter(&mut m, &labels, row.endpoint_changes)?;
     }
 
     let mut m = family(enc, "wireguard_peer_receive_bytes", "Bytes received from the peer, as WireGuard counts them (encrypted UDP payload)", Counter)?;
-    for (_, p, labels) in peers() {
+    for (_, p, _, labels) in page.peers() {
         counter(&mut m, &labels, p.rx_bytes)?;
     }
     let mut m = family(enc, "wireguard_peer_transmit_bytes", "Bytes sent to the peer, as WireGuard counts them (encrypted UDP payload)", Counter)?;
-    for (_, p, labels) in peers() {
+    for (_, p, _, labels) in page.peers() {
         counter(&mut m, &labels, p.tx_bytes)?;
     }
+
+    Ok(())
+}
+
+/// The second half: the handshakes, what the eBPF programs measured, the collector itself.
+fn encode_measured(page: &Page, enc: &mut DescriptorEncoder) -> std::fmt::Result {
+    use MetricType::{Counter, Gauge, Histogram};
+    let (snap, opts, omitted) = (&*page.snap, &page.opts, &page.omitted);
+    let buckets = &opts.buckets;
 
     for (name, help) in [
         ("wireguard_peer_last_handshake_seconds", "Unix time of the peer's last completed handshake; 0 = never"),
         ("wireguard_latest_handshake_seconds", "Unix time of the peer's last completed handshake; 0 = never (the name the usual staleness alert uses)"),
     ] {
         let mut m = family(enc, name, help, Gauge)?;
-        for (_, p, labels) in peers() {
+        for (_, p, _, labels) in page.peers() {
             gauge(&mut m, &labels, p.last_handshake.map_or(0.0, |t| t.as_secs_f64()))?;
         }
     }
@@ -312,8 +375,8 @@ fn encode_snapshot(snap: &Snapshot, opts: &ExportOptions, omitted: &[(String, us
         ("wireguard_peer_transmit_payload_bytes", "Plaintext bytes (IP packets) sent to the peer on the WireGuard interface, counted by eBPF", DIR_TX, true),
     ] {
         let mut m = family(enc, name, help, Counter)?;
-        for (d, p, labels) in peers() {
-            if let Some(c) = d.counters.get(&p.public_key) {
+        for (_, _, row, labels) in page.peers() {
+            if let Some(c) = &row.counters {
                 counter(&mut m, &labels, if bytes { c.dir[dir].bytes } else { c.dir[dir].packets })?;
             }
         }
@@ -437,6 +500,9 @@ fn encode_snapshot(snap: &Snapshot, opts: &ExportOptions, omitted: &[(String, us
     for (source, t) in &snap.durations {
         gauge(&mut m, &[("source", source.label())], t.as_secs_f64())?;
     }
+
+    let mut m = family(enc, "wireguard_collector_reading_age_seconds", "Age of the reading of WireGuard and the maps this page shows: from its start to now (near 0 unless --scrape.max-age lets scrapes share the poll loop's readings)", Gauge)?;
+    gauge(&mut m, &[] as &[(&str, &str); 0], snap.began.elapsed().as_secs_f64())?;
 
     let mut m = family(enc, "wireguard_collector_errors", "Errors reading each source since the collector started", Counter)?;
     for (source, n) in &snap.errors {

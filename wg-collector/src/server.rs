@@ -22,7 +22,7 @@ use prometheus_client::{encoding, registry::Registry};
 
 use crate::{
     api,
-    metrics::ExportOptions,
+    metrics::{ExportOptions, Page, PageHalf},
     monitor::Monitor,
     web::serve::{authenticate, Shared},
 };
@@ -35,13 +35,13 @@ const LIVE_PAGE: &str = include_str!("live.html");
 
 /// The routes: the metrics, the live page and its data behind authentication, and
 /// `/-/healthy`, which needs none and says nothing but that the process serves.
-pub fn router(registry: Registry, telemetry_path: &str, web: Arc<Shared>, monitor: Arc<Monitor>, export: ExportOptions) -> Router {
-    let registry = Arc::new(registry);
+pub fn router(telemetry_path: &str, web: Arc<Shared>, monitor: Arc<Monitor>, export: ExportOptions) -> Router {
+    let source = (monitor.clone(), export.clone());
     let page = LIVE_PAGE.replace("href=\"metrics\"", &format!("href=\"{}\"", telemetry_path.trim_start_matches('/')));
     let state = move || {
         let (monitor, export) = (monitor.clone(), export.clone());
         async move {
-            match tokio::task::spawn_blocking(move || api::state(&monitor.refresh(), &export)).await {
+            match tokio::task::spawn_blocking(move || api::state(&monitor.latest(export.max_age), &export)).await {
                 Ok(v) => Json(v).into_response(),
                 Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "reading the state failed\n").into_response(),
             }
@@ -49,7 +49,7 @@ pub fn router(registry: Registry, telemetry_path: &str, web: Arc<Shared>, monito
     };
     let protected = Router::new()
         .route(telemetry_path, get(metrics))
-        .with_state(registry)
+        .with_state(source)
         .route("/", get(move || async move { Html(page) }))
         .route("/api/v1/state", get(state))
         .layer(axum::middleware::from_fn_with_state(web, authenticate));
@@ -59,17 +59,35 @@ pub fn router(registry: Registry, telemetry_path: &str, web: Arc<Shared>, monito
 /// The size of the last page, so the next one is encoded into a buffer that need not grow.
 static LAST_PAGE: AtomicUsize = AtomicUsize::new(64 * 1024);
 
-async fn metrics(State(registry): State<Arc<Registry>>, headers: HeaderMap) -> Response {
+async fn metrics(State((monitor, export)): State<(Arc<Monitor>, ExportOptions)>, headers: HeaderMap) -> Response {
     let asks = |name: header::HeaderName, what: &str| headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).any(|v| v.contains(what));
     let openmetrics = asks(header::ACCEPT, "application/openmetrics-text");
     let gzip = asks(header::ACCEPT_ENCODING, "gzip");
     // Reading WireGuard and the maps is blocking work: keep it off the async workers.
     let encoded = tokio::task::spawn_blocking(move || {
-        let mut body = String::with_capacity(LAST_PAGE.load(Ordering::Relaxed) * 9 / 8);
+        let page = Arc::new(Page::new(monitor.latest(export.max_age), &export));
+        let [first, second] = page.halves();
+        let last = LAST_PAGE.load(Ordering::Relaxed);
+        let encode = |half: PageHalf, capacity: usize| {
+            let mut registry = Registry::default();
+            registry.register_collector(Box::new(half));
+            let mut out = String::with_capacity(capacity);
+            if openmetrics {
+                encoding::text::encode_registry(&mut out, &registry)?;
+            } else {
+                encoding::prometheus_text::encode(&mut out, &registry)?;
+            }
+            Ok::<_, std::fmt::Error>(out)
+        };
+        // The halves on two threads; the first's buffer is sized for the whole page.
+        let (body, rest) = std::thread::scope(|scope| {
+            let rest = scope.spawn(|| encode(second, last * 5 / 8));
+            (encode(first, last * 9 / 8), rest.join())
+        });
+        let mut body = body?;
+        body.push_str(&rest.map_err(|_| std::fmt::Error)??);
         if openmetrics {
-            encoding::text::encode(&mut body, &registry)?;
-        } else {
-            encoding::prometheus_text::encode(&mut body, &registry)?;
+            encoding::text::encode_eof(&mut body)?;
         }
         LAST_PAGE.store(body.len(), Ordering::Relaxed);
         if !gzip {

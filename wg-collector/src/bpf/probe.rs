@@ -29,7 +29,7 @@ use wg_common::{
 };
 
 use super::{object, PinDir, SlotTable};
-use crate::wireguard::{Key, Peer};
+use crate::wireguard::{FastState, Key, KeyMap, Peer};
 
 /// Sizes of the maps, set at load time.
 #[derive(Clone, Copy, Debug)]
@@ -97,7 +97,7 @@ pub struct DeviceProbe {
     slot_keys: BpfHashMap<MapData, u32, [u8; 32]>,
     pins: Option<PinDir>,
     /// What ENDPOINTS holds now.
-    synced_endpoints: HashMap<Endpoint, u32>,
+    synced_endpoints: HashMap<Endpoint, u32, FastState>,
     /// Underlay interfaces the underlay programs are attached to.
     underlays: HashSet<String>,
     /// Pending entries removed by [`expire_pending`](Self::expire_pending) since load.
@@ -105,7 +105,7 @@ pub struct DeviceProbe {
     pending_capacity: u32,
     slots: SlotTable,
     /// What the tries hold now: prefix → slot.
-    prefixes: HashMap<IpNet, u32>,
+    prefixes: HashMap<IpNet, u32, FastState>,
     cpus: usize,
 }
 
@@ -204,12 +204,12 @@ impl DeviceProbe {
             invalid,
             indices,
             listen_port,
-            synced_endpoints: HashMap::new(),
+            synced_endpoints: HashMap::default(),
             underlays: HashSet::new(),
             expired: 0,
             pending_capacity: opts.max_pending,
             slots: SlotTable::new(opts.max_peers),
-            prefixes: HashMap::new(),
+            prefixes: HashMap::default(),
             cpus,
             slot_keys,
             pins,
@@ -335,7 +335,7 @@ impl DeviceProbe {
     /// at its peer's slot, nothing else is in the tries. A peer seen for the first time
     /// starts from zero; a removed peer's slot is freed.
     pub fn sync(&mut self, peers: &[Peer]) -> Result<()> {
-        let mut wanted: HashMap<IpNet, u32> = HashMap::new();
+        let mut wanted: HashMap<IpNet, u32, FastState> = HashMap::with_capacity_and_hasher(peers.len(), FastState::default());
         for p in peers {
             let (slot, fresh) = self.slots.assign(p.public_key)?;
             if fresh {
@@ -358,7 +358,7 @@ impl DeviceProbe {
             self.remove_prefix(&net).with_context(|| format!("removing allowed IP {net}"))?;
             self.prefixes.remove(&net);
         }
-        let mut wanted_endpoints: HashMap<Endpoint, u32> = HashMap::new();
+        let mut wanted_endpoints: HashMap<Endpoint, u32, FastState> = HashMap::with_capacity_and_hasher(peers.len(), FastState::default());
         for p in peers {
             if let (Some(e), Some(slot)) = (p.endpoint, self.slots.get(&p.public_key)) {
                 wanted_endpoints.insert(endpoint_key(e), slot);
@@ -376,7 +376,7 @@ impl DeviceProbe {
             self.synced_endpoints.remove(&e);
         }
 
-        let wanted_keys: HashSet<&Key> = peers.iter().map(|p| &p.public_key).collect();
+        let wanted_keys: HashSet<&Key, FastState> = peers.iter().map(|p| &p.public_key).collect();
         let gone: Vec<Key> = self.slots.keys().filter(|k| !wanted_keys.contains(k)).copied().collect();
         let mut freed = HashSet::new();
         for k in gone {
@@ -432,9 +432,9 @@ impl DeviceProbe {
     }
 
     /// Underlay messages per peer, summed over CPUs, and the device's own (peer unknown).
-    pub fn messages(&self) -> Result<(HashMap<Key, MessageCounts>, MessageCounts)> {
+    pub fn messages(&self) -> Result<(KeyMap<MessageCounts>, MessageCounts)> {
         let by_slot = self.slots.by_slot();
-        let mut peers = HashMap::new();
+        let mut peers = KeyMap::default();
         let mut device = MessageCounts::default();
         for item in self.messages.iter() {
             let (slot, per_cpu) = item?;
@@ -531,7 +531,7 @@ impl DeviceProbe {
     /// slots) where the live peers fill most of the slots given out so far; one lookup per
     /// peer where they are sparse (after heavy churn the high-water mark can be far above the
     /// peers there are: the soak found batch reads of 65k mostly idle slots).
-    pub fn all_peer_counters(&self) -> Result<HashMap<Key, PeerCounters>> {
+    pub fn all_peer_counters(&self) -> Result<KeyMap<PeerCounters>> {
         let by_slot = self.slots.by_slot();
         let one_by_one = || by_slot.values().filter_map(|k| self.peer_counters(k).transpose().map(|c| c.map(|c| (*k, c)))).collect();
         if (by_slot.len() as u64) * 2 < self.slots.high_water() as u64 {

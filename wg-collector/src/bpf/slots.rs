@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::wireguard::Key;
+use crate::wireguard::{FastState, Key, KeyMap};
 
 /// Gives each peer key a slot below `capacity` and takes it back when the peer goes.
 ///
@@ -11,7 +11,7 @@ use crate::wireguard::Key;
 /// removed lands in a slot nobody has yet.
 #[derive(Debug)]
 pub struct SlotTable {
-    by_key: HashMap<Key, u32>,
+    by_key: KeyMap<u32>,
     free: VecDeque<u32>,
     next: u32,
     capacity: u32,
@@ -23,7 +23,7 @@ pub struct SlotsFull(pub u32);
 
 impl SlotTable {
     pub fn new(capacity: u32) -> Self {
-        Self { by_key: HashMap::new(), free: VecDeque::new(), next: 0, capacity }
+        Self { by_key: KeyMap::default(), free: VecDeque::new(), next: 0, capacity }
     }
 
     /// The table an earlier collector left: `owners` are the slots in use; those below the
@@ -49,7 +49,7 @@ impl SlotTable {
     }
 
     /// Slot → peer key, for reading maps keyed by slot.
-    pub fn by_slot(&self) -> HashMap<u32, Key> {
+    pub fn by_slot(&self) -> HashMap<u32, Key, FastState> {
         self.by_key.iter().map(|(k, s)| (*s, *k)).collect()
     }
 

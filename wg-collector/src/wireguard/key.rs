@@ -1,11 +1,22 @@
 //! A WireGuard key (Curve25519, 32 bytes): hex on the UAPI, base64 for people.
 
-use std::fmt;
+use std::{
+    collections::{HashMap, HashSet},
+    fmt,
+};
 
 use base64::{engine::general_purpose::STANDARD, Engine};
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Key(pub [u8; 32]);
+
+/// Maps and sets keyed by peer (and by what peers bring: prefixes, endpoints). Every
+/// refresh builds and probes several of them per peer, and SipHash was a tenth of a
+/// 10k-peer scrape; foldhash is seeded per process, so keys chosen to collide cannot be
+/// precomputed.
+pub type FastState = foldhash::fast::RandomState;
+pub type KeyMap<V> = HashMap<Key, V, FastState>;
+pub type KeySet = HashSet<Key, FastState>;
 
 impl Key {
     /// Parses the 64 hex digits the UAPI uses.

@@ -10,7 +10,7 @@ use std::{fmt, net::SocketAddr, time::Duration};
 
 use ipnet::IpNet;
 
-pub use key::Key;
+pub use key::{FastState, Key, KeyMap, KeySet};
 
 /// Which WireGuard implementation runs a device.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
