@@ -190,3 +190,45 @@ fn a_host_address_beats_the_prefix_that_contains_it() {
     run(&mut p, names::PROG_EGRESS, &ipv4(v4("10.0.0.1"), v4("10.5.0.7"), UDP, 100), None, 1);
     assert_eq!(counters(&p, 1).dir[DIR_TX], c(8, 800));
 }
+
+/// The host block (the /32s of the busiest /16 in an array) answers as the hash does,
+/// moves when most peers are in another /16, and forgets removed peers.
+#[test]
+fn host_block_follows_the_busiest_16_and_agrees_with_the_hash() {
+    let mut peers =
+        vec![peer(1, &["10.1.0.1/32"]), peer(2, &["10.1.0.2/32"]), peer(3, &["10.1.200.3/32"]), peer(4, &["10.2.0.1/32"]), peer(5, &["10.1.5.0/24"])];
+    let mut p = probe_with(&peers, 64);
+    assert_eq!(p.host_block(), Some(v4("10.1.0.0")), "the /16 with the most /32s");
+    let out = |p: &mut DeviceProbe, to: &str, n: u32| run(p, names::PROG_EGRESS, &ipv4(v4("10.0.0.1"), v4(to), UDP, 100), None, n);
+    out(&mut p, "10.1.0.1", 1); // block
+    out(&mut p, "10.1.200.3", 2); // block
+    out(&mut p, "10.2.0.1", 3); // hash: same low 16 bits as 10.1.0.1, other /16
+    out(&mut p, "10.1.5.9", 4); // in the block's /16 but no host: the trie
+    out(&mut p, "10.1.0.9", 1); // nobody's
+    assert_eq!(counters(&p, 1).dir[DIR_TX], c(1, 100));
+    assert_eq!(counters(&p, 3).dir[DIR_TX], c(2, 200));
+    assert_eq!(counters(&p, 4).dir[DIR_TX], c(3, 300));
+    assert_eq!(counters(&p, 5).dir[DIR_TX], c(4, 400));
+    assert_eq!(unattributed(&p, DIR_TX, Unattributed::NoPeer), c(1, 100));
+
+    // 7 more in 10.2/16: 8 there against 3 in 10.1/16, over twice as many: the block moves.
+    let more: Vec<String> = (10..17).map(|n| format!("10.2.1.{n}/32")).collect();
+    peers.extend(more.iter().enumerate().map(|(i, net)| peer(10 + i as u8, &[net.as_str()])));
+    p.sync(&peers).unwrap();
+    assert_eq!(p.host_block(), Some(v4("10.2.0.0")));
+    out(&mut p, "10.1.0.1", 1); // now by hash; index 1 of the block is 10.2.0.1's
+    out(&mut p, "10.2.0.1", 1);
+    out(&mut p, "10.2.1.12", 5);
+    assert_eq!(counters(&p, 1).dir[DIR_TX], c(2, 200));
+    assert_eq!(counters(&p, 4).dir[DIR_TX], c(4, 400));
+    assert_eq!(counters(&p, 12).dir[DIR_TX], c(5, 500));
+
+    // A removed peer leaves nothing behind in the block, nor does its /32 moved to a peer.
+    peers.retain(|x| x.public_key != Key([4; 32]) && x.public_key != Key([12; 32]));
+    peers.push(peer(4, &["10.2.1.12/32"]));
+    p.sync(&peers).unwrap();
+    out(&mut p, "10.2.0.1", 1);
+    out(&mut p, "10.2.1.12", 2);
+    assert_eq!(unattributed(&p, DIR_TX, Unattributed::NoPeer), c(2, 200));
+    assert_eq!(counters(&p, 4).dir[DIR_TX], c(6, 600), "10.2.1.12 is peer 4's now");
+}

@@ -17,19 +17,25 @@ mod underlay;
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::{classifier, map},
-    maps::{lpm_trie::Key, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap},
     programs::TcContext,
 };
 use aya_log_ebpf::debug;
 use wg_common::{
     latency::{HistKey, HistValue, PendingKey},
-    unattributed_index, Counter, PeerCounters, Unattributed, DEFAULT_MAX_ALLOWED_IPS,
+    unattributed_index, Counter, HostBlockAt, PeerCounters, Unattributed, DEFAULT_MAX_ALLOWED_IPS, HOST_BLOCK_ENTRIES,
     DEFAULT_MAX_HIST_ENTRIES, DEFAULT_MAX_PEERS, DEFAULT_MAX_PENDING, DIR_RX, DIR_TX, TC_NEXT,
     UNATTRIBUTED_ENTRIES,
 };
 
 #[map(name = "HOSTS_V4")]
 static HOSTS_V4: HashMap<[u8; 4], u32> = HashMap::with_max_entries(DEFAULT_MAX_ALLOWED_IPS, BPF_F_NO_PREALLOC);
+
+#[map(name = "HOST_BLOCK_V4")]
+static HOST_BLOCK_V4: Array<u32> = Array::with_max_entries(HOST_BLOCK_ENTRIES, 0);
+
+#[map(name = "HOST_BLOCK_AT")]
+static HOST_BLOCK_AT: Array<HostBlockAt> = Array::with_max_entries(1, 0);
 
 #[map(name = "HOSTS_V6")]
 static HOSTS_V6: HashMap<[u8; 16], u32> = HashMap::with_max_entries(DEFAULT_MAX_ALLOWED_IPS, BPF_F_NO_PREALLOC);
@@ -162,13 +168,15 @@ fn count<const DIR: usize>(ctx: &TcContext) {
         }
     };
     let (packets, bytes) = segments(ctx, &ip, len);
-    // Host addresses first (exact match), then the prefixes.
+    // Host addresses first (exact match: the host block, then the hash), then the prefixes.
+    // SAFETY (the derefs): pointers to map values, valid for this program run.
     let slot = match ip.addr {
-        Addr::V4(a) => HOSTS_V4.get_ptr(a).or_else(|| PEERS_V4.get(Key::new(32, a)).map(|s| s as *const u32)),
-        Addr::V6(a) => HOSTS_V6.get_ptr(a).or_else(|| PEERS_V6.get(Key::new(128, a)).map(|s| s as *const u32)),
+        Addr::V4(a) => in_host_block(a)
+            .or_else(|| HOSTS_V4.get_ptr(a).map(|s| unsafe { *s }))
+            .or_else(|| PEERS_V4.get(Key::new(32, a)).copied()),
+        Addr::V6(a) => HOSTS_V6.get_ptr(a).map(|s| unsafe { *s }).or_else(|| PEERS_V6.get(Key::new(128, a)).copied()),
     };
-    // SAFETY: a pointer to a map value, valid for this program run.
-    let Some(slot) = slot.map(|s| unsafe { *s }) else {
+    let Some(slot) = slot else {
         return add_unattributed(DIR, Unattributed::NoPeer, packets, bytes);
     };
     if let Some(c) = PEER_COUNTERS.get_ptr_mut(slot) {
@@ -193,6 +201,17 @@ fn count<const DIR: usize>(ctx: &TcContext) {
     if matches!(ip.proto, PROTO_TCP | latency::PROTO_ICMP | latency::PROTO_ICMPV6 | 0 | 43 | 51 | 60) {
         latency::track::<DIR>(ctx, &ip, slot, &clock);
     }
+}
+
+/// The slot of an IPv4 host address in the host block (see wg_common::names::HOST_BLOCK_V4).
+#[inline(always)]
+fn in_host_block(a: [u8; 4]) -> Option<u32> {
+    let at = HOST_BLOCK_AT.get(0)?;
+    let host = u32::from_be_bytes(a);
+    if at.enabled == 0 || host >> 16 != at.high {
+        return None;
+    }
+    HOST_BLOCK_V4.get(host & 0xffff)?.checked_sub(1)
 }
 
 /// Reads the IP header by direct packet access; falls back to `bpf_skb_load_bytes` only

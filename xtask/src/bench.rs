@@ -37,7 +37,10 @@ pub fn run(quick: bool) -> Result<()> {
          Scrape at scale: a wireguard-go device with that many peers (one `wg addconf`), the \
          release collector and prometheus_wireguard_exporter (`cargo install \
          prometheus_wireguard_exporter`) in the same namespace, scraped alternately over \
-         loopback, 7 times each after a warm-up; RSS of the collector after the scrapes.\n\n\
+         loopback, 7 times each after a warm-up (the collector with its defaults: a new reading \
+         at every scrape, a poll every second; plain text, and gzip as Prometheus asks); RSS of \
+         the collector after the scrapes. Then the collector restarted with `--scrape.max-age 1` \
+         (scrapes share the poll loop's readings) and scraped 7 times more.\n\n\
          Load: `wrk -t2 -c200 -d30s --latency` on /metrics of the release collector at 1,000 \
          peers; halfway through a peer is added and the time until its allowed IP is in the \
          pinned host map (bpftool) is taken, to show the scrape crowd does not hold up the map \

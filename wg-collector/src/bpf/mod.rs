@@ -2,6 +2,7 @@
 //! attached once per WireGuard device, and the maps kept in sync with the device's peers.
 
 mod batch;
+mod host_block;
 mod pins;
 mod probe;
 mod slots;

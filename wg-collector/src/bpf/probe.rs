@@ -28,7 +28,7 @@ use wg_common::{
     DEFAULT_MAX_PENDING, DIRECTIONS,
 };
 
-use super::{object, PinDir, SlotTable};
+use super::{host_block::HostBlock, object, PinDir, SlotTable};
 use crate::wireguard::{FastState, Key, KeyMap, Peer};
 
 /// Sizes of the maps, set at load time.
@@ -77,6 +77,8 @@ pub struct DeviceProbe {
     /// Forwards the programs' log records to the `log` crate (and so to our tracing).
     logger: Option<EbpfLogger<&'static dyn log::Log>>,
     hosts_v4: BpfHashMap<MapData, [u8; 4], u32>,
+    /// The HOSTS_V4 entries of one /16 again, as an array (see host_block.rs).
+    host_block: HostBlock,
     hosts_v6: BpfHashMap<MapData, [u8; 16], u32>,
     v4: LpmTrie<MapData, [u8; 4], u32>,
     v6: LpmTrie<MapData, [u8; 16], u32>,
@@ -164,6 +166,7 @@ impl DeviceProbe {
         let mut take = |name: &str| ebpf.take_map(name).ok_or_else(|| anyhow!("map {name} missing from the object"));
         let hosts_v4 = BpfHashMap::try_from(take(names::HOSTS_V4)?)?;
         let hosts_v6 = BpfHashMap::try_from(take(names::HOSTS_V6)?)?;
+        let host_block = HostBlock::new(Array::try_from(take(names::HOST_BLOCK_V4)?)?, Array::try_from(take(names::HOST_BLOCK_AT)?)?)?;
         let v4 = LpmTrie::try_from(take(names::PEERS_V4)?)?;
         let v6 = LpmTrie::try_from(take(names::PEERS_V6)?)?;
         let counters = take(names::PEER_COUNTERS)?;
@@ -189,6 +192,7 @@ impl DeviceProbe {
             ebpf,
             logger,
             hosts_v4,
+            host_block,
             hosts_v6,
             v4,
             v6,
@@ -241,6 +245,11 @@ impl DeviceProbe {
         }
         self.synced_endpoints = self.endpoints.iter().collect::<Result<_, _>>()?;
         Ok(())
+    }
+
+    /// The /16 whose host addresses the host block holds, if any (see host_block.rs).
+    pub fn host_block(&self) -> Option<std::net::Ipv4Addr> {
+        self.host_block.held()
     }
 
     /// Where this device's maps and links are pinned, if they are.
@@ -347,16 +356,26 @@ impl DeviceProbe {
                 wanted.insert(*net, slot);
             }
         }
+        let mut changed = false;
         for (net, slot) in &wanted {
             if self.prefixes.get(net) != Some(slot) {
                 self.insert_prefix(net, *slot).with_context(|| format!("adding allowed IP {net}"))?;
                 self.prefixes.insert(*net, *slot);
+                changed = true;
             }
         }
         let stale: Vec<IpNet> = self.prefixes.keys().filter(|n| !wanted.contains_key(n)).copied().collect();
         for net in stale {
             self.remove_prefix(&net).with_context(|| format!("removing allowed IP {net}"))?;
             self.prefixes.remove(&net);
+            changed = true;
+        }
+        if changed {
+            let hosts = self.prefixes.iter().filter_map(|(net, slot)| match net {
+                IpNet::V4(n) if n.prefix_len() == 32 => Some((n.addr(), *slot)),
+                _ => None,
+            });
+            self.host_block.follow(hosts)?;
         }
         let mut wanted_endpoints: HashMap<Endpoint, u32, FastState> = HashMap::with_capacity_and_hasher(peers.len(), FastState::default());
         for p in peers {
@@ -508,7 +527,10 @@ impl DeviceProbe {
     fn insert_prefix(&mut self, net: &IpNet, slot: u32) -> Result<()> {
         let host = net.prefix_len() == net.max_prefix_len();
         match net.addr() {
-            IpAddr::V4(a) if host => self.hosts_v4.insert(a.octets(), slot, 0)?,
+            IpAddr::V4(a) if host => {
+                self.hosts_v4.insert(a.octets(), slot, 0)?;
+                self.host_block.set(a, Some(slot))?;
+            }
             IpAddr::V6(a) if host => self.hosts_v6.insert(a.octets(), slot, 0)?,
             IpAddr::V4(a) => self.v4.insert(&LpmKey::new(net.prefix_len().into(), a.octets()), slot, 0)?,
             IpAddr::V6(a) => self.v6.insert(&LpmKey::new(net.prefix_len().into(), a.octets()), slot, 0)?,
@@ -519,7 +541,10 @@ impl DeviceProbe {
     fn remove_prefix(&mut self, net: &IpNet) -> Result<()> {
         let host = net.prefix_len() == net.max_prefix_len();
         match net.addr() {
-            IpAddr::V4(a) if host => self.hosts_v4.remove(&a.octets())?,
+            IpAddr::V4(a) if host => {
+                self.host_block.set(a, None)?;
+                self.hosts_v4.remove(&a.octets())?;
+            }
             IpAddr::V6(a) if host => self.hosts_v6.remove(&a.octets())?,
             IpAddr::V4(a) => self.v4.remove(&LpmKey::new(net.prefix_len().into(), a.octets()))?,
             IpAddr::V6(a) => self.v6.remove(&LpmKey::new(net.prefix_len().into(), a.octets()))?,

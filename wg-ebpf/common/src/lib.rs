@@ -15,6 +15,14 @@ pub mod names {
     /// gateway peers have one host address, and an exact match costs a fraction of a trie
     /// walk (a /32 is also the longest match there can be).
     pub const HOSTS_V4: &str = "HOSTS_V4";
+    /// Array indexed by the low 16 bits of an IPv4 host address in the /16 that
+    /// [`HOST_BLOCK_AT`] names: the peer slot + 1 of that /32 allowed IP (0: none). Holds the
+    /// [`HOSTS_V4`] entries of that /16, so the usual gateway (peers numbered from one
+    /// subnet) finds its peer with an array lookup, which the verifier inlines, instead of
+    /// a hash lookup (~30 ns here).
+    pub const HOST_BLOCK_V4: &str = "HOST_BLOCK_V4";
+    /// Array of one [`crate::HostBlockAt`]: which /16 [`HOST_BLOCK_V4`] holds.
+    pub const HOST_BLOCK_AT: &str = "HOST_BLOCK_AT";
     /// Hash: IPv6 host address (/128) → peer slot.
     pub const HOSTS_V6: &str = "HOSTS_V6";
     /// LPM trie: IPv4 allowed IP shorter than /32 (network order) → peer slot.
@@ -52,9 +60,10 @@ pub mod names {
     pub const META: &str = "META";
     /// The maps pinned per device, so a collector restart or upgrade keeps counting: all
     /// state. (The programs' logs and read-only settings are made anew at each load.)
-    pub const PINNED: [&str; 17] = [
+    pub const PINNED: [&str; 19] = [
         HOSTS_V4, HOSTS_V6, PEERS_V4, PEERS_V6, PEER_COUNTERS, UNATTRIBUTED, PENDING, LATENCY_HIST,
         LATENCY_STATS, DELAY_FIFO, MESSAGES, INVALID, INDICES, ENDPOINTS, LISTEN_PORT, SLOT_KEYS, META,
+        HOST_BLOCK_V4, HOST_BLOCK_AT,
     ];
     /// TC program on the underlay's ingress (encrypted datagrams from peers).
     pub const PROG_UNDER_INGRESS: &str = "wg_under_ingress";
@@ -88,6 +97,19 @@ pub const DIRECTIONS: usize = 2;
 pub struct Counter {
     pub packets: u64,
     pub bytes: u64,
+}
+
+/// Entries of [`names::HOST_BLOCK_V4`]: one per address of a /16.
+pub const HOST_BLOCK_ENTRIES: u32 = 1 << 16;
+
+/// Which /16 [`names::HOST_BLOCK_V4`] holds.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HostBlockAt {
+    /// The /16's upper 16 bits (the address in host order, shifted right by 16).
+    pub high: u32,
+    /// 0 while the block is unused or being rewritten: the programs then use the hash.
+    pub enabled: u32,
 }
 
 /// What the programs count for one peer slot, indexed by `DIR_RX` / `DIR_TX`.
@@ -139,6 +161,7 @@ mod pod {
     // SAFETY: plain #[repr(C)] integers, no padding, every bit pattern valid.
     unsafe impl aya::Pod for super::Counter {}
     unsafe impl aya::Pod for super::PeerCounters {}
+    unsafe impl aya::Pod for super::HostBlockAt {}
     unsafe impl aya::Pod for super::latency::HistKey {}
     unsafe impl aya::Pod for super::latency::HistValue {}
     unsafe impl aya::Pod for super::latency::PendingKey {}

@@ -6,12 +6,12 @@ use core::mem::size_of;
 use crate::{
     latency::{Endpoint, Fifo, HistKey, HistValue, PendingKey},
     protocol::MessageCounts,
-    Counter, PeerCounters,
+    Counter, HostBlockAt, PeerCounters,
 };
 
 /// Raised by hand when a map's meaning changes without its sizes changing (a counter moved
 /// to another index, a key encoded differently).
-pub const LAYOUT_VERSION: u64 = 1;
+pub const LAYOUT_VERSION: u64 = 2;
 
 /// [`LAYOUT_VERSION`] and the sizes of every shared type, so a size change alone already
 /// makes a different layout.
@@ -25,6 +25,7 @@ pub const fn layout() -> u64 {
         size_of::<Endpoint>(),
         size_of::<Fifo>(),
         size_of::<MessageCounts>(),
+        size_of::<HostBlockAt>(),
     ];
     // FNV-1a over the sizes: stable across builds and compilers.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
