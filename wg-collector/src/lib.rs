@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod bpf;
+pub mod gzip;
 pub mod histogram;
 pub mod history;
 pub mod interfaces;

@@ -2,7 +2,6 @@
 //! OpenMetrics when the scraper asks for it.
 
 use std::{
-    io::Write,
     sync::{
         atomic::{AtomicUsize, Ordering},
         Arc,
@@ -21,7 +20,7 @@ use axum::{
 use prometheus_client::{encoding, registry::Registry};
 
 use crate::{
-    api,
+    api, gzip,
     metrics::{ExportOptions, Page, PageHalf},
     monitor::Monitor,
     web::serve::{authenticate, Shared},
@@ -68,36 +67,35 @@ async fn metrics(State((monitor, export)): State<(Arc<Monitor>, ExportOptions)>,
         let page = Arc::new(Page::new(monitor.latest(export.max_age), &export));
         let [first, second] = page.halves();
         let last = LAST_PAGE.load(Ordering::Relaxed);
-        let encode = |half: PageHalf, capacity: usize| {
+        // Each half encoded (and compressed, if asked) on a thread of its own.
+        let half = |half: PageHalf, capacity: usize, end: bool| {
             let mut registry = Registry::default();
             registry.register_collector(Box::new(half));
-            let mut out = String::with_capacity(capacity);
+            let mut text = String::with_capacity(capacity);
             if openmetrics {
-                encoding::text::encode_registry(&mut out, &registry)?;
+                encoding::text::encode_registry(&mut text, &registry)?;
+                if end {
+                    encoding::text::encode_eof(&mut text)?;
+                }
             } else {
-                encoding::prometheus_text::encode(&mut out, &registry)?;
+                encoding::prometheus_text::encode(&mut text, &registry)?;
             }
-            Ok::<_, std::fmt::Error>(out)
+            let piece = if gzip { Some(gzip::deflate(text.as_bytes(), end).map_err(|_| std::fmt::Error)?) } else { None };
+            Ok::<_, std::fmt::Error>((text, piece))
         };
-        // The halves on two threads; the first's buffer is sized for the whole page.
-        let (body, rest) = std::thread::scope(|scope| {
-            let rest = scope.spawn(|| encode(second, last * 5 / 8));
-            (encode(first, last * 9 / 8), rest.join())
+        let (first, second) = std::thread::scope(|scope| {
+            let second = scope.spawn(|| half(second, last * 5 / 8, true));
+            (half(first, last * 9 / 8, false), second.join())
         });
-        let mut body = body?;
-        body.push_str(&rest.map_err(|_| std::fmt::Error)??);
-        if openmetrics {
-            encoding::text::encode_eof(&mut body)?;
+        let ((mut body, first_piece), (rest, second_piece)) = (first?, second.map_err(|_| std::fmt::Error)??);
+        LAST_PAGE.store(body.len() + rest.len(), Ordering::Relaxed);
+        match (first_piece, second_piece) {
+            (Some(a), Some(b)) => Ok::<_, std::fmt::Error>(Body::from(gzip::member(vec![a, b]))),
+            _ => {
+                body.push_str(&rest);
+                Ok(Body::from(body))
+            }
         }
-        LAST_PAGE.store(body.len(), Ordering::Relaxed);
-        if !gzip {
-            return Ok::<_, std::fmt::Error>(Body::from(body));
-        }
-        // The fastest level: most of gzip's gain on a page of repeated label sets, at a
-        // fraction of the default level's time.
-        let mut z = flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 8), flate2::Compression::fast());
-        z.write_all(body.as_bytes()).map_err(|_| std::fmt::Error)?;
-        Ok(Body::from(z.finish().map_err(|_| std::fmt::Error)?))
     })
     .await;
     match encoded {
