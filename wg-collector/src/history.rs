@@ -210,9 +210,24 @@ impl History {
         self.devices.get_mut(device)?.peers.get_mut(peer).map(|p| PeerCounters(&mut p.counters))
     }
 
+    /// The peers of one device, for looking up many peers' counters (the device once).
+    pub fn peers_of(&mut self, device: &str) -> Option<DevicePeers<'_>> {
+        self.devices.get_mut(device).map(|d| DevicePeers(&mut d.peers))
+    }
+
     /// The never-falling value of a device-level counter.
     pub fn device_counter(&mut self, device: &str, id: CounterId, raw: u64) -> u64 {
         self.devices.entry(device.to_string()).or_default().counters.entry(id).or_default().update(raw)
+    }
+}
+
+/// The peers of one device (see [`History::peers_of`]).
+pub struct DevicePeers<'a>(&'a mut KeyMap<PeerHistory>);
+
+impl DevicePeers<'_> {
+    /// A peer's never-falling counters (the peer must have been observed).
+    pub fn get(&mut self, peer: &Key) -> Option<PeerCounters<'_>> {
+        self.0.get_mut(peer).map(|p| PeerCounters(&mut p.counters))
     }
 }
 

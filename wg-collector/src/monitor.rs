@@ -435,21 +435,24 @@ impl Monitor {
 fn monotonic(h: &mut History, snap: &mut DeviceSnapshot) {
     const _: () = assert!(10 + DIRECTIONS * MESSAGE_TYPES <= crate::history::PEER_COUNTER_IDS);
     let dev = snap.found.name.clone();
-    for p in &mut snap.state.peers {
-        let Some(mut mono) = h.peer(&dev, &p.public_key) else { continue };
-        p.rx_bytes = mono.update(0, p.rx_bytes);
-        p.tx_bytes = mono.update(1, p.tx_bytes);
-        if let Some(c) = snap.counters.get_mut(&p.public_key) {
-            for (d, dc) in c.dir.iter_mut().enumerate() {
-                let id = 2 + 2 * d as u32;
-                dc.packets = mono.update(id, dc.packets);
-                dc.bytes = mono.update(id + 1, dc.bytes);
+    // Observed just before, so the device is there.
+    if let Some(mut peers) = h.peers_of(&dev) {
+        for p in &mut snap.state.peers {
+            let Some(mut mono) = peers.get(&p.public_key) else { continue };
+            p.rx_bytes = mono.update(0, p.rx_bytes);
+            p.tx_bytes = mono.update(1, p.tx_bytes);
+            if let Some(c) = snap.counters.get_mut(&p.public_key) {
+                for (d, dc) in c.dir.iter_mut().enumerate() {
+                    let id = 2 + 2 * d as u32;
+                    dc.packets = mono.update(id, dc.packets);
+                    dc.bytes = mono.update(id + 1, dc.bytes);
+                }
             }
-        }
-        if let Some(m) = snap.messages.get_mut(&p.public_key) {
-            for (d, row) in m.counts.iter_mut().enumerate() {
-                for (t, n) in row.iter_mut().enumerate() {
-                    *n = mono.update(10 + (d * MESSAGE_TYPES + t) as u32, *n);
+            if let Some(m) = snap.messages.get_mut(&p.public_key) {
+                for (d, row) in m.counts.iter_mut().enumerate() {
+                    for (t, n) in row.iter_mut().enumerate() {
+                        *n = mono.update(10 + (d * MESSAGE_TYPES + t) as u32, *n);
+                    }
                 }
             }
         }
