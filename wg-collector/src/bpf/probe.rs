@@ -79,6 +79,8 @@ pub struct DeviceProbe {
     hosts_v4: BpfHashMap<MapData, [u8; 4], u32>,
     /// The HOSTS_V4 entries of one /16 again, as an array (see host_block.rs).
     host_block: HostBlock,
+    /// Whether a sync has placed the block yet.
+    block_followed: bool,
     hosts_v6: BpfHashMap<MapData, [u8; 16], u32>,
     v4: LpmTrie<MapData, [u8; 4], u32>,
     v6: LpmTrie<MapData, [u8; 16], u32>,
@@ -193,6 +195,7 @@ impl DeviceProbe {
             logger,
             hosts_v4,
             host_block,
+            block_followed: false,
             hosts_v6,
             v4,
             v6,
@@ -356,7 +359,9 @@ impl DeviceProbe {
                 wanted.insert(*net, slot);
             }
         }
-        let mut changed = false;
+        // The first sync looks at the block even when adopted maps already hold every prefix.
+        let mut changed = !self.block_followed;
+        self.block_followed = true;
         for (net, slot) in &wanted {
             if self.prefixes.get(net) != Some(slot) {
                 self.insert_prefix(net, *slot).with_context(|| format!("adding allowed IP {net}"))?;
