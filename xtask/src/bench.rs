@@ -33,7 +33,9 @@ pub fn run(quick: bool) -> Result<()> {
          program measured the same way (the test-run loop's own cost). Warm caches: real \
          traffic with many peers misses caches and costs more. The `wg` hooks run on the \
          WireGuard interface (plaintext), the `underlay` hooks on the interface that carries \
-         WireGuard's UDP; `other UDP` is what every non-WireGuard packet on the underlay pays.\n\n\
+         WireGuard's UDP; `other UDP` is what every non-WireGuard packet on the underlay pays. \
+         The peers are /32s of one /16, which the host block holds (an array the verifier \
+         inlines); one more peer outside it shows the host hash the others would cost.\n\n\
          Scrape at scale: a wireguard-go device with that many peers (one `wg addconf`), the \
          release collector and prometheus_wireguard_exporter (`cargo install \
          prometheus_wireguard_exporter`) in the same namespace, scraped alternately over \

@@ -47,11 +47,20 @@ fn probe(peers: u32, delay: bool) -> Result<DeviceProbe> {
             peer
         })
         .collect();
+    // One more, outside the /16 the others are numbered from: found by the host hash, not
+    // the host block.
+    let mut list = list;
+    let mut outside = Peer::new(Key([0xff; 32]));
+    outside.allowed_ips = vec![IpNet::new(OUTSIDE.into(), 32).unwrap()];
+    list.push(outside);
     p.sync(&list)?;
     p.set_listen_port(51820)?;
     p.program("bench_noop")?.load()?;
     Ok(p)
 }
+
+/// The peer outside the host block (see `probe`).
+const OUTSIDE: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 1);
 
 fn cases(peers: u32) -> Vec<Case> {
     let me = Ipv4Addr::new(10, 0, 0, 1);
@@ -61,6 +70,7 @@ fn cases(peers: u32) -> Vec<Case> {
     let ts_seg = tcp_segment(40000, 443, 1, 1, ACK, &ts_option(1000, 2000), 1000);
     vec![
         Case { hook: "wg egress", what: "UDP: attribute + count", program: names::PROG_EGRESS, packet: ipv4(me, them, UDP, 1100), delay: false },
+        Case { hook: "wg egress", what: "UDP: attribute (host hash, outside the block) + count", program: names::PROG_EGRESS, packet: ipv4(me, OUTSIDE, UDP, 1100), delay: false },
         Case { hook: "wg egress", what: "UDP: + encap FIFO", program: names::PROG_EGRESS, packet: ipv4(me, them, UDP, 1100), delay: true },
         Case { hook: "wg egress", what: "TCP with timestamps: + RTT question", program: names::PROG_EGRESS, packet: ipv4_with(me, them, TCP, &ts_seg), delay: true },
         Case { hook: "wg ingress", what: "TCP with timestamps: + RTT answer, decap FIFO", program: names::PROG_INGRESS, packet: ipv4_with(them, me, TCP, &ts_seg), delay: true },
