@@ -240,25 +240,24 @@ pub(crate) fn observe<const DIR: usize>(ctx: &TcContext) {
     }
     count(slot, DIR, t, n);
 
+    // SAFETY: a helper without arguments.
+    let now = || unsafe { bpf_ktime_get_ns() };
     match (DIR == DIR_RX, t) {
         // Questions: our initiation (sender index), our response (sender index).
         (false, MessageType::HandshakeInitiation) => {
-            question(&index_key(Kind::HandshakeInitiator, first), unsafe { bpf_ktime_get_ns() })
+            question(&index_key(Kind::HandshakeInitiator, first), now)
         }
         (false, MessageType::HandshakeResponse) => {
-            question(&index_key(Kind::HandshakeResponder, first), unsafe { bpf_ktime_get_ns() })
+            question(&index_key(Kind::HandshakeResponder, first), now)
         }
         // Answers: a response to our initiation (its receiver index), data on the session we
         // answered (its receiver index).
         (true, MessageType::HandshakeResponse) => {
-            answer(&index_key(Kind::HandshakeInitiator, second), slot, Kind::HandshakeInitiator, unsafe { bpf_ktime_get_ns() })
+            answer(&index_key(Kind::HandshakeInitiator, second), slot, Kind::HandshakeInitiator, now)
         }
         (true, MessageType::Data | MessageType::Keepalive) => {
-            let k = index_key(Kind::HandshakeResponder, first);
-            // Most data finds no question waiting: look before reading the clock.
-            if crate::PENDING.get_ptr(&k).is_some() {
-                answer(&k, slot, Kind::HandshakeResponder, unsafe { bpf_ktime_get_ns() });
-            }
+            // Most data finds no question waiting: the clock is read only when one does.
+            answer(&index_key(Kind::HandshakeResponder, first), slot, Kind::HandshakeResponder, now);
             if t == MessageType::Data {
                 data::<DIR>(ctx, &d, slot);
             }
