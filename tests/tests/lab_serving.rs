@@ -156,3 +156,32 @@ fn scrapes_share_a_reading_younger_than_max_age() {
     assert_eq!(tx(&fresh) - tx(&first), 20.0, "{}", fresh.text);
     assert!(age(&fresh) < 1.0, "a new reading: {}", age(&fresh));
 }
+
+/// Scrapes that arrive together share one reading and one encoding: the page's own age
+/// (measured while it is encoded) then has a few values among many scrapes, not one each.
+#[test]
+fn scrapes_that_arrive_together_share_one_page() {
+    let lab = Lab::new(Implementation::WireguardGo).unwrap();
+    let c = Collector::start(&lab.a.ns, &[]).unwrap();
+    let barrier = std::sync::Barrier::new(16);
+    let pages: Vec<wg_tests::Metrics> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..16)
+            .map(|_| {
+                s.spawn(|| {
+                    barrier.wait();
+                    c.scrape().unwrap()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut ages: Vec<String> = pages
+        .iter()
+        .map(|m| m.get("wireguard_collector_reading_age_seconds", &[]).unwrap_or_else(|| panic!("{}", m.text)).to_string())
+        .collect();
+    ages.sort();
+    ages.dedup();
+    assert!(ages.len() <= 4, "16 scrapes at once made {} pages: {ages:?}", ages.len());
+    // Each page complete: the peer on every one.
+    assert!(pages.iter().all(|m| m.mentions("public_key", &lab.b.public_key)));
+}

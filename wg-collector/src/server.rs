@@ -1,12 +1,12 @@
 //! The HTTP side: `/metrics` (or the configured path) in the Prometheus text format, or
 //! OpenMetrics when the scraper asks for it.
 
-use std::{
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc,
-    },
+use std::sync::{
+    atomic::{AtomicUsize, Ordering},
+    Arc, Mutex, OnceLock, Weak,
 };
+
+use bytes::Bytes;
 
 use axum::{
     body::Body,
@@ -22,7 +22,7 @@ use prometheus_client::{encoding, registry::Registry};
 use crate::{
     api, gzip,
     metrics::{ExportOptions, Page, PageHalf},
-    monitor::Monitor,
+    monitor::{Monitor, Snapshot},
     web::serve::{authenticate, Shared},
 };
 
@@ -35,7 +35,7 @@ const LIVE_PAGE: &str = include_str!("live.html");
 /// The routes: the metrics, the live page and its data behind authentication, and
 /// `/-/healthy`, which needs none and says nothing but that the process serves.
 pub fn router(telemetry_path: &str, web: Arc<Shared>, monitor: Arc<Monitor>, export: ExportOptions) -> Router {
-    let source = (monitor.clone(), export.clone());
+    let source = Source { monitor: monitor.clone(), export: export.clone(), pages: Arc::default() };
     let page = LIVE_PAGE.replace("href=\"metrics\"", &format!("href=\"{}\"", telemetry_path.trim_start_matches('/')));
     let state = move || {
         let (monitor, export) = (monitor.clone(), export.clone());
@@ -58,50 +58,64 @@ pub fn router(telemetry_path: &str, web: Arc<Shared>, monitor: Arc<Monitor>, exp
 /// The size of the last page, so the next one is encoded into a buffer that need not grow.
 static LAST_PAGE: AtomicUsize = AtomicUsize::new(64 * 1024);
 
-async fn metrics(State((monitor, export)): State<(Arc<Monitor>, ExportOptions)>, headers: HeaderMap) -> Response {
+/// What `/metrics` serves from.
+#[derive(Clone)]
+struct Source {
+    monitor: Arc<Monitor>,
+    export: ExportOptions,
+    pages: Arc<Pages>,
+}
+
+/// The format a scraper asked for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Format {
+    openmetrics: bool,
+    gzip: bool,
+}
+
+/// Pages being encoded, by reading and format. Scrapes that arrive together share one
+/// reading (see `Monitor::refresh`) and so, here, one encoding: a crowd of scrapers costs
+/// one page, in time and in memory. Only weak references are kept: a page lives as long as
+/// the scrapes waiting for it.
+#[derive(Default)]
+struct Pages(Mutex<Vec<SharedPage>>);
+
+type SharedPage = (Weak<Snapshot>, Format, Weak<OnceLock<Option<Bytes>>>);
+
+impl Pages {
+    fn get(&self, snap: &Arc<Snapshot>, format: Format, encode: impl FnOnce() -> Option<Bytes>) -> Option<Bytes> {
+        let page = {
+            let mut pages = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            pages.retain(|(_, _, p)| p.strong_count() > 0);
+            // The Weak keeps the snapshot's allocation, so its address names it.
+            let same = |(s, f, _): &&SharedPage| *f == format && std::ptr::eq(s.as_ptr(), Arc::as_ptr(snap));
+            match pages.iter().find(same).and_then(|(_, _, p)| p.upgrade()) {
+                Some(p) => p,
+                None => {
+                    let p = Arc::new(OnceLock::new());
+                    pages.push((Arc::downgrade(snap), format, Arc::downgrade(&p)));
+                    p
+                }
+            }
+        };
+        page.get_or_init(encode).clone()
+    }
+}
+
+async fn metrics(State(source): State<Source>, headers: HeaderMap) -> Response {
     let asks = |name: header::HeaderName, what: &str| headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).any(|v| v.contains(what));
-    let openmetrics = asks(header::ACCEPT, "application/openmetrics-text");
-    let gzip = asks(header::ACCEPT_ENCODING, "gzip");
+    let format = Format { openmetrics: asks(header::ACCEPT, "application/openmetrics-text"), gzip: asks(header::ACCEPT_ENCODING, "gzip") };
     // Reading WireGuard and the maps is blocking work: keep it off the async workers.
     let encoded = tokio::task::spawn_blocking(move || {
-        let page = Arc::new(Page::new(monitor.latest(export.max_age), &export));
-        let [first, second] = page.halves();
-        let last = LAST_PAGE.load(Ordering::Relaxed);
-        // Each half encoded (and compressed, if asked) on a thread of its own.
-        let half = |half: PageHalf, capacity: usize, end: bool| {
-            let mut registry = Registry::default();
-            registry.register_collector(Box::new(half));
-            let mut text = String::with_capacity(capacity);
-            if openmetrics {
-                encoding::text::encode_registry(&mut text, &registry)?;
-                if end {
-                    encoding::text::encode_eof(&mut text)?;
-                }
-            } else {
-                encoding::prometheus_text::encode(&mut text, &registry)?;
-            }
-            let piece = if gzip { Some(gzip::deflate(text.as_bytes(), end).map_err(|_| std::fmt::Error)?) } else { None };
-            Ok::<_, std::fmt::Error>((text, piece))
-        };
-        let (first, second) = std::thread::scope(|scope| {
-            let second = scope.spawn(|| half(second, last * 5 / 8, true));
-            (half(first, last * 9 / 8, false), second.join())
-        });
-        let ((mut body, first_piece), (rest, second_piece)) = (first?, second.map_err(|_| std::fmt::Error)??);
-        LAST_PAGE.store(body.len() + rest.len(), Ordering::Relaxed);
-        match (first_piece, second_piece) {
-            (Some(a), Some(b)) => Ok::<_, std::fmt::Error>(Body::from(gzip::member(vec![a, b]))),
-            _ => {
-                body.push_str(&rest);
-                Ok(Body::from(body))
-            }
-        }
+        let snap = source.monitor.latest(source.export.max_age);
+        source.pages.get(&snap, format, || encode(Page::new(snap.clone(), &source.export), format).ok())
     })
     .await;
+    let Format { openmetrics, gzip } = format;
     match encoded {
-        Ok(Ok(body)) => {
+        Ok(Some(body)) => {
             let ct = if openmetrics { OPENMETRICS } else { PROMETHEUS_TEXT };
-            let mut r = ([(header::CONTENT_TYPE, ct)], body).into_response();
+            let mut r = ([(header::CONTENT_TYPE, ct)], Body::from(body)).into_response();
             if gzip {
                 r.headers_mut().insert(header::CONTENT_ENCODING, header::HeaderValue::from_static("gzip"));
             }
@@ -110,4 +124,40 @@ async fn metrics(State((monitor, export)): State<(Arc<Monitor>, ExportOptions)>,
         }
         _ => (StatusCode::INTERNAL_SERVER_ERROR, "encoding metrics failed\n").into_response(),
     }
+}
+
+/// The page in the format asked for: its two halves encoded (and compressed, if asked) on
+/// two threads.
+fn encode(page: Page, format: Format) -> Result<Bytes, std::fmt::Error> {
+    let page = Arc::new(page);
+    let [first, second] = page.halves();
+    let last = LAST_PAGE.load(Ordering::Relaxed);
+    let half = |half: PageHalf, capacity: usize, end: bool| {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(half));
+        let mut text = String::with_capacity(capacity);
+        if format.openmetrics {
+            encoding::text::encode_registry(&mut text, &registry)?;
+            if end {
+                encoding::text::encode_eof(&mut text)?;
+            }
+        } else {
+            encoding::prometheus_text::encode(&mut text, &registry)?;
+        }
+        let piece = if format.gzip { Some(gzip::deflate(text.as_bytes(), end).map_err(|_| std::fmt::Error)?) } else { None };
+        Ok::<_, std::fmt::Error>((text, piece))
+    };
+    let (first, second) = std::thread::scope(|scope| {
+        let second = scope.spawn(|| half(second, last * 5 / 8, true));
+        (half(first, last * 9 / 8, false), second.join())
+    });
+    let ((mut body, first_piece), (rest, second_piece)) = (first?, second.map_err(|_| std::fmt::Error)??);
+    LAST_PAGE.store(body.len() + rest.len(), Ordering::Relaxed);
+    Ok(match (first_piece, second_piece) {
+        (Some(a), Some(b)) => Bytes::from(gzip::member(vec![a, b])),
+        _ => {
+            body.push_str(&rest);
+            Bytes::from(body)
+        }
+    })
 }
