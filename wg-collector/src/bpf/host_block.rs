@@ -5,7 +5,10 @@
 //!
 //! The block mirrors the HOSTS_V4 entries of its /16 (the hash keeps them all, so an address
 //! the block misses is still found). The /16 is the one holding the most /32s; it moves only
-//! when another holds twice as many, and while it moves the programs use the hash.
+//! when another holds twice as many, and while it moves the programs use the hash. (A
+//! program that read the block's place just before a move began may meet an entry already
+//! rewritten for the new /16: one packet given to the wrong peer, in a window of
+//! microseconds, at a move only.)
 
 use std::{collections::HashMap, net::Ipv4Addr};
 
