@@ -1,6 +1,7 @@
-//! The Prometheus side: a custom Collector that refreshes the monitor at scrape time (or takes
-//! a recent reading, with `--scrape.max-age`) and encodes what it saw. Family names and HELP texts are the contract of
-//! ../shared/docs/metrics.md (prometheus-client appends `_total` to counters).
+//! The Prometheus side: the page of one reading of the monitor (taken at scrape time, or a
+//! recent one with `--scrape.max-age`), encoded by custom Collectors. Family names and HELP
+//! texts are the contract of ../shared/docs/metrics.md (prometheus-client appends `_total`
+//! to counters).
 
 use std::{collections::BTreeMap, fmt::Write as _, sync::Arc};
 
@@ -74,9 +75,9 @@ impl Page {
     }
 
     /// Every peer with its row and the labels all per-peer families start with.
-    fn peers(&self) -> impl Iterator<Item = (&DeviceSnapshot, &Peer, &Row, [(&'static str, &str); 2])> {
+    fn peers(&self) -> impl Iterator<Item = (&Peer, &Row, [(&'static str, &str); 2])> {
         self.snap.devices.iter().zip(&self.rows).flat_map(|(d, rows)| {
-            d.state.peers.iter().zip(rows).map(move |(p, row)| (d, p, row, [("device", d.found.name.as_str()), ("public_key", row.key.as_str())]))
+            d.state.peers.iter().zip(rows).map(move |(p, row)| (p, row, [("device", d.found.name.as_str()), ("public_key", row.key.as_str())]))
         })
     }
 }
@@ -314,7 +315,7 @@ fn encode_wireguard(page: &Page, enc: &mut DescriptorEncoder) -> std::fmt::Resul
 
     let mut m = family(enc, "wireguard_peer_info", "WireGuard peer: its friendly name (names file, or friendly_name comments in wg-quick files) and current endpoint (value 1)", Gauge)?;
     let mut endpoint = String::new();
-    for (_, p, row, [dev, key]) in page.peers() {
+    for (p, row, [dev, key]) in page.peers() {
         endpoint.clear();
         if let Some(e) = p.endpoint.filter(|_| !opts.redact_endpoints) {
             write!(endpoint, "{e}")?;
@@ -325,7 +326,7 @@ fn encode_wireguard(page: &Page, enc: &mut DescriptorEncoder) -> std::fmt::Resul
     if !opts.redact_allowed_ips {
         let mut m = family(enc, "wireguard_peer_allowed_ips_info", "One allowed IP of a peer (value 1)", Gauge)?;
         let mut buf = String::new();
-        for (_, p, _, [dev, key]) in page.peers() {
+        for (p, _, [dev, key]) in page.peers() {
             for net in &p.allowed_ips {
                 buf.clear();
                 write!(buf, "{net}")?;
@@ -335,16 +336,16 @@ fn encode_wireguard(page: &Page, enc: &mut DescriptorEncoder) -> std::fmt::Resul
     }
 
     let mut m = family(enc, "wireguard_peer_endpoint_changes", "Times the peer's endpoint changed since the collector started (roaming, or set anew)", Counter)?;
-    for (_, _, row, labels) in page.peers() {
+    for (_, row, labels) in page.peers() {
         counter(&mut m, &labels, row.endpoint_changes)?;
     }
 
     let mut m = family(enc, "wireguard_peer_receive_bytes", "Bytes received from the peer, as WireGuard counts them (encrypted UDP payload)", Counter)?;
-    for (_, p, _, labels) in page.peers() {
+    for (p, _, labels) in page.peers() {
         counter(&mut m, &labels, p.rx_bytes)?;
     }
     let mut m = family(enc, "wireguard_peer_transmit_bytes", "Bytes sent to the peer, as WireGuard counts them (encrypted UDP payload)", Counter)?;
-    for (_, p, _, labels) in page.peers() {
+    for (p, _, labels) in page.peers() {
         counter(&mut m, &labels, p.tx_bytes)?;
     }
 
@@ -362,7 +363,7 @@ fn encode_measured(page: &Page, enc: &mut DescriptorEncoder) -> std::fmt::Result
         ("wireguard_latest_handshake_seconds", "Unix time of the peer's last completed handshake; 0 = never (the name the usual staleness alert uses)"),
     ] {
         let mut m = family(enc, name, help, Gauge)?;
-        for (_, p, _, labels) in page.peers() {
+        for (p, _, labels) in page.peers() {
             gauge(&mut m, &labels, p.last_handshake.map_or(0.0, |t| t.as_secs_f64()))?;
         }
     }
@@ -375,7 +376,7 @@ fn encode_measured(page: &Page, enc: &mut DescriptorEncoder) -> std::fmt::Result
         ("wireguard_peer_transmit_payload_bytes", "Plaintext bytes (IP packets) sent to the peer on the WireGuard interface, counted by eBPF", DIR_TX, true),
     ] {
         let mut m = family(enc, name, help, Counter)?;
-        for (_, _, row, labels) in page.peers() {
+        for (_, row, labels) in page.peers() {
             if let Some(c) = &row.counters {
                 counter(&mut m, &labels, if bytes { c.dir[dir].bytes } else { c.dir[dir].packets })?;
             }
