@@ -157,12 +157,17 @@ fn scrapes_share_a_reading_younger_than_max_age() {
     assert!(age(&fresh) < 1.0, "a new reading: {}", age(&fresh));
 }
 
-/// Scrapes that arrive together share one reading and one encoding: the page's own age
+/// Scrapes that arrive together share one encoding of their reading: the page's own age
 /// (measured while it is encoded) then has a few values among many scrapes, not one each.
+/// One reading for all (`--scrape.max-age`), and 2,000 peers, so that encoding takes longer
+/// than the scrapes take to arrive.
 #[test]
 fn scrapes_that_arrive_together_share_one_page() {
+    use wg_tests::lab::{key_hex, random_public_key};
     let lab = Lab::new(Implementation::WireguardGo).unwrap();
-    let c = Collector::start(&lab.a.ns, &[]).unwrap();
+    let body: String = (0..2000).map(|i| format!("public_key={}\nallowed_ip=10.150.{}.{}/32\n", key_hex(&random_public_key()), i / 256, i % 256)).collect();
+    lab.uapi_set('a', &body).unwrap();
+    let c = Collector::start(&lab.a.ns, &["--scrape.max-age", "600", "--poll-interval", "600"]).unwrap();
     let barrier = std::sync::Barrier::new(16);
     let pages: Vec<wg_tests::Metrics> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..16)
