@@ -199,15 +199,10 @@ impl History {
 
     /// The never-falling value of a peer's counter (the peer must have been observed).
     pub fn peer_counter(&mut self, device: &str, peer: &Key, id: CounterId, raw: u64) -> u64 {
-        match self.peer(device, peer) {
+        match self.peers_of(device).as_mut().and_then(|d| d.get(peer)) {
             Some(mut p) => p.update(id, raw),
             None => raw,
         }
-    }
-
-    /// A peer's never-falling counters, looked up once for all of them.
-    pub fn peer(&mut self, device: &str, peer: &Key) -> Option<PeerCounters<'_>> {
-        self.devices.get_mut(device)?.peers.get_mut(peer).map(|p| PeerCounters(&mut p.counters))
     }
 
     /// The peers of one device, for looking up many peers' counters (the device once).
@@ -231,7 +226,7 @@ impl DevicePeers<'_> {
     }
 }
 
-/// The counters of one peer (see [`History::peer`]).
+/// The counters of one peer (see [`DevicePeers::get`]).
 pub struct PeerCounters<'a>(&'a mut [Monotonic; PEER_COUNTER_IDS]);
 
 impl PeerCounters<'_> {
