@@ -35,6 +35,8 @@ fn refuses_bad_flags_naming_them() {
     assert!(err.contains("--web.listen-address") && err.contains("nonsense"), "{err}");
     let err = run_refused(&[], &["--poll-interval", "0"]);
     assert!(err.contains("--poll-interval 0"), "{err}");
+    let err = run_refused(&[], &["--latency.max-pending", "1000"]);
+    assert!(err.contains("--latency.max-pending 1000: must be a power of two"), "{err}");
 }
 
 #[test]

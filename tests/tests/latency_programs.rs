@@ -14,7 +14,10 @@ use wg_collector::{
     bpf::{DeviceProbe, ProbeOptions},
     wireguard::{Key, Peer},
 };
-use wg_common::{latency::Kind, names};
+use wg_common::{
+    latency::{Kind, PendingKey},
+    names,
+};
 use wg_tests::packets::*;
 
 const ME4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
@@ -169,19 +172,39 @@ fn unanswered_questions_expire() {
     sleep(Duration::from_millis(20));
     assert_eq!(p.expire_pending(Duration::from_millis(10)).unwrap(), 0);
     assert_eq!(p.latency_stats().unwrap().expired, 10);
+    // An answer after that finds nothing to match.
+    back(&mut p, &ipv4_with(PEER4, ME4, ICMP, &echo(0, 1, 3, 8)));
+    assert_eq!(samples(&p, Kind::Icmp).0, 0);
 }
 
 #[test]
-fn a_full_pending_map_refuses_and_counts() {
+fn a_question_takes_the_place_of_an_older_one_with_the_same_hash() {
     let mut p = DeviceProbe::load(ProbeOptions { max_peers: 16, max_pending: 4, ..Default::default() }, None).unwrap();
     let mut peer = Peer::new(PEER);
     peer.allowed_ips = vec!["10.1.0.0/16".parse::<IpNet>().unwrap()];
     p.sync(&[peer]).unwrap();
+    // The place each echo request waits at, computed as the programs do.
+    let place = |seq: u16| {
+        let mapped = |a: Ipv4Addr| a.to_ipv6_mapped().octets();
+        let k = PendingKey { local: mapped(ME4), remote: mapped(PEER4), kind: Kind::Icmp as u16, value: 1 << 16 | seq as u32, ..Default::default() };
+        k.place() & 3
+    };
+    let mut last_at = std::collections::BTreeMap::new();
     for seq in 0..10u16 {
         out(&mut p, &ipv4_with(ME4, PEER4, ICMP, &echo(8, 1, seq, 8)));
+        last_at.insert(place(seq), seq);
     }
+    let places = last_at.len() as u64;
+    assert!(places > 1, "10 keys over 4 places: {last_at:?}");
     let s = p.latency_stats().unwrap();
-    assert_eq!((s.recorded, s.pending_full, s.capacity), (4, 6, 4));
+    assert_eq!((s.recorded, s.displaced, s.capacity), (10, 10 - places, 4));
+    // Every reply comes back: only the last question at each place is still there to match.
+    for seq in 0..10u16 {
+        back(&mut p, &ipv4_with(PEER4, ME4, ICMP, &echo(0, 1, seq, 8)));
+    }
+    assert_eq!(samples(&p, Kind::Icmp).0, places);
+    assert_eq!(p.expire_pending(Duration::from_millis(0)).unwrap(), 0);
+    assert_eq!(p.latency_stats().unwrap().expired, 0);
 }
 
 #[test]

@@ -73,7 +73,8 @@ struct Args {
     /// Seconds a packet may wait for its answer before it is forgotten.
     #[arg(long = "latency.pending-ttl", default_value_t = 5.0)]
     pending_ttl: f64,
-    /// Packets that may wait for their answer at once, per device.
+    /// Places for packets waiting for their answer, per device (a power of two: a hash of
+    /// the flow picks the place, and a newer packet takes an occupied one).
     #[arg(long = "latency.max-pending", default_value_t = DEFAULT_MAX_PENDING)]
     max_pending: u32,
     /// Latency histogram entries (peer, method, bucket) per device.
@@ -197,6 +198,9 @@ fn prepare(args: &Args) -> Result<Prepared> {
     }
     if !args.latency_sample.is_power_of_two() {
         bail!("--latency.sample {}: must be a power of two (1, 2, 4, ...)", args.latency_sample);
+    }
+    if !args.max_pending.is_power_of_two() {
+        bail!("--latency.max-pending {}: must be a power of two (65536, 131072, ...)", args.max_pending);
     }
     if !(0.1..=3600.0).contains(&args.pending_ttl) {
         bail!("--latency.pending-ttl {}: must be between 0.1 and 3600 seconds", args.pending_ttl);

@@ -436,18 +436,18 @@ fn encode_measured(page: &Page, enc: &mut DescriptorEncoder) -> std::fmt::Result
         }
     }
     let latency = || snap.devices.iter().filter_map(|d| d.latency_stats.map(|s| (d, s)));
-    let mut m = family(enc, "wireguard_collector_latency_pending", "Packets waiting for their answer to become a latency sample (the pending map's fill)", Gauge)?;
+    let mut m = family(enc, "wireguard_collector_latency_pending", "Packets waiting for their answer to become a latency sample (places taken in the pending table)", Gauge)?;
     for (d, _) in latency() {
         gauge(&mut m, &[("device", d.found.name.as_str())], d.pending as i64)?;
     }
-    let mut m = family(enc, "wireguard_collector_latency_pending_capacity", "Packets that may wait for their answer at once (--latency.max-pending)", Gauge)?;
+    let mut m = family(enc, "wireguard_collector_latency_pending_capacity", "Places in the pending table: packets that may wait for their answer at once (--latency.max-pending)", Gauge)?;
     for (d, s) in latency() {
         gauge(&mut m, &[("device", d.found.name.as_str())], s.capacity as i64)?;
     }
-    let mut m = family(enc, "wireguard_collector_latency_pending_evictions", "Packets that gave up waiting for their answer: expired (older than --latency.pending-ttl, removed by the collector) or full (not recorded: the pending map was full)", Counter)?;
+    let mut m = family(enc, "wireguard_collector_latency_pending_evictions", "Packets that gave up waiting for their answer: expired (older than --latency.pending-ttl, removed by the collector) or displaced (a newer packet took its place in the pending table, which a hash of the flow picks)", Counter)?;
     for (d, s) in latency() {
         counter(&mut m, &[("device", d.found.name.as_str()), ("reason", "expired")], s.expired)?;
-        counter(&mut m, &[("device", d.found.name.as_str()), ("reason", "full")], s.pending_full)?;
+        counter(&mut m, &[("device", d.found.name.as_str()), ("reason", "displaced")], s.displaced)?;
     }
     let mut m = family(enc, "wireguard_collector_delay_fifo_resyncs", "Encap/decap FIFO entries given up: the packet waited over 0.5 s or its size could not be the message's (WireGuard dropped it inside)", Counter)?;
     for (d, s) in latency() {

@@ -10,22 +10,23 @@
 //! IP header are read with `bpf_skb_load_bytes` into the stack: their offsets vary (IPv4
 //! options, IPv6 extension headers), which direct access cannot follow cheaply.
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{bpf_ktime_get_ns, bpf_skb_load_bytes},
     programs::TcContext,
 };
 use wg_common::{
-    latency::{bucket_of, stats, HistKey, HistValue, Kind, PendingKey},
-    DIR_RX,
+    latency::{bucket_of, stats, HistKey, HistValue, Kind, PendingEntry, PendingKey, PENDING_KEY_WORDS},
+    DEFAULT_MAX_PENDING, DIR_RX,
 };
 
-use crate::{Addr, Ip, LATENCY_HIST, LATENCY_STATS, PENDING, PROTO_TCP};
+use crate::{zeroed, Addr, Buf, Ip, LATENCY_HIST, LATENCY_STATS, PENDING, PROTO_TCP};
 
 pub(crate) const PROTO_ICMP: u8 = 1;
 pub(crate) const PROTO_ICMPV6: u8 = 58;
 
-const EEXIST: i32 = 17;
 const TCP_SYN: u8 = 0x02;
 const TCP_ACK: u8 = 0x10;
 const TCPOPT_EOL: u8 = 0;
@@ -205,34 +206,38 @@ pub(crate) fn track<const DIR: usize>(ctx: &TcContext, ip: &Ip, slot: u32, clock
     }
 }
 
-/// The pending key of a packet, addresses left for [`addresses`]: on egress as it is, on
-/// ingress turned round, so an answer finds the key its question left.
+/// The pending key of a packet in `slot`, addresses left for [`addresses`]: on egress as it
+/// is, on ingress turned round, so an answer finds the key its question left.
 #[inline(always)]
-fn key<const DIR: usize>(sport: u16, dport: u16) -> PendingKey {
-    let (local_port, remote_port) = if DIR == DIR_RX { (dport, sport) } else { (sport, dport) };
-    PendingKey { local: [0; 16], remote: [0; 16], local_port, remote_port, kind: 0, _pad: 0, value: 0 }
+fn key<const DIR: usize>(slot: &mut MaybeUninit<PendingKey>, sport: u16, dport: u16) -> &mut PendingKey {
+    let k = zeroed(slot);
+    (k.local_port, k.remote_port) = if DIR == DIR_RX { (dport, sport) } else { (sport, dport) };
+    k
 }
 
 #[inline(always)]
 fn tcp<const DIR: usize>(ctx: &TcContext, ip: &Ip, l4: u32, slot: u32, clock: &Clock) {
     // The header and the first 12 option bytes, directly where the IP header has its plain
     // size (IPv4 without options, IPv6 without extension headers), else by helper.
-    let mut h = [0u8; 32];
     let fast = match (l4, &ip.addr) {
         (20, Addr::V4(_)) => direct::<20, 32>(ctx),
         (40, Addr::V6(_)) => direct::<40, 32>(ctx),
         _ => None,
     };
-    match fast {
-        Some(d) => h = *d,
+    let mut slow = MaybeUninit::uninit();
+    let h: &[u8; 32] = match fast {
+        Some(d) => d,
         None => {
-            let mut fixed = [0u8; 20];
-            if !load(ctx, l4, &mut fixed) {
+            let slow = &mut zeroed::<Buf<32>>(&mut slow).0;
+            let mut fixed = MaybeUninit::uninit();
+            let fixed = &mut zeroed::<Buf<20>>(&mut fixed).0;
+            if !load(ctx, l4, fixed) {
                 return;
             }
-            h[..20].copy_from_slice(&fixed);
+            slow[..20].copy_from_slice(fixed);
+            slow
         }
-    }
+    };
     let sport = u16::from_be_bytes([h[0], h[1]]);
     let dport = u16::from_be_bytes([h[2], h[3]]);
     let seq = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
@@ -240,7 +245,7 @@ fn tcp<const DIR: usize>(ctx: &TcContext, ip: &Ip, l4: u32, slot: u32, clock: &C
     let optlen = (((h[12] >> 4) as usize) * 4).saturating_sub(20);
     let flags = h[13];
     let mut ts = None;
-    if fast.is_some() && optlen >= 12 && h[20..24] == [TCPOPT_NOP, TCPOPT_NOP, TCPOPT_TIMESTAMP, 10] {
+    if fast.is_some() && optlen >= 12 && h[20] == TCPOPT_NOP && h[21] == TCPOPT_NOP && h[22] == TCPOPT_TIMESTAMP && h[23] == 10 {
         // What Linux puts on every segment but the SYN: NOP NOP TS.
         let w = |k: usize| u32::from_be_bytes([h[k], h[k + 1], h[k + 2], h[k + 3]]);
         ts = Some((w(24), w(28)));
@@ -251,32 +256,37 @@ fn tcp<const DIR: usize>(ctx: &TcContext, ip: &Ip, l4: u32, slot: u32, clock: &C
         let avail = ctx.len().saturating_sub(l4 + 20);
         // 48 bytes, of which the options fill at most 40: the parser's masked offsets stay
         // inside whatever it reads.
-        let mut opts = [0u8; 48];
+        let mut opts = MaybeUninit::uninit();
+        let opts = &mut zeroed::<Buf<48>>(&mut opts).0;
         let loaded = if avail >= 40 {
-            let mut b = [0u8; 40];
-            let ok = load(ctx, l4 + 20, &mut b);
-            opts[..40].copy_from_slice(&b);
+            let mut b = MaybeUninit::uninit();
+            let b = &mut zeroed::<Buf<40>>(&mut b).0;
+            let ok = load(ctx, l4 + 20, b);
+            opts[..40].copy_from_slice(b);
             ok
         } else if avail >= 20 {
-            let mut b = [0u8; 20];
-            let ok = load(ctx, l4 + 20, &mut b);
-            opts[..20].copy_from_slice(&b);
+            let mut b = MaybeUninit::uninit();
+            let b = &mut zeroed::<Buf<20>>(&mut b).0;
+            let ok = load(ctx, l4 + 20, b);
+            opts[..20].copy_from_slice(b);
             ok
         } else if avail >= 12 {
-            let mut b = [0u8; 12];
-            let ok = load(ctx, l4 + 20, &mut b);
-            opts[..12].copy_from_slice(&b);
+            let mut b = MaybeUninit::uninit();
+            let b = &mut zeroed::<Buf<12>>(&mut b).0;
+            let ok = load(ctx, l4 + 20, b);
+            opts[..12].copy_from_slice(b);
             ok
         } else {
             false
         };
         if loaded {
-            ts = timestamps(&opts, core::cmp::min(optlen, core::cmp::min(avail, 40) as usize));
+            ts = timestamps(opts, core::cmp::min(optlen, core::cmp::min(avail, 40) as usize));
         }
     }
     let syn = flags & TCP_SYN != 0;
     let is_ack = flags & TCP_ACK != 0;
-    let mut k = key::<DIR>(sport, dport);
+    let mut k = MaybeUninit::uninit();
+    let k = key::<DIR>(&mut k, sport, dport);
     if DIR == DIR_RX {
         // Answers: a SYN-ACK for our SYN, a TSecr for our TSval.
         let syn_ack = syn && is_ack;
@@ -287,18 +297,18 @@ fn tcp<const DIR: usize>(ctx: &TcContext, ip: &Ip, l4: u32, slot: u32, clock: &C
         if !syn_ack && ecr == 0 {
             return;
         }
-        if !addresses::<DIR>(ctx, ip, &mut k) {
+        if !addresses::<DIR>(ctx, ip, k) {
             return;
         }
         if syn_ack {
             k.kind = Kind::TcpSyn as u16;
             k.value = ack.wrapping_sub(1);
-            answer(&k, slot, Kind::TcpSyn, || clock.now());
+            answer(k, slot, Kind::TcpSyn, || clock.now());
         }
         if ecr != 0 {
             k.kind = Kind::TcpTs as u16;
             k.value = ecr;
-            answer(&k, slot, Kind::TcpTs, || clock.now());
+            answer(k, slot, Kind::TcpTs, || clock.now());
         }
     } else {
         // Questions: our SYN, our TSval (the first packet that carries it).
@@ -310,18 +320,18 @@ fn tcp<const DIR: usize>(ctx: &TcContext, ip: &Ip, l4: u32, slot: u32, clock: &C
         if !record_syn && val.is_none() {
             return;
         }
-        if !addresses::<DIR>(ctx, ip, &mut k) {
+        if !addresses::<DIR>(ctx, ip, k) {
             return;
         }
         if record_syn {
             k.kind = Kind::TcpSyn as u16;
             k.value = seq;
-            question(&k, || clock.now());
+            question(k, || clock.now());
         }
         if let Some(val) = val {
             k.kind = Kind::TcpTs as u16;
             k.value = val;
-            question(&k, || clock.now());
+            question(k, || clock.now());
         }
     }
 }
@@ -340,46 +350,96 @@ fn icmp<const DIR: usize>(ctx: &TcContext, ip: &Ip, l4: u32, slot: u32, request:
     if DIR != DIR_RX && !sampled(id_seq) {
         return;
     }
-    let mut k = key::<DIR>(0, 0);
-    if !addresses::<DIR>(ctx, ip, &mut k) {
+    let mut k = MaybeUninit::uninit();
+    let k = key::<DIR>(&mut k, 0, 0);
+    if !addresses::<DIR>(ctx, ip, k) {
         return;
     }
     k.kind = Kind::Icmp as u16;
     k.value = id_seq;
     if DIR == DIR_RX {
-        answer(&k, slot, Kind::Icmp, || clock.now());
+        answer(k, slot, Kind::Icmp, || clock.now());
     } else {
-        question(&k, || clock.now());
+        question(k, || clock.now());
     }
+}
+
+/// The pending table's size − 1 (a power of two): set by the collector at load time
+/// (`--latency.max-pending`), as the map's size is.
+#[unsafe(no_mangle)]
+static PENDING_MASK: u32 = DEFAULT_MAX_PENDING - 1;
+
+/// The place of the pending table where `k` waits, or would.
+#[inline(always)]
+fn place(k: &PendingKey) -> Option<&'static mut PendingEntry> {
+    // SAFETY: a read-only global the loader may patch before load.
+    let mask = unsafe { core::ptr::read_volatile(&PENDING_MASK) };
+    // SAFETY: an array value, valid for the program's run; shared with other CPUs and the
+    // collector, which is why `sent` is read and written whole (volatile) and taken by an
+    // atomic exchange.
+    PENDING.get_ptr_mut(k.place() & mask).map(|e| unsafe { &mut *e })
+}
+
+/// Swaps 0 into `*v` atomically and returns what was there: BPF_XCHG (kernel 5.12). Written
+/// out because the BPF target declares no atomics (no `AtomicU64::swap`), and building
+/// everything for cpu v3, which would let LLVM emit it, changes code elsewhere that the
+/// verifier then refuses.
+#[inline(always)]
+fn take(v: &mut u64) -> u64 {
+    let mut old = 0u64;
+    // SAFETY: `v` is a valid, 8-aligned u64; the instruction reads and writes only it.
+    unsafe { core::arch::asm!("{old} = xchg_64({v} + 0, {old})", v = in(reg) v as *mut u64, old = inout(reg) old) };
+    old
+}
+
+/// Whole-key equality, a word at a time.
+#[inline(always)]
+fn same(a: &PendingKey, b: &PendingKey) -> bool {
+    let (a, b) = (a.words(), b.words());
+    let mut diff = 0;
+    for i in 0..PENDING_KEY_WORDS {
+        diff |= a[i] ^ b[i];
+    }
+    diff == 0
 }
 
 /// Remembers when a question left, unless the same question is already waiting (a TSval
 /// repeats on every packet sent within one timestamp tick: the first one counts). `now` is
-/// asked only for a new question: the clock costs ~25 ns.
+/// asked only for a new question: the clock costs ~25 ns. A question waiting at the same
+/// place gives way (`displaced`): the newer one is likelier to be answered.
 #[inline(always)]
 pub(crate) fn question(k: &PendingKey, now: impl FnOnce() -> u64) {
-    // A lock-free lookup first: most packets of a flow repeat a waiting TSval, and an insert
-    // takes the bucket lock even to fail.
-    if PENDING.get_ptr(k).is_some() {
+    let Some(e) = place(k) else { return };
+    let taken = unsafe { core::ptr::read_volatile(&e.sent) } != 0;
+    if taken && same(&e.key, k) {
         return;
     }
-    match PENDING.insert(k, now(), BPF_NOEXIST as u64) {
-        Ok(()) => stat(stats::RECORDED),
-        Err(e) if e == -EEXIST => {}
-        Err(_) => stat(stats::PENDING_FULL),
+    let now = now();
+    if taken {
+        stat(stats::DISPLACED);
     }
+    // The key first, then the time that makes the place count. Two CPUs writing one place
+    // at the same instant may leave one's key with the other's time: a rare wrong pairing
+    // that no answer will match, which expires.
+    e.key = *k;
+    // SAFETY: a plain aligned 8-byte store is one instruction.
+    unsafe { core::ptr::write_volatile(&mut e.sent, now) };
+    stat(stats::RECORDED);
 }
 
-/// Closes a question: one sample, and the entry goes (only the first answer counts). `now`
-/// is asked only when a question waits (most ACKs repeat an echo already answered).
+/// Closes a question: one sample, and the place is freed (only the first answer counts).
+/// `now` is asked only when a question waits (most ACKs repeat an echo already answered).
 #[inline(always)]
 pub(crate) fn answer(k: &PendingKey, slot: u32, kind: Kind, now: impl FnOnce() -> u64) {
-    let Some(sent) = PENDING.get_ptr(k) else { return };
-    // SAFETY: a value of a BPF_F_NO_PREALLOC hash stays valid for this program run.
-    let sent = unsafe { *sent };
+    let Some(e) = place(k) else { return };
+    if unsafe { core::ptr::read_volatile(&e.sent) } == 0 || !same(&e.key, k) {
+        return;
+    }
+    // Whoever swaps the time out takes the sample (another CPU with the same answer, or
+    // the collector expiring it, finds 0), so an answer seen twice counts once.
+    let sent = take(&mut e.sent);
     let now = now();
-    // Whoever removes the entry takes the sample, so an answer seen twice counts once.
-    if PENDING.remove(k).is_err() || now < sent {
+    if sent == 0 || now < sent {
         return;
     }
     stat(stats::MATCHED);

@@ -10,6 +10,8 @@
 //! Samples go to the peer whose endpoint the datagram came from; a datagram from an endpoint
 //! the collector has not synced yet (a peer that just roamed) goes to the device only.
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
 use aya_ebpf::bindings::BPF_ANY;
 use wg_common::{
@@ -175,8 +177,10 @@ pub(crate) fn slot_of(e: &Endpoint) -> u32 {
 }
 
 #[inline(always)]
-fn index_key(kind: Kind, index: u32) -> PendingKey {
-    PendingKey { local: [0; 16], remote: [0; 16], local_port: 0, remote_port: 0, kind: kind as u16, _pad: 0, value: index }
+fn index_key(slot: &mut MaybeUninit<PendingKey>, kind: Kind, index: u32) -> &PendingKey {
+    let k = crate::zeroed(slot);
+    (k.kind, k.value) = (kind as u16, index);
+    k
 }
 
 /// Counts a message for a peer (or the device), by direction and type.
@@ -184,7 +188,8 @@ fn index_key(kind: Kind, index: u32) -> PendingKey {
 fn count(slot: u32, dir: usize, t: MessageType, n: u64) {
     let mut c = MESSAGES.get_ptr_mut(&slot);
     if c.is_none() {
-        let _ = MESSAGES.insert(&slot, &MessageCounts::default(), 0);
+        let mut zero = MaybeUninit::uninit();
+        let _ = MESSAGES.insert(&slot, crate::zeroed::<MessageCounts>(&mut zero), 0);
         c = MESSAGES.get_ptr_mut(&slot);
     }
     if let Some(c) = c {
@@ -245,19 +250,19 @@ pub(crate) fn observe<const DIR: usize>(ctx: &TcContext) {
     match (DIR == DIR_RX, t) {
         // Questions: our initiation (sender index), our response (sender index).
         (false, MessageType::HandshakeInitiation) => {
-            question(&index_key(Kind::HandshakeInitiator, first), now)
+            question(index_key(&mut MaybeUninit::uninit(), Kind::HandshakeInitiator, first), now)
         }
         (false, MessageType::HandshakeResponse) => {
-            question(&index_key(Kind::HandshakeResponder, first), now)
+            question(index_key(&mut MaybeUninit::uninit(), Kind::HandshakeResponder, first), now)
         }
         // Answers: a response to our initiation (its receiver index), data on the session we
         // answered (its receiver index).
         (true, MessageType::HandshakeResponse) => {
-            answer(&index_key(Kind::HandshakeInitiator, second), slot, Kind::HandshakeInitiator, now)
+            answer(index_key(&mut MaybeUninit::uninit(), Kind::HandshakeInitiator, second), slot, Kind::HandshakeInitiator, now)
         }
         (true, MessageType::Data | MessageType::Keepalive) => {
             // Most data finds no question waiting: the clock is read only when one does.
-            answer(&index_key(Kind::HandshakeResponder, first), slot, Kind::HandshakeResponder, now);
+            answer(index_key(&mut MaybeUninit::uninit(), Kind::HandshakeResponder, first), slot, Kind::HandshakeResponder, now);
             if t == MessageType::Data {
                 data::<DIR>(ctx, &d, slot);
             }

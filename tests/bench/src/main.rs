@@ -73,6 +73,7 @@ fn cases(peers: u32) -> Vec<Case> {
         Case { hook: "wg egress", what: "UDP: attribute (host hash, outside the block) + count", program: names::PROG_EGRESS, packet: ipv4(me, OUTSIDE, UDP, 1100), delay: false },
         Case { hook: "wg egress", what: "UDP: + encap FIFO", program: names::PROG_EGRESS, packet: ipv4(me, them, UDP, 1100), delay: true },
         Case { hook: "wg egress", what: "TCP with timestamps: + RTT question", program: names::PROG_EGRESS, packet: ipv4_with(me, them, TCP, &ts_seg), delay: true },
+        Case { hook: "wg egress", what: "TCP with timestamps: RTT question, no FIFO (--latency.no-delay)", program: names::PROG_EGRESS, packet: ipv4_with(me, them, TCP, &ts_seg), delay: false },
         Case { hook: "wg ingress", what: "TCP with timestamps: + RTT answer, decap FIFO", program: names::PROG_INGRESS, packet: ipv4_with(them, me, TCP, &ts_seg), delay: true },
         Case { hook: "wg egress", what: "no peer (unattributed)", program: names::PROG_EGRESS, packet: ipv4(me, Ipv4Addr::new(192, 168, 9, 9), UDP, 1100), delay: true },
         Case { hook: "underlay egress", what: "data message: parse + encap FIFO", program: names::PROG_UNDER_EGRESS, packet: eth_udp4(here, there, &wg::data(1, 0, 1100)), delay: true },
@@ -99,6 +100,10 @@ fn main() -> Result<()> {
     let quick = args.iter().any(|a| a == "--quick");
     println!("## eBPF cost per packet and hook\n");
     ebpf_costs(quick)?;
+    if args.iter().any(|a| a == "--ebpf-only") {
+        // For work on the programs: their table alone, in a minute.
+        return Ok(());
+    }
     println!("\n## Scrape at scale\n");
     scale::run(quick)?;
     println!("\n## Tunnel throughput with and without our programs\n");

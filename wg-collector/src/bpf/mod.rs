@@ -3,6 +3,7 @@
 
 mod batch;
 mod host_block;
+mod pending;
 mod pins;
 mod probe;
 mod slots;

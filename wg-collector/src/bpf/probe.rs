@@ -21,14 +21,14 @@ use aya::{
 };
 use ipnet::IpNet;
 use wg_common::{
-    latency::{fifo_key, stats, Endpoint, Fifo, HistKey, HistValue, PendingKey},
+    latency::{fifo_key, stats, Endpoint, Fifo, HistKey, HistValue},
     names,
     protocol::{Invalid, MessageCounts, NO_SLOT},
     Counter, PeerCounters, Unattributed, DEFAULT_MAX_ALLOWED_IPS, DEFAULT_MAX_HIST_ENTRIES, DEFAULT_MAX_PEERS,
     DEFAULT_MAX_PENDING, DIRECTIONS,
 };
 
-use super::{host_block::HostBlock, object, PinDir, SlotTable};
+use super::{host_block::HostBlock, object, pending::PendingTable, PinDir, SlotTable};
 use crate::wireguard::{FastState, Key, KeyMap, Peer};
 
 /// Sizes of the maps, set at load time.
@@ -88,7 +88,7 @@ pub struct DeviceProbe {
     /// The same map, for batch reads (see batch.rs).
     counters_fd: std::os::fd::OwnedFd,
     unattributed: PerCpuArray<MapData, Counter>,
-    pending: BpfHashMap<MapData, PendingKey, u64>,
+    pending: PendingTable,
     hist: PerCpuHashMap<MapData, HistKey, HistValue>,
     latency_stats: PerCpuArray<MapData, u64>,
     endpoints: BpfHashMap<MapData, Endpoint, u32>,
@@ -131,7 +131,11 @@ impl DeviceProbe {
         if !opts.latency_sample.is_power_of_two() {
             anyhow::bail!("latency sampling 1 in {}: must be a power of two", opts.latency_sample);
         }
+        if !opts.max_pending.is_power_of_two() {
+            anyhow::bail!("{} places for pending questions: must be a power of two (a hash of the flow picks the place)", opts.max_pending);
+        }
         let sample_mask = opts.latency_sample - 1;
+        let pending_mask = opts.max_pending - 1;
         let delay_enabled = opts.delay as u32;
         let sizes = map_sizes(&opts);
         let adopt = match &pins {
@@ -142,6 +146,7 @@ impl DeviceProbe {
         loader
             .override_global(aya_log::LEVEL, &level, true)
             .override_global("LATENCY_SAMPLE_MASK", &sample_mask, true)
+            .override_global("PENDING_MASK", &pending_mask, true)
             .override_global("DELAY_ENABLED", &delay_enabled, true);
         for (name, entries) in &sizes {
             loader.map_max_entries(name, *entries);
@@ -178,7 +183,10 @@ impl DeviceProbe {
         };
         let counters = PerCpuArray::try_from(counters)?;
         let unattributed = PerCpuArray::try_from(take(names::UNATTRIBUTED)?)?;
-        let pending = BpfHashMap::try_from(take(names::PENDING)?)?;
+        let pending = match take(names::PENDING)? {
+            Map::Array(m) => PendingTable::map(m.fd().as_fd(), opts.max_pending).context("mapping the pending table into memory")?,
+            _ => anyhow::bail!("map {} is not an array", names::PENDING),
+        };
         let hist = PerCpuHashMap::try_from(take(names::LATENCY_HIST)?)?;
         let latency_stats = PerCpuArray::try_from(take(names::LATENCY_STATS)?)?;
         let endpoints = BpfHashMap::try_from(take(names::ENDPOINTS)?)?;
@@ -488,38 +496,22 @@ impl DeviceProbe {
         Ok(out)
     }
 
-    /// Removes packets that waited longer than `ttl` for an answer (CLOCK_MONOTONIC, the
-    /// programs' clock). Returns how many are still waiting.
+    /// Frees the places of packets that waited longer than `ttl` for an answer
+    /// (CLOCK_MONOTONIC, the programs' clock). Returns how many are still waiting.
     pub fn expire_pending(&mut self, ttl: Duration) -> Result<u64> {
-        let now = monotonic_ns();
-        let ttl = ttl.as_nanos() as u64;
-        let mut waiting = 0;
-        let mut old = Vec::new();
-        for item in self.pending.iter() {
-            let (k, sent) = item?;
-            if now.saturating_sub(sent) > ttl {
-                old.push(k);
-            } else {
-                waiting += 1;
-            }
-        }
-        for k in &old {
-            // An answer may have taken it meanwhile: that is fine.
-            if self.pending.remove(k).is_ok() {
-                self.expired += 1;
-            }
-        }
-        Ok(waiting)
+        let found = self.pending.expire(monotonic_ns(), ttl.as_nanos() as u64);
+        self.expired += found.expired;
+        Ok(found.waiting)
     }
 
-    /// The latency counters: (recorded, matched, not recorded because full, samples lost
+    /// The latency counters: (recorded, matched, displaced by a newer question, samples lost
     /// because the histogram map was full, expired by the collector).
     pub fn latency_stats(&self) -> Result<LatencyStats> {
         let sum = |i: u32| -> Result<u64> { Ok(self.latency_stats.get(&i, 0)?.iter().sum()) };
         Ok(LatencyStats {
             recorded: sum(stats::RECORDED)?,
             matched: sum(stats::MATCHED)?,
-            pending_full: sum(stats::PENDING_FULL)?,
+            displaced: sum(stats::DISPLACED)?,
             hist_full: sum(stats::HIST_FULL)?,
             fifo_resync: sum(stats::FIFO_RESYNC)?,
             fifo_overflow: sum(stats::FIFO_OVERFLOW)?,
@@ -661,7 +653,7 @@ fn map_sizes(opts: &ProbeOptions) -> Vec<(&'static str, u32)> {
 pub struct LatencyStats {
     pub recorded: u64,
     pub matched: u64,
-    pub pending_full: u64,
+    pub displaced: u64,
     pub hist_full: u64,
     pub fifo_resync: u64,
     pub fifo_overflow: u64,

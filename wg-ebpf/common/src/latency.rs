@@ -120,6 +120,52 @@ pub struct PendingKey {
     pub value: u32,
 }
 
+/// [`PendingKey`] as the words the table hashes and compares: no byte-wise compare, which
+/// the BPF target would turn into a `memcmp` call it does not have.
+pub const PENDING_KEY_WORDS: usize = 11;
+const _: () = assert!(core::mem::size_of::<PendingKey>() == 4 * PENDING_KEY_WORDS);
+const _: () = assert!(core::mem::align_of::<PendingKey>() == 4);
+
+impl PendingKey {
+    #[inline(always)]
+    pub fn words(&self) -> &[u32; PENDING_KEY_WORDS] {
+        // SAFETY: repr(C), 44 bytes without padding, 4-aligned (asserted above).
+        unsafe { &*(self as *const Self as *const [u32; PENDING_KEY_WORDS]) }
+    }
+
+    /// Where the question waits in the pending table: a hash of the whole key (both sides
+    /// compute it, so tests can tell which keys share a place).
+    #[inline(always)]
+    pub fn place(&self) -> u32 {
+        // FNV-1a over words, then a finalizer (murmur3's) so the low bits, which pick
+        // the place, depend on every word.
+        let mut h: u32 = 0x811c_9dc5;
+        let w = self.words();
+        let mut i = 0;
+        while i < PENDING_KEY_WORDS {
+            h = (h ^ w[i]).wrapping_mul(0x0100_0193);
+            i += 1;
+        }
+        h ^= h >> 16;
+        h = h.wrapping_mul(0x85eb_ca6b);
+        h ^= h >> 13;
+        h
+    }
+}
+
+/// A place of the pending table (an array indexed by [`PendingKey::place`], sized a power of
+/// two): the question waiting there and when it left (CLOCK_MONOTONIC ns; 0 = empty). A newer
+/// question whose key hashes to the same place takes it (`displaced`). The collector clears
+/// a place whose question waited past the TTL with a compare-and-swap of `sent`; the
+/// programs take an answered one with a swap: a question ends exactly once.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PendingEntry {
+    pub key: PendingKey,
+    pub _pad: u32,
+    pub sent: u64,
+}
+
 /// A peer's UDP endpoint as the underlay sees it: address (IPv4-mapped for IPv4) and port.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -170,8 +216,9 @@ pub mod stats {
     pub const RECORDED: u32 = 0;
     /// Answers matched (a sample taken).
     pub const MATCHED: u32 = 1;
-    /// Packets not recorded because the pending map was full.
-    pub const PENDING_FULL: u32 = 2;
+    /// Questions that lost their place in the pending table to a newer question with the
+    /// same hash before they were answered or expired.
+    pub const DISPLACED: u32 = 2;
     /// Samples lost because the histogram map was full.
     pub const HIST_FULL: u32 = 3;
     /// Delay FIFO entries given up: the packet waited too long, or its size did not match

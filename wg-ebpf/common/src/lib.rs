@@ -33,7 +33,8 @@ pub mod names {
     pub const PEER_COUNTERS: &str = "PEER_COUNTERS";
     /// Per-CPU array indexed by [`crate::unattributed_index`]: [`crate::Counter`].
     pub const UNATTRIBUTED: &str = "UNATTRIBUTED";
-    /// Hash: [`crate::latency::PendingKey`] → time (ns, CLOCK_MONOTONIC) the packet left.
+    /// Array (mmapable, a power of two) of [`crate::latency::PendingEntry`] indexed by
+    /// [`crate::latency::PendingKey::place`]: questions waiting for their answer.
     pub const PENDING: &str = "PENDING";
     /// Per-CPU hash: [`crate::latency::HistKey`] → [`crate::latency::HistValue`].
     pub const LATENCY_HIST: &str = "LATENCY_HIST";
@@ -80,7 +81,7 @@ pub mod names {
 pub const DEFAULT_MAX_PEERS: u32 = 65_536;
 /// Default number of allowed-IP prefixes per family and device.
 pub const DEFAULT_MAX_ALLOWED_IPS: u32 = 262_144;
-/// Default bound of packets waiting for their answer, per device.
+/// Default places for packets waiting for their answer, per device (a power of two).
 pub const DEFAULT_MAX_PENDING: u32 = 65_536;
 /// Default bound of histogram entries (peer, kind, bucket), per device.
 pub const DEFAULT_MAX_HIST_ENTRIES: u32 = 262_144;

@@ -4,14 +4,14 @@
 use core::mem::size_of;
 
 use crate::{
-    latency::{Endpoint, Fifo, HistKey, HistValue, PendingKey},
+    latency::{Endpoint, Fifo, HistKey, HistValue, PendingEntry, PendingKey},
     protocol::MessageCounts,
     Counter, HostBlockAt, PeerCounters,
 };
 
 /// Raised by hand when a map's meaning changes without its sizes changing (a counter moved
 /// to another index, a key encoded differently).
-pub const LAYOUT_VERSION: u64 = 2;
+pub const LAYOUT_VERSION: u64 = 3;
 
 /// [`LAYOUT_VERSION`] and the sizes of every shared type, so a size change alone already
 /// makes a different layout.
@@ -20,6 +20,7 @@ pub const fn layout() -> u64 {
         size_of::<Counter>(),
         size_of::<PeerCounters>(),
         size_of::<PendingKey>(),
+        size_of::<PendingEntry>(),
         size_of::<HistKey>(),
         size_of::<HistValue>(),
         size_of::<Endpoint>(),
