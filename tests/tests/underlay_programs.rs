@@ -83,6 +83,45 @@ fn responder_round_trip_closes_on_first_data() {
 }
 
 #[test]
+fn endpoints_are_found_at_their_place_or_in_the_hash_and_nothing_stale_stays() {
+    // 16 places for 12 endpoints: some share a place and are found through the hash.
+    let mut p = DeviceProbe::load(ProbeOptions { max_peers: 16, ..Default::default() }, None).unwrap();
+    p.set_listen_port(51820).unwrap();
+    let keys: Vec<Key> = (0..12u8).map(|i| Key([100 + i; 32])).collect();
+    let endpoint = |i: usize| addr(&format!("192.0.2.{}:{}", 10 + i, 40000 + i));
+    // Peer i at endpoint i + shift.
+    let peers = |shift: usize| {
+        let at = |(i, k): (usize, &Key)| {
+            let mut peer = Peer::new(*k);
+            peer.endpoint = Some(endpoint((i + shift) % 12).into());
+            peer
+        };
+        keys.iter().enumerate().map(at).collect::<Vec<_>>()
+    };
+    // One initiation to every endpoint; then the messages each peer and the device has.
+    let round = |p: &mut DeviceProbe| {
+        for i in 0..12 {
+            send(p, names::PROG_UNDER_EGRESS, &eth_udp4(addr("192.0.2.1:51820"), endpoint(i), &wg::initiation(i as u32 + 1)));
+        }
+        let (by_peer, device) = p.messages().unwrap();
+        let total = |m: &wg_common::protocol::MessageCounts| m.counts.iter().flatten().sum::<u64>();
+        (keys.iter().map(|k| by_peer.get(k).map_or(0, total)).collect::<Vec<_>>(), total(&device))
+    };
+    p.sync(&peers(0)).unwrap();
+    let placed = p.placed_endpoints();
+    assert!((1..12).contains(&placed), "{placed} of 12 endpoints placed: both ways must be tested");
+    assert_eq!(round(&mut p), (vec![1; 12], 0));
+    // Every endpoint moves to another peer: each datagram goes to the endpoint's new peer.
+    p.sync(&peers(5)).unwrap();
+    assert_eq!(round(&mut p), (vec![2; 12], 0));
+    // Half the peers go: datagrams to their endpoints count for the device only.
+    p.sync(&peers(5)[..6]).unwrap();
+    let mut expected = vec![3; 6];
+    expected.extend([0; 6]);
+    assert_eq!(round(&mut p), (expected, 6));
+}
+
+#[test]
 fn unknown_endpoints_count_for_the_device_and_other_ports_are_ignored() {
     let mut p = probe();
     // A response from an endpoint not synced (a roamed peer) naming the index we gave the

@@ -92,6 +92,11 @@ static INDICES: aya_ebpf::maps::LruHashMap<u32, u32> =
 static ENDPOINTS: HashMap<wg_common::latency::Endpoint, u32> =
     HashMap::with_max_entries(DEFAULT_MAX_PEERS, BPF_F_NO_PREALLOC);
 
+/// The same endpoints at the places their hash picks (see wg_common::latency::EndpointPlace):
+/// asked first, an array lookup the verifier inlines.
+#[map(name = "ENDPOINT_PLACES")]
+static ENDPOINT_PLACES: Array<wg_common::latency::EndpointPlace> = Array::with_max_entries(DEFAULT_MAX_PEERS, BPF_F_MMAPABLE);
+
 /// The device's listen port (one entry), set by the collector.
 #[map(name = "LISTEN_PORT")]
 static LISTEN_PORT: aya_ebpf::maps::Array<u32> = aya_ebpf::maps::Array::with_max_entries(1, 0);

@@ -15,14 +15,14 @@ use core::mem::MaybeUninit;
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
 use aya_ebpf::bindings::BPF_ANY;
 use wg_common::{
-    latency::{Endpoint, Kind, PendingKey},
+    latency::{Endpoint, EndpointPlace, Kind, PendingKey, ENDPOINT_WORDS},
     protocol::{classify, Invalid, MessageCounts, MessageType, NO_SLOT},
-    DIR_RX,
+    DEFAULT_MAX_PEERS, DIR_RX,
 };
 
 use crate::{
     latency::{answer, direct, load, question},
-    ENDPOINTS, INDICES, INVALID, LISTEN_PORT, MESSAGES,
+    ENDPOINTS, ENDPOINT_PLACES, INDICES, INVALID, LISTEN_PORT, MESSAGES,
 };
 
 const ETH_HLEN: u32 = 14;
@@ -170,9 +170,33 @@ fn parse_slow<const DIR: usize>(ctx: &TcContext, port: u32) -> Option<Datagram> 
     Some(Datagram { remote, len, head })
 }
 
-/// The peer slot of an endpoint, or [`NO_SLOT`].
+/// The endpoint table's size − 1 (a power of two): set by the collector at load time.
+#[unsafe(no_mangle)]
+static ENDPOINT_PLACES_MASK: u32 = DEFAULT_MAX_PEERS - 1;
+
+/// The peer slot of an endpoint, or [`NO_SLOT`]: from its place in the endpoint table when
+/// it is there, else from the hash.
 #[inline(always)]
 pub(crate) fn slot_of(e: &Endpoint) -> u32 {
+    // SAFETY: a read-only global the loader may patch before load.
+    let mask = unsafe { core::ptr::read_volatile(&ENDPOINT_PLACES_MASK) };
+    if let Some(p) = ENDPOINT_PLACES.get_ptr(e.place() & mask) {
+        // Each word read once (volatile): the collector may be rewriting the place, and the
+        // check must be tested against the very words compared.
+        let w = p as *const u32;
+        // SAFETY: an array value of 7 words (EndpointPlace), valid for this run.
+        let word = |i: usize| unsafe { core::ptr::read_volatile(w.add(i)) };
+        let ours = e.words();
+        let mut diff = 0;
+        for i in 0..ENDPOINT_WORDS {
+            diff |= word(i) ^ ours[i];
+        }
+        let (slot, check) = (word(ENDPOINT_WORDS), word(ENDPOINT_WORDS + 1));
+        if diff == 0 && check == EndpointPlace::check_of(e, slot) {
+            return slot;
+        }
+    }
+    // SAFETY: a map value, valid for this run.
     ENDPOINTS.get_ptr(e).map(|s| unsafe { *s }).unwrap_or(NO_SLOT)
 }
 

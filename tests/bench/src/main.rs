@@ -20,7 +20,7 @@ use wg_collector::{
     bpf::{DeviceProbe, ProbeOptions},
     wireguard::{Key, Peer},
 };
-use wg_common::names;
+use wg_common::{latency::Endpoint, names};
 use wg_tests::packets::{eth_udp4, ipv4, ipv4_with, tcp_segment, ts_option, wg, ACK, TCP, UDP};
 
 struct Case {
@@ -43,7 +43,7 @@ fn probe(peers: u32, delay: bool) -> Result<DeviceProbe> {
             k[..4].copy_from_slice(&i.to_le_bytes());
             let mut peer = Peer::new(Key(k));
             peer.allowed_ips = vec![IpNet::new(peer_addr(i).into(), 32).unwrap()];
-            peer.endpoint = Some(SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 20000 + (i % 40000) as u16).into());
+            peer.endpoint = Some(peer_endpoint(i).into());
             peer
         })
         .collect();
@@ -59,6 +59,23 @@ fn probe(peers: u32, delay: bool) -> Result<DeviceProbe> {
     Ok(p)
 }
 
+fn peer_endpoint(i: u32) -> SocketAddrV4 {
+    SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 20000 + (i % 40000) as u16)
+}
+
+/// Whether peer `i`'s endpoint has its place in the endpoint table (the default size) among
+/// `peers`, or shares it with one that took it and is found through the hash (see
+/// wg_common::latency::EndpointPlace).
+fn endpoint_placed(peers: u32, i: u32) -> bool {
+    let key = |i: u32| {
+        let e = peer_endpoint(i);
+        Endpoint { addr: e.ip().to_ipv6_mapped().octets(), port: e.port(), _pad: 0 }
+    };
+    let mask = wg_common::DEFAULT_MAX_PEERS.next_power_of_two() - 1;
+    let ours = key(i);
+    (0..peers).map(key).filter(|e| e.place() & mask == ours.place() & mask).all(|e| ours.words() <= e.words())
+}
+
 /// The peer outside the host block (see `probe`).
 const OUTSIDE: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 1);
 
@@ -66,9 +83,12 @@ fn cases(peers: u32) -> Vec<Case> {
     let me = Ipv4Addr::new(10, 0, 0, 1);
     let them = peer_addr(peers / 2);
     let here: SocketAddrV4 = "192.0.2.254:51820".parse().unwrap();
-    let there = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 20000 + ((peers / 2) % 40000) as u16);
+    // A peer whose endpoint has its place (most do), and one whose endpoint lost it to
+    // another (at 1k and 10k peers some do): found through the hash.
+    let there = peer_endpoint((peers / 2..peers).find(|&i| endpoint_placed(peers, i)).unwrap_or(0));
+    let hashed = (0..peers).find(|&i| !endpoint_placed(peers, i)).map(peer_endpoint);
     let ts_seg = tcp_segment(40000, 443, 1, 1, ACK, &ts_option(1000, 2000), 1000);
-    vec![
+    let mut cases = vec![
         Case { hook: "wg egress", what: "UDP: attribute + count", program: names::PROG_EGRESS, packet: ipv4(me, them, UDP, 1100), delay: false },
         Case { hook: "wg egress", what: "UDP: attribute (host hash, outside the block) + count", program: names::PROG_EGRESS, packet: ipv4(me, OUTSIDE, UDP, 1100), delay: false },
         Case { hook: "wg egress", what: "UDP: + encap FIFO", program: names::PROG_EGRESS, packet: ipv4(me, them, UDP, 1100), delay: true },
@@ -79,7 +99,12 @@ fn cases(peers: u32) -> Vec<Case> {
         Case { hook: "underlay egress", what: "data message: parse + encap FIFO", program: names::PROG_UNDER_EGRESS, packet: eth_udp4(here, there, &wg::data(1, 0, 1100)), delay: true },
         Case { hook: "underlay ingress", what: "data message: parse + responder check + decap FIFO", program: names::PROG_UNDER_INGRESS, packet: eth_udp4(there, here, &wg::data(1, 0, 1100)), delay: true },
         Case { hook: "underlay egress", what: "other UDP (not our port)", program: names::PROG_UNDER_EGRESS, packet: eth_udp4("192.0.2.254:53".parse().unwrap(), there, &[0u8; 100]), delay: true },
-    ]
+    ];
+    if let Some(hashed) = hashed {
+        let what = "data message: parse (endpoint not at its place: the hash) + encap FIFO";
+        cases.push(Case { hook: "underlay egress", what, program: names::PROG_UNDER_EGRESS, packet: eth_udp4(here, hashed, &wg::data(1, 0, 1100)), delay: true });
+    }
+    cases
 }
 
 fn ns_per_run(p: &mut DeviceProbe, program: &str, packet: &[u8], repeat: u32) -> Result<f64> {

@@ -2,7 +2,9 @@
 //! attached once per WireGuard device, and the maps kept in sync with the device's peers.
 
 mod batch;
+mod endpoint_places;
 mod host_block;
+mod mapped;
 mod pending;
 mod pins;
 mod probe;

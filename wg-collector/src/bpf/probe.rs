@@ -28,7 +28,7 @@ use wg_common::{
     DEFAULT_MAX_PENDING, DIRECTIONS,
 };
 
-use super::{host_block::HostBlock, object, pending::PendingTable, PinDir, SlotTable};
+use super::{endpoint_places::EndpointPlaces, host_block::HostBlock, mapped::MappedArray, object, pending::PendingTable, PinDir, SlotTable};
 use crate::wireguard::{FastState, Key, KeyMap, Peer};
 
 /// Sizes of the maps, set at load time.
@@ -81,6 +81,8 @@ pub struct DeviceProbe {
     host_block: HostBlock,
     /// Whether a sync has placed the block yet.
     block_followed: bool,
+    /// Whether a sync has placed the endpoints yet.
+    endpoints_placed: bool,
     hosts_v6: BpfHashMap<MapData, [u8; 16], u32>,
     v4: LpmTrie<MapData, [u8; 4], u32>,
     v6: LpmTrie<MapData, [u8; 16], u32>,
@@ -92,6 +94,8 @@ pub struct DeviceProbe {
     hist: PerCpuHashMap<MapData, HistKey, HistValue>,
     latency_stats: PerCpuArray<MapData, u64>,
     endpoints: BpfHashMap<MapData, Endpoint, u32>,
+    /// The same endpoints placed by hash, asked first by the programs (see endpoint_places.rs).
+    endpoint_places: EndpointPlaces,
     fifos: BpfHashMap<MapData, u32, Fifo>,
     messages: PerCpuHashMap<MapData, u32, MessageCounts>,
     invalid: PerCpuArray<MapData, u64>,
@@ -136,6 +140,8 @@ impl DeviceProbe {
         }
         let sample_mask = opts.latency_sample - 1;
         let pending_mask = opts.max_pending - 1;
+        let endpoint_places = endpoint_places(&opts);
+        let endpoint_mask = endpoint_places - 1;
         let delay_enabled = opts.delay as u32;
         let sizes = map_sizes(&opts);
         let adopt = match &pins {
@@ -147,6 +153,7 @@ impl DeviceProbe {
             .override_global(aya_log::LEVEL, &level, true)
             .override_global("LATENCY_SAMPLE_MASK", &sample_mask, true)
             .override_global("PENDING_MASK", &pending_mask, true)
+            .override_global("ENDPOINT_PLACES_MASK", &endpoint_mask, true)
             .override_global("DELAY_ENABLED", &delay_enabled, true);
         for (name, entries) in &sizes {
             loader.map_max_entries(name, *entries);
@@ -190,6 +197,10 @@ impl DeviceProbe {
         let hist = PerCpuHashMap::try_from(take(names::LATENCY_HIST)?)?;
         let latency_stats = PerCpuArray::try_from(take(names::LATENCY_STATS)?)?;
         let endpoints = BpfHashMap::try_from(take(names::ENDPOINTS)?)?;
+        let endpoint_places = match take(names::ENDPOINT_PLACES)? {
+            Map::Array(m) => EndpointPlaces::new(MappedArray::map(m.fd().as_fd(), endpoint_places).context("mapping the endpoint table into memory")?),
+            _ => anyhow::bail!("map {} is not an array", names::ENDPOINT_PLACES),
+        };
         let fifos = BpfHashMap::try_from(take(names::DELAY_FIFO)?)?;
         let messages = PerCpuHashMap::try_from(take(names::MESSAGES)?)?;
         let invalid = PerCpuArray::try_from(take(names::INVALID)?)?;
@@ -204,6 +215,7 @@ impl DeviceProbe {
             hosts_v4,
             host_block,
             block_followed: false,
+            endpoints_placed: false,
             hosts_v6,
             v4,
             v6,
@@ -214,6 +226,7 @@ impl DeviceProbe {
             hist,
             latency_stats,
             endpoints,
+            endpoint_places,
             fifos,
             messages,
             invalid,
@@ -261,6 +274,12 @@ impl DeviceProbe {
     /// The /16 whose host addresses the host block holds, if any (see host_block.rs).
     pub fn host_block(&self) -> Option<std::net::Ipv4Addr> {
         self.host_block.held()
+    }
+
+    /// How many endpoints have their place in the endpoint table (the others are found
+    /// through the hash; see endpoint_places.rs).
+    pub fn placed_endpoints(&self) -> usize {
+        self.endpoint_places.placed()
     }
 
     /// Where this device's maps and links are pinned, if they are.
@@ -396,16 +415,23 @@ impl DeviceProbe {
                 wanted_endpoints.insert(endpoint_key(e), slot);
             }
         }
+        let mut endpoints_changed = !self.endpoints_placed;
         for (e, slot) in &wanted_endpoints {
             if self.synced_endpoints.get(e) != Some(slot) {
                 self.endpoints.insert(e, slot, 0).context("adding an endpoint")?;
                 self.synced_endpoints.insert(*e, *slot);
+                endpoints_changed = true;
             }
         }
         let stale: Vec<Endpoint> = self.synced_endpoints.keys().filter(|e| !wanted_endpoints.contains_key(e)).copied().collect();
         for e in stale {
             let _ = self.endpoints.remove(&e);
             self.synced_endpoints.remove(&e);
+            endpoints_changed = true;
+        }
+        if endpoints_changed {
+            self.endpoint_places.follow(&self.synced_endpoints);
+            self.endpoints_placed = true;
         }
 
         let wanted_keys: HashSet<&Key, FastState> = peers.iter().map(|p| &p.public_key).collect();
@@ -630,6 +656,11 @@ fn sum_counters<'a>(per_cpu: impl Iterator<Item = &'a PeerCounters>) -> PeerCoun
     sum
 }
 
+/// Places of the endpoint table: a power of two, at least one per peer.
+fn endpoint_places(opts: &ProbeOptions) -> u32 {
+    opts.max_peers.max(1).next_power_of_two()
+}
+
 /// The maps whose size the options set, and that size.
 fn map_sizes(opts: &ProbeOptions) -> Vec<(&'static str, u32)> {
     vec![
@@ -641,6 +672,7 @@ fn map_sizes(opts: &ProbeOptions) -> Vec<(&'static str, u32)> {
         (names::PEER_COUNTERS, opts.max_peers),
         (names::SLOT_KEYS, opts.max_peers),
         (names::ENDPOINTS, opts.max_peers),
+        (names::ENDPOINT_PLACES, endpoint_places(opts)),
         (names::HOSTS_V4, opts.max_allowed_ips),
         (names::HOSTS_V6, opts.max_allowed_ips),
         (names::PEERS_V4, opts.max_allowed_ips),

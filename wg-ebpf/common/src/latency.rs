@@ -137,20 +137,26 @@ impl PendingKey {
     /// compute it, so tests can tell which keys share a place).
     #[inline(always)]
     pub fn place(&self) -> u32 {
-        // FNV-1a over words, then a finalizer (murmur3's) so the low bits, which pick
-        // the place, depend on every word.
-        let mut h: u32 = 0x811c_9dc5;
-        let w = self.words();
-        let mut i = 0;
-        while i < PENDING_KEY_WORDS {
-            h = (h ^ w[i]).wrapping_mul(0x0100_0193);
-            i += 1;
-        }
-        h ^= h >> 16;
-        h = h.wrapping_mul(0x85eb_ca6b);
-        h ^= h >> 13;
-        h
+        hash_words(self.words())
     }
+}
+
+/// The hash that picks a place in the programs' direct-mapped tables (pending questions,
+/// endpoints): FNV-1a over words, then murmur3's finalizer so the low bits, which pick the
+/// place, depend on every word. Cheap in BPF (a multiply per word, no loop left after
+/// unrolling) and the same on both sides.
+#[inline(always)]
+pub fn hash_words<const N: usize>(w: &[u32; N]) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    let mut i = 0;
+    while i < N {
+        h = (h ^ w[i]).wrapping_mul(0x0100_0193);
+        i += 1;
+    }
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h
 }
 
 /// A place of the pending table (an array indexed by [`PendingKey::place`], sized a power of
@@ -167,12 +173,55 @@ pub struct PendingEntry {
 }
 
 /// A peer's UDP endpoint as the underlay sees it: address (IPv4-mapped for IPv4) and port.
-#[repr(C)]
+/// 4-aligned so it can be read as words.
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Endpoint {
     pub addr: [u8; 16],
     pub port: u16,
     pub _pad: u16,
+}
+
+pub const ENDPOINT_WORDS: usize = 5;
+const _: () = assert!(core::mem::size_of::<Endpoint>() == 4 * ENDPOINT_WORDS);
+
+impl Endpoint {
+    #[inline(always)]
+    pub fn words(&self) -> &[u32; ENDPOINT_WORDS] {
+        // SAFETY: repr(C), 20 bytes without padding, 4-aligned.
+        unsafe { &*(self as *const Self as *const [u32; ENDPOINT_WORDS]) }
+    }
+
+    /// Its place in the endpoint table ([`EndpointPlace`]), before masking to the table's size.
+    #[inline(always)]
+    pub fn place(&self) -> u32 {
+        hash_words(self.words())
+    }
+}
+
+/// A place of the endpoint table: an array (mmapable, a power of two) indexed by
+/// [`Endpoint::place`] that the collector fills from the same endpoints as the ENDPOINTS
+/// hash, so the underlay programs find most peers with an inlined array lookup (the hash with
+/// its 20-byte key cost ~35 ns a datagram). Where two endpoints share a place one of them
+/// lives only in the hash. The collector writes a place while the programs may read it:
+/// `check` ([`EndpointPlace::check_of`]) is written last and binds endpoint and slot, so a
+/// place read half-written does not verify and the programs ask the hash instead.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointPlace {
+    pub endpoint: Endpoint,
+    pub slot: u32,
+    pub check: u32,
+    /// To 32 bytes: array values are 8-byte aligned.
+    pub _pad: u32,
+}
+
+impl EndpointPlace {
+    /// Never 0, so an empty (zeroed) place never verifies.
+    #[inline(always)]
+    pub fn check_of(e: &Endpoint, slot: u32) -> u32 {
+        (e.place() ^ slot.wrapping_mul(0x9e37_79b1)) | 1
+    }
 }
 
 /// Entries of a per-peer delay FIFO (a power of two).

@@ -52,6 +52,9 @@ pub mod names {
     pub const INDICES: &str = "INDICES";
     /// Hash: [`crate::latency::Endpoint`] → peer slot, for the underlay programs.
     pub const ENDPOINTS: &str = "ENDPOINTS";
+    /// Array (mmapable, a power of two) of [`crate::latency::EndpointPlace`]: the same
+    /// endpoints placed by hash, looked up before the hash.
+    pub const ENDPOINT_PLACES: &str = "ENDPOINT_PLACES";
     /// Array of one u32: the device's listen port, which marks its datagrams on the underlay.
     pub const LISTEN_PORT: &str = "LISTEN_PORT";
     /// Hash: peer slot → the peer's public key. Written and read by the collector only, so a
@@ -61,10 +64,10 @@ pub mod names {
     pub const META: &str = "META";
     /// The maps pinned per device, so a collector restart or upgrade keeps counting: all
     /// state. (The programs' logs and read-only settings are made anew at each load.)
-    pub const PINNED: [&str; 19] = [
+    pub const PINNED: [&str; 20] = [
         HOSTS_V4, HOSTS_V6, PEERS_V4, PEERS_V6, PEER_COUNTERS, UNATTRIBUTED, PENDING, LATENCY_HIST,
         LATENCY_STATS, DELAY_FIFO, MESSAGES, INVALID, INDICES, ENDPOINTS, LISTEN_PORT, SLOT_KEYS, META,
-        HOST_BLOCK_V4, HOST_BLOCK_AT,
+        HOST_BLOCK_V4, HOST_BLOCK_AT, ENDPOINT_PLACES,
     ];
     /// TC program on the underlay's ingress (encrypted datagrams from peers).
     pub const PROG_UNDER_INGRESS: &str = "wg_under_ingress";

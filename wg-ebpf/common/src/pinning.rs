@@ -4,7 +4,7 @@
 use core::mem::size_of;
 
 use crate::{
-    latency::{Endpoint, Fifo, HistKey, HistValue, PendingEntry, PendingKey},
+    latency::{Endpoint, EndpointPlace, Fifo, HistKey, HistValue, PendingEntry, PendingKey},
     protocol::MessageCounts,
     Counter, HostBlockAt, PeerCounters,
 };
@@ -24,6 +24,7 @@ pub const fn layout() -> u64 {
         size_of::<HistKey>(),
         size_of::<HistValue>(),
         size_of::<Endpoint>(),
+        size_of::<EndpointPlace>(),
         size_of::<Fifo>(),
         size_of::<MessageCounts>(),
         size_of::<HostBlockAt>(),
