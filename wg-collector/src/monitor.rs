@@ -391,7 +391,7 @@ impl Monitor {
                     }
                     Err(e) => self.error(ErrorSource::Bpf, format_args!("reading latency of {}: {e:#}", snap.found.name)),
                 }
-                match p.messages().and_then(|m| Ok((m, p.invalid()?))) {
+                match p.messages(&snap.counters).and_then(|m| Ok((m, p.invalid()?))) {
                     Ok(((peers, device), invalid)) => {
                         snap.messages = peers;
                         snap.device_messages = Some(device);

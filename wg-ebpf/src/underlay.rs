@@ -212,6 +212,14 @@ const fn index_key(kind: Kind, index: u32) -> PendingKey {
 /// Counts a message for a peer (or the device), by direction and type.
 #[inline(always)]
 fn count(slot: u32, dir: usize, t: MessageType, n: u64) {
+    if t == MessageType::Data {
+        if let Some(c) = crate::PEER_COUNTERS.get_ptr_mut(slot) {
+            // SAFETY: a per-CPU value (see PeerCounters::data_messages).
+            unsafe { (*c).data_messages[dir & 1] += n };
+            return;
+        }
+        // The device's own (NO_SLOT, outside the array): with the other types.
+    }
     let mut c = MESSAGES.get_ptr_mut(&slot);
     if c.is_none() {
         let mut zero = MaybeUninit::uninit();

@@ -25,11 +25,12 @@ pub struct EndpointPlaces {
 }
 
 impl EndpointPlaces {
-    /// Takes over the table, reading back what an earlier collector left in it (pinned maps).
-    pub fn new(table: MappedArray<EndpointPlace>) -> Self {
+    /// Takes over the table; an `adopted` one (pinned by an earlier collector) is read back
+    /// first. A new one is all zeros: nothing to read.
+    pub fn new(table: MappedArray<EndpointPlace>, adopted: bool) -> Self {
         assert!(table.len().is_power_of_two());
         let mut held = HashMap::default();
-        for i in 0..table.len() {
+        for i in (0..table.len()).filter(|_| adopted) {
             // SAFETY: an entry of the mapping; only this collector writes it.
             let p = unsafe { table.entry(i).read_volatile() };
             if p.check != 0 && p.check == EndpointPlace::check_of(&p.endpoint, p.slot) {

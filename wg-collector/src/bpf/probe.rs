@@ -23,7 +23,7 @@ use ipnet::IpNet;
 use wg_common::{
     latency::{fifo_key, stats, Endpoint, Fifo, HistKey, HistValue},
     names,
-    protocol::{Invalid, MessageCounts, NO_SLOT},
+    protocol::{Invalid, MessageCounts, MessageType, NO_SLOT},
     Counter, PeerCounters, Unattributed, DEFAULT_MAX_ALLOWED_IPS, DEFAULT_MAX_HIST_ENTRIES, DEFAULT_MAX_PEERS,
     DEFAULT_MAX_PENDING, DIRECTIONS,
 };
@@ -198,7 +198,7 @@ impl DeviceProbe {
         let latency_stats = PerCpuArray::try_from(take(names::LATENCY_STATS)?)?;
         let endpoints = BpfHashMap::try_from(take(names::ENDPOINTS)?)?;
         let endpoint_places = match take(names::ENDPOINT_PLACES)? {
-            Map::Array(m) => EndpointPlaces::new(MappedArray::map(m.fd().as_fd(), endpoint_places).context("mapping the endpoint table into memory")?),
+            Map::Array(m) => EndpointPlaces::new(MappedArray::map(m.fd().as_fd(), endpoint_places).context("mapping the endpoint table into memory")?, adopt),
             _ => anyhow::bail!("map {} is not an array", names::ENDPOINT_PLACES),
         };
         let fifos = BpfHashMap::try_from(take(names::DELAY_FIFO)?)?;
@@ -490,7 +490,9 @@ impl DeviceProbe {
     }
 
     /// Underlay messages per peer, summed over CPUs, and the device's own (peer unknown).
-    pub fn messages(&self) -> Result<(KeyMap<MessageCounts>, MessageCounts)> {
+    /// `counters` ([`all_peer_counters`](Self::all_peer_counters), read once per reading for
+    /// both) hold the peers' data messages.
+    pub fn messages(&self, counters: &KeyMap<PeerCounters>) -> Result<(KeyMap<MessageCounts>, MessageCounts)> {
         let by_slot = self.slots.by_slot();
         let mut peers = KeyMap::default();
         let mut device = MessageCounts::default();
@@ -508,6 +510,15 @@ impl DeviceProbe {
                 device = sum;
             } else if let Some(k) = by_slot.get(&slot) {
                 peers.insert(*k, sum);
+            }
+        }
+        let data = MessageType::Data as usize;
+        for (k, c) in counters {
+            if c.data_messages.iter().any(|n| *n > 0) {
+                let m = peers.entry(*k).or_default();
+                for d in 0..DIRECTIONS {
+                    m.counts[d][data] += c.data_messages[d];
+                }
             }
         }
         Ok((peers, device))
@@ -651,6 +662,7 @@ fn sum_counters<'a>(per_cpu: impl Iterator<Item = &'a PeerCounters>) -> PeerCoun
         for d in 0..DIRECTIONS {
             sum.dir[d].packets += c.dir[d].packets;
             sum.dir[d].bytes += c.dir[d].bytes;
+            sum.data_messages[d] += c.data_messages[d];
         }
     }
     sum

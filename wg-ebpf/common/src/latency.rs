@@ -120,17 +120,22 @@ pub struct PendingKey {
     pub value: u32,
 }
 
-/// [`PendingKey`] as the words the table hashes and compares: no byte-wise compare, which
-/// the BPF target would turn into a `memcmp` call it does not have.
+/// A key as the words the programs' tables hash and compare: no byte-wise compare, which the
+/// BPF target would turn into a call of a byte-at-a-time `memcmp`.
+/// `T`: repr(C) without padding bytes (the callers' promise); size and alignment are checked.
+#[inline(always)]
+fn as_words<T, const N: usize>(v: &T) -> &[u32; N] {
+    const { assert!(core::mem::size_of::<T>() == 4 * N && core::mem::align_of::<T>() >= 4) };
+    // SAFETY: same size, alignment enough, every byte initialized (no padding).
+    unsafe { &*(v as *const T as *const [u32; N]) }
+}
+
 pub const PENDING_KEY_WORDS: usize = 11;
-const _: () = assert!(core::mem::size_of::<PendingKey>() == 4 * PENDING_KEY_WORDS);
-const _: () = assert!(core::mem::align_of::<PendingKey>() == 4);
 
 impl PendingKey {
     #[inline(always)]
     pub fn words(&self) -> &[u32; PENDING_KEY_WORDS] {
-        // SAFETY: repr(C), 44 bytes without padding, 4-aligned (asserted above).
-        unsafe { &*(self as *const Self as *const [u32; PENDING_KEY_WORDS]) }
+        as_words(self)
     }
 
     /// Where the question waits in the pending table: a hash of the whole key (both sides
@@ -183,13 +188,11 @@ pub struct Endpoint {
 }
 
 pub const ENDPOINT_WORDS: usize = 5;
-const _: () = assert!(core::mem::size_of::<Endpoint>() == 4 * ENDPOINT_WORDS);
 
 impl Endpoint {
     #[inline(always)]
     pub fn words(&self) -> &[u32; ENDPOINT_WORDS] {
-        // SAFETY: repr(C), 20 bytes without padding, 4-aligned.
-        unsafe { &*(self as *const Self as *const [u32; ENDPOINT_WORDS]) }
+        as_words(self)
     }
 
     /// Its place in the endpoint table ([`EndpointPlace`]), before masking to the table's size.
