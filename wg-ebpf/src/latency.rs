@@ -206,11 +206,11 @@ pub(crate) fn track<const DIR: usize>(ctx: &TcContext, ip: &Ip, slot: u32, clock
     }
 }
 
-/// The pending key of a packet in `slot`, addresses left for [`addresses`]: on egress as it
-/// is, on ingress turned round, so an answer finds the key its question left.
+/// The pending key of a packet, made in `space`, addresses left for [`addresses`]: on egress
+/// as it is, on ingress turned round, so an answer finds the key its question left.
 #[inline(always)]
-fn key<const DIR: usize>(slot: &mut MaybeUninit<PendingKey>, sport: u16, dport: u16) -> &mut PendingKey {
-    let k = zeroed(slot);
+fn key<const DIR: usize>(space: &mut MaybeUninit<PendingKey>, sport: u16, dport: u16) -> &mut PendingKey {
+    let k = zeroed(space);
     (k.local_port, k.remote_port) = if DIR == DIR_RX { (dport, sport) } else { (sport, dport) };
     k
 }

@@ -158,32 +158,32 @@ pub(crate) struct Ip {
     pub addr: Addr,
 }
 
-/// Zeroes `slot` in place with 8-byte (or 4-byte) stores and hands it out initialized. Zero
+/// Zeroes `space` in place with 8-byte (or 4-byte) stores and hands it out initialized. Zero
 /// arrays or structs made any other way (`[0u8; N]`, a literal with `[0; 16]` fields, a
 /// helper returning one by value) compile, wherever they must exist in memory (a buffer a
 /// helper fills, a key partly written from the packet), to a call of the byte-at-a-time
 /// `memset` the BPF target links in: two of them cost the TCP path ~40 ns per segment.
 /// `T`: plain data (all-zero valid), size a multiple of 4, alignment at least 4.
 #[inline(always)]
-pub(crate) fn zeroed<T: Copy>(slot: &mut core::mem::MaybeUninit<T>) -> &mut T {
+pub(crate) fn zeroed<T: Copy>(space: &mut core::mem::MaybeUninit<T>) -> &mut T {
     use core::mem::{align_of, size_of};
     const { assert!(size_of::<T>() % 4 == 0 && align_of::<T>() >= 4) };
     // Volatile, so LLVM cannot fold the stores back into a memset.
     if size_of::<T>() % 8 == 0 && align_of::<T>() >= 8 {
-        let w = slot.as_mut_ptr() as *mut u64;
+        let w = space.as_mut_ptr() as *mut u64;
         for i in 0..size_of::<T>() / 8 {
-            // SAFETY: inside `slot`, aligned (checked just above).
+            // SAFETY: inside `space`, aligned (checked just above).
             unsafe { w.add(i).write_volatile(0) };
         }
     } else {
-        let w = slot.as_mut_ptr() as *mut u32;
+        let w = space.as_mut_ptr() as *mut u32;
         for i in 0..size_of::<T>() / 4 {
-            // SAFETY: inside `slot`, aligned (asserted above).
+            // SAFETY: inside `space`, aligned (asserted above).
             unsafe { w.add(i).write_volatile(0) };
         }
     }
     // SAFETY: every byte written; zero is a valid T (the callers' promise).
-    unsafe { slot.assume_init_mut() }
+    unsafe { space.assume_init_mut() }
 }
 
 /// A byte buffer on the stack that [`zeroed`] can clear with 8-byte stores.

@@ -184,7 +184,7 @@ pub(crate) fn slot_of(e: &Endpoint) -> u32 {
         // Each word read once (volatile): the collector may be rewriting the place, and the
         // check must be tested against the very words compared.
         let w = p as *const u32;
-        // SAFETY: an array value of 7 words (EndpointPlace), valid for this run.
+        // SAFETY: an array value of 8 words (EndpointPlace), valid for this run.
         let word = |i: usize| unsafe { core::ptr::read_volatile(w.add(i)) };
         let ours = e.words();
         let mut diff = 0;
