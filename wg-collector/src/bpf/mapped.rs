@@ -6,9 +6,12 @@ use std::{
     io,
     marker::PhantomData,
     mem::size_of,
-    os::fd::{AsRawFd, BorrowedFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd},
     ptr::NonNull,
 };
+
+use anyhow::Context;
+use aya::maps::Map;
 
 pub struct MappedArray<T> {
     entries: NonNull<T>,
@@ -22,8 +25,16 @@ unsafe impl<T> Send for MappedArray<T> {}
 unsafe impl<T> Sync for MappedArray<T> {}
 
 impl<T: Copy> MappedArray<T> {
+    /// Maps the `len` values of `map`, which must be an array created BPF_F_MMAPABLE.
+    pub fn of(map: Map, name: &str, len: u32) -> anyhow::Result<Self> {
+        match map {
+            Map::Array(m) => Self::map(m.fd().as_fd(), len).with_context(|| format!("mapping {name} into memory")),
+            _ => anyhow::bail!("map {name} is not an array"),
+        }
+    }
+
     /// Maps the `len` values of the array behind `fd` (the map's own fd or its pin's).
-    pub fn map(fd: BorrowedFd<'_>, len: u32) -> io::Result<Self> {
+    fn map(fd: BorrowedFd<'_>, len: u32) -> io::Result<Self> {
         // Array values are laid out 8-byte aligned: T's size must be a multiple of 8 for
         // entry i to be at i · size_of::<T>().
         const { assert!(size_of::<T>() % 8 == 0) };

@@ -4,11 +4,7 @@
 //! question, not a syscall per entry, and cannot race an answer: whoever changes `sent` from
 //! the time it read ends the question.
 
-use std::{
-    io,
-    os::fd::BorrowedFd,
-    sync::atomic::{AtomicU64, Ordering},
-};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use wg_common::latency::PendingEntry;
 
@@ -28,9 +24,8 @@ pub struct Expiry {
 }
 
 impl PendingTable {
-    /// Maps the PENDING array of `places` entries (its fd: the map's own or its pin's).
-    pub fn map(fd: BorrowedFd<'_>, places: u32) -> io::Result<Self> {
-        Ok(Self { entries: MappedArray::map(fd, places)? })
+    pub fn new(entries: MappedArray<PendingEntry>) -> Self {
+        Self { entries }
     }
 
     /// Frees the places of questions that left more than `ttl_ns` before `now_ns`

@@ -190,17 +190,11 @@ impl DeviceProbe {
         };
         let counters = PerCpuArray::try_from(counters)?;
         let unattributed = PerCpuArray::try_from(take(names::UNATTRIBUTED)?)?;
-        let pending = match take(names::PENDING)? {
-            Map::Array(m) => PendingTable::map(m.fd().as_fd(), opts.max_pending).context("mapping the pending table into memory")?,
-            _ => anyhow::bail!("map {} is not an array", names::PENDING),
-        };
+        let pending = PendingTable::new(MappedArray::of(take(names::PENDING)?, names::PENDING, opts.max_pending)?);
         let hist = PerCpuHashMap::try_from(take(names::LATENCY_HIST)?)?;
         let latency_stats = PerCpuArray::try_from(take(names::LATENCY_STATS)?)?;
         let endpoints = BpfHashMap::try_from(take(names::ENDPOINTS)?)?;
-        let endpoint_places = match take(names::ENDPOINT_PLACES)? {
-            Map::Array(m) => EndpointPlaces::new(MappedArray::map(m.fd().as_fd(), endpoint_places).context("mapping the endpoint table into memory")?, adopt),
-            _ => anyhow::bail!("map {} is not an array", names::ENDPOINT_PLACES),
-        };
+        let endpoint_places = EndpointPlaces::new(MappedArray::of(take(names::ENDPOINT_PLACES)?, names::ENDPOINT_PLACES, endpoint_places)?, adopt);
         let fifos = BpfHashMap::try_from(take(names::DELAY_FIFO)?)?;
         let messages = PerCpuHashMap::try_from(take(names::MESSAGES)?)?;
         let invalid = PerCpuArray::try_from(take(names::INVALID)?)?;
