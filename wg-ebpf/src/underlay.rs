@@ -180,7 +180,8 @@ static ENDPOINT_PLACES_MASK: u32 = DEFAULT_MAX_PEERS - 1;
 pub(crate) fn slot_of(e: &Endpoint) -> u32 {
     // SAFETY: a read-only global the loader may patch before load.
     let mask = unsafe { core::ptr::read_volatile(&ENDPOINT_PLACES_MASK) };
-    if let Some(p) = ENDPOINT_PLACES.get_ptr(e.place() & mask) {
+    let place = e.place();
+    if let Some(p) = ENDPOINT_PLACES.get_ptr(place & mask) {
         // Each word read once (volatile): the collector may be rewriting the place, and the
         // check must be tested against the very words compared.
         let w = p as *const u32;
@@ -192,7 +193,7 @@ pub(crate) fn slot_of(e: &Endpoint) -> u32 {
             diff |= word(i) ^ ours[i];
         }
         let (slot, check) = (word(ENDPOINT_WORDS), word(ENDPOINT_WORDS + 1));
-        if diff == 0 && check == EndpointPlace::check_of(e, slot) {
+        if diff == 0 && check == EndpointPlace::check_of(place, slot) {
             return slot;
         }
     }

@@ -33,7 +33,7 @@ impl EndpointPlaces {
         for i in (0..table.len()).filter(|_| adopted) {
             // SAFETY: an entry of the mapping; only this collector writes it.
             let p = unsafe { table.entry(i).read_volatile() };
-            if p.check != 0 && p.check == EndpointPlace::check_of(&p.endpoint, p.slot) {
+            if p.check != 0 && p.check == EndpointPlace::check_of(p.endpoint.place(), p.slot) {
                 held.insert(i, (p.endpoint, p.slot));
             }
         }
@@ -81,7 +81,7 @@ impl EndpointPlaces {
             addr_of_mut!((*p).slot).write_volatile(slot);
             fence(Ordering::Release);
             if v.is_some() {
-                addr_of_mut!((*p).check).write_volatile(EndpointPlace::check_of(&endpoint, slot));
+                addr_of_mut!((*p).check).write_volatile(EndpointPlace::check_of(endpoint.place(), slot));
             }
         }
     }

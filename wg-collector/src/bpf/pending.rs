@@ -28,6 +28,11 @@ impl PendingTable {
         Self { entries }
     }
 
+    /// How many questions may wait at once.
+    pub fn places(&self) -> u32 {
+        self.entries.len() as u32
+    }
+
     /// Frees the places of questions that left more than `ttl_ns` before `now_ns`
     /// (CLOCK_MONOTONIC, the programs' clock).
     pub fn expire(&self, now_ns: u64, ttl_ns: u64) -> Expiry {

@@ -110,7 +110,6 @@ pub struct DeviceProbe {
     underlays: HashSet<String>,
     /// Pending entries removed by [`expire_pending`](Self::expire_pending) since load.
     expired: u64,
-    pending_capacity: u32,
     slots: SlotTable,
     /// What the tries hold now: prefix → slot.
     prefixes: HashMap<IpNet, u32, FastState>,
@@ -229,7 +228,6 @@ impl DeviceProbe {
             synced_endpoints: HashMap::default(),
             underlays: HashSet::new(),
             expired: 0,
-            pending_capacity: opts.max_pending,
             slots: SlotTable::new(opts.max_peers),
             prefixes: HashMap::default(),
             cpus,
@@ -547,7 +545,7 @@ impl DeviceProbe {
             fifo_resync: sum(stats::FIFO_RESYNC)?,
             fifo_overflow: sum(stats::FIFO_OVERFLOW)?,
             expired: self.expired,
-            capacity: self.pending_capacity,
+            capacity: self.pending.places(),
         })
     }
 

@@ -220,10 +220,11 @@ pub struct EndpointPlace {
 }
 
 impl EndpointPlace {
-    /// Never 0, so an empty (zeroed) place never verifies.
+    /// Never 0, so an empty (zeroed) place never verifies. `place`: the endpoint's
+    /// [`Endpoint::place`], which the programs have already computed to find the place.
     #[inline(always)]
-    pub fn check_of(e: &Endpoint, slot: u32) -> u32 {
-        (e.place() ^ slot.wrapping_mul(0x9e37_79b1)) | 1
+    pub fn check_of(place: u32, slot: u32) -> u32 {
+        (place ^ slot.wrapping_mul(0x9e37_79b1)) | 1
     }
 }
 
