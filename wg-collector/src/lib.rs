@@ -3,6 +3,8 @@
 
 pub mod api;
 pub mod bpf;
+#[cfg(test)]
+mod fixture;
 pub mod gzip;
 pub mod histogram;
 pub mod history;

@@ -37,6 +37,14 @@ pub struct ExportOptions {
     pub max_age: std::time::Duration,
 }
 
+impl ExportOptions {
+    /// The defaults of the flags (the fixture's page is rendered with these).
+    #[cfg(test)]
+    pub fn default_for_tests() -> Self {
+        Self { max_series: 2_000_000, ..Default::default() }
+    }
+}
+
 /// One scrape's page: the reading it shows (trimmed to --metrics.max-series) and each peer's
 /// row, made once for every per-peer family.
 pub struct Page {

@@ -68,9 +68,9 @@ struct Source {
 
 /// The format a scraper asked for.
 #[derive(Clone, Copy, PartialEq, Eq)]
-struct Format {
-    openmetrics: bool,
-    gzip: bool,
+pub(crate) struct Format {
+    pub openmetrics: bool,
+    pub gzip: bool,
 }
 
 /// Pages being encoded, by reading and format. Scrapes that arrive together share one
@@ -128,7 +128,7 @@ async fn metrics(State(source): State<Source>, headers: HeaderMap) -> Response {
 
 /// The page in the format asked for: its two halves encoded (and compressed, if asked) on
 /// two threads.
-fn encode(page: Page, format: Format) -> Result<Bytes, std::fmt::Error> {
+pub(crate) fn encode(page: Page, format: Format) -> Result<Bytes, std::fmt::Error> {
     let page = Arc::new(page);
     let [first, second] = page.halves();
     let last = LAST_PAGE.load(Ordering::Relaxed);
@@ -160,4 +160,56 @@ fn encode(page: Page, format: Format) -> Result<Bytes, std::fmt::Error> {
             Bytes::from(body)
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+
+    use super::*;
+    use crate::fixture;
+
+    /// The page of the fixture's reading; the reading's age (a clock) is the one value
+    /// written as AGE.
+    fn page(opts: &ExportOptions, format: Format) -> String {
+        let body = encode(Page::new(fixture::snapshot(), opts), format).unwrap();
+        let text = if format.gzip {
+            let mut s = String::new();
+            flate2::read::MultiGzDecoder::new(&body[..]).read_to_string(&mut s).unwrap();
+            s
+        } else {
+            String::from_utf8(body.to_vec()).unwrap()
+        };
+        text.lines()
+            .map(|l| match l.strip_prefix("wireguard_collector_reading_age_seconds ") {
+                Some(_) => "wireguard_collector_reading_age_seconds AGE".to_string(),
+                None => l.to_string(),
+            })
+            .map(|l| l + "\n")
+            .collect()
+    }
+
+    /// Compares with tests/golden/NAME; UPDATE_GOLDEN=1 writes it instead.
+    fn golden(name: &str, got: &str) {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
+        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+            std::fs::write(&path, got).unwrap();
+        }
+        let want = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(got == want, "the page differs from {}; diff it with UPDATE_GOLDEN=1 and git diff", path.display());
+    }
+
+    #[test]
+    fn the_page_of_a_fixed_reading_is_the_golden_one() {
+        let text = Format { openmetrics: false, gzip: false };
+        golden("page.prom", &page(&ExportOptions::default_for_tests(), text));
+        // Gzip is the same page, compressed.
+        assert_eq!(page(&ExportOptions::default_for_tests(), Format { openmetrics: false, gzip: true }), page(&ExportOptions::default_for_tests(), text));
+    }
+
+    #[test]
+    fn the_redacted_trimmed_openmetrics_page_is_the_golden_one() {
+        let opts = ExportOptions { redact_endpoints: true, redact_allowed_ips: true, max_series: 90, ..ExportOptions::default_for_tests() };
+        golden("page-redacted-trimmed.om", &page(&opts, Format { openmetrics: true, gzip: false }));
+    }
 }
