@@ -40,6 +40,5 @@ fn main() {
         );
     }
     let obj = ebpf_dir.join("target/bpfel-unknown-none/release/wg-ebpf");
-    std::fs::copy(&obj, out_dir.join("wg-ebpf.o"))
-        .unwrap_or_else(|e| panic!("copying {}: {e}", obj.display()));
+    std::fs::copy(&obj, out_dir.join("wg-ebpf.o")).unwrap_or_else(|e| panic!("copying {}: {e}", obj.display()));
 }

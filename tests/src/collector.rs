@@ -10,7 +10,11 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::{lab::terminate, netns, scrape::{http_get, Metrics}};
+use crate::{
+    lab::terminate,
+    netns,
+    scrape::{http_get, Metrics},
+};
 
 pub struct Collector {
     child: Child,
@@ -45,7 +49,11 @@ pub fn binary() -> Result<PathBuf> {
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .output()
             .map_err(|e| e.to_string())?;
-        if out.status.success() { Ok(()) } else { Err(String::from_utf8_lossy(&out.stderr).into_owned()) }
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
     });
     if let Err(e) = built {
         bail!("building wg-collector failed: {e}");
@@ -79,7 +87,8 @@ impl Collector {
             args.extend(["--bpf.pin-path".to_string(), dir.display().to_string()]);
             Some(dir)
         };
-        let path = args.windows(2).find(|w| w[0] == "--web.telemetry-path").map_or("/metrics", |w| w[1].as_str()).to_string();
+        let path =
+            args.windows(2).find(|w| w[0] == "--web.telemetry-path").map_or("/metrics", |w| w[1].as_str()).to_string();
         let child = Self::spawn(ns, addr, &args, filter, &log)?;
         let mut c = Collector { child, ns: ns.to_string(), addr, path, log, args, filter: filter.to_string(), pins };
         c.wait_serving(0)?;
@@ -91,7 +100,11 @@ impl Collector {
         let bin = binary()?;
         Ok(netns::cmd(ns, bin.to_str().unwrap())
             .args(if args.iter().any(|a| a == "--poll-interval") { vec![] } else { vec!["--poll-interval", "0.2"] })
-            .args(if args.iter().any(|a| a == "--web.listen-address") { vec![] } else { vec!["--web.listen-address".to_string(), addr.to_string()] })
+            .args(if args.iter().any(|a| a == "--web.listen-address") {
+                vec![]
+            } else {
+                vec!["--web.listen-address".to_string(), addr.to_string()]
+            })
             .args(args)
             .env("RUST_LOG", filter)
             .stdin(Stdio::null())
@@ -219,7 +232,8 @@ fn mount_pin_root(ns: &str) -> Result<PathBuf> {
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = PathBuf::from(PIN_ROOT).join(format!("{}-{n}-{ns}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    netns::sh(&["mount", "-t", "bpf", "bpf", dir.to_str().unwrap()]).with_context(|| format!("mounting bpffs on {}", dir.display()))?;
+    netns::sh(&["mount", "-t", "bpf", "bpf", dir.to_str().unwrap()])
+        .with_context(|| format!("mounting bpffs on {}", dir.display()))?;
     Ok(dir)
 }
 

@@ -122,7 +122,10 @@ impl Lab {
         }
         match delay {
             None => {
-                sh(&["ip", "-n", &self.a.ns, "link", "add", "under", "type", "veth", "peer", "name", "under", "netns", &self.b.ns])?;
+                sh(&[
+                    "ip", "-n", &self.a.ns, "link", "add", "under", "type", "veth", "peer", "name", "under", "netns",
+                    &self.b.ns,
+                ])?;
             }
             Some(delay) => {
                 let r = format!("{id}r");
@@ -130,7 +133,9 @@ impl Lab {
                 self.relay = Some((r.clone(), Relay::idle()));
                 sh(&["ip", "-n", &r, "link", "set", "lo", "up"])?;
                 for (s, name, addr) in [(&self.a, "ua", "10.200.0.254/24"), (&self.b, "ub", "10.201.0.254/24")] {
-                    sh(&["ip", "-n", &r, "link", "add", name, "type", "veth", "peer", "name", "under", "netns", &s.ns])?;
+                    sh(&[
+                        "ip", "-n", &r, "link", "add", name, "type", "veth", "peer", "name", "under", "netns", &s.ns,
+                    ])?;
                     sh(&["ip", "-n", &r, "addr", "add", addr, "dev", name])?;
                     sh(&["ip", "-n", &r, "link", "set", name, "up"])?;
                 }
@@ -163,11 +168,19 @@ impl Lab {
     }
 
     pub fn side(&self, name: char) -> &Side {
-        if name == 'a' { &self.a } else { &self.b }
+        if name == 'a' {
+            &self.a
+        } else {
+            &self.b
+        }
     }
 
     fn side_mut(&mut self, name: char) -> &mut Side {
-        if name == 'a' { &mut self.a } else { &mut self.b }
+        if name == 'a' {
+            &mut self.a
+        } else {
+            &mut self.b
+        }
     }
 
     fn other(&self, name: char) -> &Side {
@@ -196,7 +209,12 @@ impl Lab {
                 c
             }
         };
-        let child = c.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log).spawn().with_context(|| format!("starting {c:?}"))?;
+        let child = c
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {c:?}"))?;
         self.side_mut(name).daemon = Some(child);
 
         let sock = Path::new(UAPI_DIR).join(format!("{iface}.sock"));
@@ -273,8 +291,10 @@ impl Lab {
     /// Pings from a to b until the tunnel answers (first handshake done).
     pub fn wait_tunnel(&self) -> Result<()> {
         let target = self.b.tunnel_v4.to_string();
-        wait_until(Duration::from_secs(15), || run(netns::cmd(&self.a.ns, "ping").args(["-c", "1", "-W", "1", &target])).is_ok())
-            .context("the tunnel never answered a ping")
+        wait_until(Duration::from_secs(15), || {
+            run(netns::cmd(&self.a.ns, "ping").args(["-c", "1", "-W", "1", &target])).is_ok()
+        })
+        .context("the tunnel never answered a ping")
     }
 
     /// Runs `program args` in the side's namespace.
@@ -295,7 +315,8 @@ impl Lab {
     pub fn uapi_set(&self, name: char, lines: &str) -> Result<()> {
         use std::io::{BufRead, Write};
         let sock = Path::new(UAPI_DIR).join(format!("{}.sock", self.side(name).iface));
-        let mut s = std::os::unix::net::UnixStream::connect(&sock).with_context(|| format!("connecting to {}", sock.display()))?;
+        let mut s = std::os::unix::net::UnixStream::connect(&sock)
+            .with_context(|| format!("connecting to {}", sock.display()))?;
         write!(s, "set=1\n{lines}\n")?;
         let mut reply = String::new();
         let mut r = std::io::BufReader::new(s);
@@ -445,7 +466,8 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> Result<()> 
 /// A tool from PATH, or from cargo's bin directory (where `cargo xtask setup` installs
 /// boringtun).
 pub fn tool(name: &str) -> Result<String> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
+    let mut dirs: Vec<PathBuf> =
+        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
     if let Some(home) = std::env::var_os("CARGO_HOME") {
         dirs.push(PathBuf::from(home).join("bin"));
     }

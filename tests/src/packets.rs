@@ -69,7 +69,7 @@ pub fn ts_option(val: u32, ecr: u32) -> Vec<u8> {
 /// A TCP segment's header (20 bytes + options padded to 4) and `payload` zero bytes.
 pub fn tcp_segment(sport: u16, dport: u16, seq: u32, ack: u32, flags: u8, options: &[u8], payload: usize) -> Vec<u8> {
     let mut opts = options.to_vec();
-    while opts.len() % 4 != 0 {
+    while !opts.len().is_multiple_of(4) {
         opts.push(0);
     }
     let mut t = vec![0u8; 20];

@@ -60,7 +60,8 @@ impl Prometheus {
     /// A GET of the HTTP API, parsed.
     pub fn api(&self, path: &str) -> Option<serde_json::Value> {
         let path = path.to_string();
-        let body = netns::within(&self.ns, move || http_get_with("127.0.0.1:9090".parse().unwrap(), &path, &[])).ok()?.1;
+        let body =
+            netns::within(&self.ns, move || http_get_with("127.0.0.1:9090".parse().unwrap(), &path, &[])).ok()?.1;
         serde_json::from_str(&body).ok()
     }
 }

@@ -27,7 +27,8 @@ pub fn http_get_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> 
 
 /// Like [`http_get_with`], the body as bytes (a compressed one, say).
 pub fn http_get_bytes(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Result<(String, Vec<u8>)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).with_context(|| format!("connecting to {addr}"))?;
+    let mut s =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(5)).with_context(|| format!("connecting to {addr}"))?;
     s.set_read_timeout(Some(Duration::from_secs(600)))?;
     let mut req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n");
     for (k, v) in headers {
@@ -63,7 +64,9 @@ impl Metrics {
             let (series, value) = line.rsplit_once(' ').with_context(|| format!("no value: {line}"))?;
             let value: f64 = value.parse().with_context(|| format!("bad value: {line}"))?;
             let (name, labels) = match series.split_once('{') {
-                Some((n, rest)) => (n, parse_labels(rest.strip_suffix('}').with_context(|| format!("bad labels: {line}"))?)?),
+                Some((n, rest)) => {
+                    (n, parse_labels(rest.strip_suffix('}').with_context(|| format!("bad labels: {line}"))?)?)
+                }
                 None => (series, Vec::new()),
             };
             samples.push(Sample { name: name.to_string(), labels, value });

@@ -46,7 +46,9 @@ impl EchoServer {
                                             break;
                                         }
                                     }
-                                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {}
+                                    Err(e)
+                                        if e.kind() == std::io::ErrorKind::WouldBlock
+                                            || e.kind() == std::io::ErrorKind::TimedOut => {}
                                     Err(_) => break,
                                 }
                             }
@@ -72,7 +74,13 @@ impl Drop for EchoServer {
 
 /// Round trips of one byte over one connection, `count` of them `gap` apart, and `connects`
 /// fresh connections; returns (round-trip times, connect times) as the client saw them.
-pub fn probe(ns: &str, server: SocketAddr, count: usize, connects: usize, gap: Duration) -> Result<(Vec<Duration>, Vec<Duration>)> {
+pub fn probe(
+    ns: &str,
+    server: SocketAddr,
+    count: usize,
+    connects: usize,
+    gap: Duration,
+) -> Result<(Vec<Duration>, Vec<Duration>)> {
     netns::within(ns, move || {
         let mut rtts = Vec::new();
         let mut c = TcpStream::connect(server)?;

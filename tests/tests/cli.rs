@@ -51,7 +51,10 @@ fn refuses_a_malformed_names_file_naming_the_line() {
 #[test]
 fn refuses_an_open_non_loopback_listener_and_weak_tokens() {
     let err = run_refused(&[], &["--web.listen-address", "0.0.0.0:9586"]);
-    assert!(err.contains("not a loopback address, and no authentication is configured") && err.contains("--web.insecure"), "{err}");
+    assert!(
+        err.contains("not a loopback address, and no authentication is configured") && err.contains("--web.insecure"),
+        "{err}"
+    );
     let path = std::env::temp_dir().join(format!("wg-weak-token-{}", std::process::id()));
     std::fs::write(&path, "admin\n").unwrap();
     let err = run_refused(&[], &["--web.bearer-token-file", path.to_str().unwrap()]);

@@ -19,7 +19,8 @@ fn dashboards() -> Vec<(String, Value)> {
     for e in std::fs::read_dir(repo().join("dashboards")).unwrap().flatten() {
         let p = e.path();
         if p.extension().is_some_and(|x| x == "json") {
-            let v: Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            let v: Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap())
+                .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
             out.push((p.file_name().unwrap().to_string_lossy().into_owned(), v));
         }
     }
@@ -34,7 +35,12 @@ fn queries() -> Vec<(String, String)> {
     for (file, d) in dashboards() {
         for p in d["panels"].as_array().unwrap() {
             for t in p["targets"].as_array().into_iter().flatten() {
-                let q = t["expr"].as_str().unwrap().replace("$__rate_interval", "15s").replace("$device", ".*").replace("$peer", ".*");
+                let q = t["expr"]
+                    .as_str()
+                    .unwrap()
+                    .replace("$__rate_interval", "15s")
+                    .replace("$device", ".*")
+                    .replace("$peer", ".*");
                 out.push((format!("{file}: {}", p["title"].as_str().unwrap()), q));
             }
         }
@@ -53,7 +59,8 @@ fn sh(c: &mut Command) -> String {
 fn dashboards_are_importable_with_unique_ids_and_a_datasource_variable() {
     for (file, d) in dashboards() {
         assert!(d["uid"].is_string() && d["title"].is_string(), "{file}");
-        let vars: Vec<&str> = d["templating"]["list"].as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap()).collect();
+        let vars: Vec<&str> =
+            d["templating"]["list"].as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap()).collect();
         assert!(vars.contains(&"datasource") && vars.contains(&"device"), "{file}: variables {vars:?}");
         let mut ids = std::collections::HashSet::new();
         for p in d["panels"].as_array().unwrap() {
@@ -141,18 +148,25 @@ fn a_real_prometheus_answers_every_panel_and_the_stale_alert_fires() {
         .filter(|(_, q)| prom.query_all(q).is_none_or(|v| v.is_empty()))
         .map(|(panel, q)| format!("{panel}: {q}"))
         .collect();
-    let records: Vec<String> = rules.lines().filter_map(|l| l.trim().strip_prefix("- record: ")).map(String::from).collect();
-    let empty_records: Vec<&String> = records.iter().filter(|r| prom.query_all(r).is_none_or(|v| v.is_empty())).collect();
+    let records: Vec<String> =
+        rules.lines().filter_map(|l| l.trim().strip_prefix("- record: ")).map(String::from).collect();
+    let empty_records: Vec<&String> =
+        records.iter().filter(|r| prom.query_all(r).is_none_or(|v| v.is_empty())).collect();
     assert!(missing.is_empty(), "panels without data:\n{}", missing.join("\n"));
     assert!(empty_records.is_empty(), "recording rules without data: {empty_records:?}");
     assert!(records.len() >= 4);
 
     // Side b stops: a's last handshake ages past 180 s and the alert fires.
-    let handshake = prom.query(&format!("wireguard_latest_handshake_seconds{{public_key=\"{}\"}}", lab.b.public_key)).unwrap();
+    let handshake =
+        prom.query(&format!("wireguard_latest_handshake_seconds{{public_key=\"{}\"}}", lab.b.public_key)).unwrap();
     lab.stop_daemon('b').unwrap();
-    let firing = format!("ALERTS{{alertname=\"WireGuardHandshakeStale\", alertstate=\"firing\", public_key=\"{}\"}}", lab.b.public_key);
+    let firing = format!(
+        "ALERTS{{alertname=\"WireGuardHandshakeStale\", alertstate=\"firing\", public_key=\"{}\"}}",
+        lab.b.public_key
+    );
     assert_eq!(prom.query_all(&firing), Some(vec![]), "not firing yet");
-    wait_until(Duration::from_secs(240), || prom.query(&firing) == Some(1.0)).unwrap_or_else(|_| panic!("the alert did not fire:\n{}", prom.log()));
+    wait_until(Duration::from_secs(240), || prom.query(&firing) == Some(1.0))
+        .unwrap_or_else(|_| panic!("the alert did not fire:\n{}", prom.log()));
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
     assert!(now - handshake > 180.0, "fired {} s after the last handshake", now - handshake);
     let _ = std::fs::remove_dir_all(&dir);
@@ -170,7 +184,18 @@ fn the_live_page_shows_the_peers_and_a_latency_chart() {
     let profile = std::env::temp_dir().join(format!("wg-chromium-{}", std::process::id()));
     let chromium = |extra: &[&str]| {
         Command::new("chromium")
-            .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--window-size=1100,520", "--virtual-time-budget=6000"])
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--window-size=1100,520",
+                "--virtual-time-budget=6000",
+            ])
             .arg(format!("--user-data-dir={}", profile.display()))
             .args(extra)
             .arg(&url)
@@ -183,7 +208,8 @@ fn the_live_page_shows_the_peers_and_a_latency_chart() {
     let _ = std::fs::remove_dir_all(&profile);
     assert!(dom.contains(&lab.a.iface) && dom.contains(&lab.b.public_key[..12]), "{dom}");
     assert!(dom.contains("data-peers=\"1\""), "{dom}");
-    let samples: u64 = dom.split("data-samples=\"").nth(1).and_then(|s| s.split('"').next()).and_then(|n| n.parse().ok()).unwrap_or(0);
+    let samples: u64 =
+        dom.split("data-samples=\"").nth(1).and_then(|s| s.split('"').next()).and_then(|n| n.parse().ok()).unwrap_or(0);
     assert!(samples >= 20, "latency chart with {samples} samples:\n{dom}");
     assert!(shot.exists(), "no screenshot: {}", String::from_utf8_lossy(&out.stderr));
     drop(c);

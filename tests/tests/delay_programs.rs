@@ -17,7 +17,8 @@ const ME: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 const THEM: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 2);
 
 fn probe() -> DeviceProbe {
-    let mut p = DeviceProbe::load(ProbeOptions { max_peers: 16, ..Default::default() }, None).expect("load programs (root needed)");
+    let mut p = DeviceProbe::load(ProbeOptions { max_peers: 16, ..Default::default() }, None)
+        .expect("load programs (root needed)");
     let mut peer = Peer::new(PEER);
     peer.endpoint = Some("192.0.2.7:51821".parse().unwrap());
     peer.allowed_ips = vec!["10.1.0.0/16".parse::<IpNet>().unwrap()];
@@ -52,7 +53,12 @@ fn msg_in(p: &mut DeviceProbe, plaintext: usize) {
 }
 
 fn samples(p: &DeviceProbe, kind: Kind) -> u64 {
-    p.histograms().unwrap().iter().filter(|(peer, k, _)| *peer == Some(PEER) && k.kind == kind as u16).map(|(_, _, v)| v.count).sum()
+    p.histograms()
+        .unwrap()
+        .iter()
+        .filter(|(peer, k, _)| *peer == Some(PEER) && k.kind == kind as u16)
+        .map(|(_, _, v)| v.count)
+        .sum()
 }
 
 #[test]

@@ -32,14 +32,22 @@ fn each_configuration_change_is_counted_by_field_and_logged() {
     ];
     let other = random_public_key();
     for (field, args) in steps {
-        let mut args: Vec<&str> = args.into_iter().map(|a| if a == "PLACEHOLDER" { other.as_str() } else { a }).collect();
+        let mut args: Vec<&str> =
+            args.into_iter().map(|a| if a == "PLACEHOLDER" { other.as_str() } else { a }).collect();
         args.insert(0, "{iface}");
         args.insert(0, "set");
         lab.wg('a', &args).unwrap();
         let (m, took) = c.wait_for(Duration::from_secs(5), |m| count(m, field) == Some(1.0)).unwrap();
         assert!(took < Duration::from_secs(2), "{field} took {took:?}");
-        let total: f64 = ["private_key", "listen_port", "fwmark", "peers", "allowed_ips", "endpoint"].iter().map(|f| count(&m, f).unwrap()).sum();
-        let done = ["endpoint", "listen_port", "fwmark", "private_key", "allowed_ips", "peers"].iter().position(|f| *f == field).unwrap() + 1;
+        let total: f64 = ["private_key", "listen_port", "fwmark", "peers", "allowed_ips", "endpoint"]
+            .iter()
+            .map(|f| count(&m, f).unwrap())
+            .sum();
+        let done = ["endpoint", "listen_port", "fwmark", "private_key", "allowed_ips", "peers"]
+            .iter()
+            .position(|f| *f == field)
+            .unwrap()
+            + 1;
         assert_eq!(total, done as f64, "only {field} changed now: {}", m.text);
     }
     let log = c.log_text();
@@ -51,7 +59,9 @@ fn each_configuration_change_is_counted_by_field_and_logged() {
         ("allowed_ips", "10.98.0.0/24,10.99.0.2/32".to_string()),
         ("peers", "added".to_string()),
     ] {
-        let line = log.lines().find(|l| l.contains("configuration changed") && l.split_whitespace().any(|w| w == format!("field={field}")));
+        let line = log.lines().find(|l| {
+            l.contains("configuration changed") && l.split_whitespace().any(|w| w == format!("field={field}"))
+        });
         let line = line.unwrap_or_else(|| panic!("no log line for {field}: {log}"));
         assert!(line.contains(dev) && line.contains(&says), "{line}");
     }
@@ -68,8 +78,14 @@ fn flaps_are_counted_as_they_happen_and_the_device_is_attached_again() {
     assert_eq!((m.get("wireguard_device_up", &d), m.get("wireguard_device_flaps_total", &d)), (Some(1.0), Some(0.0)));
 
     // Down and up again within a few milliseconds, far inside one poll: the link events see it.
-    wg_tests::netns::sh(&["sh", "-c", &format!("ip -n {ns} link set {dev} down && ip -n {ns} link set {dev} up", ns = lab.a.ns)]).unwrap();
-    let (m, _) = c.wait_for(Duration::from_secs(3), |m| m.get("wireguard_device_flaps_total", &d) == Some(1.0)).unwrap();
+    wg_tests::netns::sh(&[
+        "sh",
+        "-c",
+        &format!("ip -n {ns} link set {dev} down && ip -n {ns} link set {dev} up", ns = lab.a.ns),
+    ])
+    .unwrap();
+    let (m, _) =
+        c.wait_for(Duration::from_secs(3), |m| m.get("wireguard_device_flaps_total", &d) == Some(1.0)).unwrap();
     assert_eq!(m.get("wireguard_device_up", &d), Some(1.0));
 
     // Held down: up is 0 while it lasts.

@@ -1,10 +1,7 @@
 //! Exact counts through real tunnels: wireguard-go and boringtun peers in namespaces, the
 //! real collector attached to side a, traffic from side a to side b.
 
-use std::{
-    process::Stdio,
-    time::Duration,
-};
+use std::{process::Stdio, time::Duration};
 
 use wg_tests::{lab::wait_until, netns, Collector, Implementation, Lab, Metrics};
 
@@ -68,9 +65,14 @@ fn assert_wg_bytes(imp: Implementation, what: &str, got: f64, packets: u64, ip_l
         Implementation::WireguardGo | Implementation::Kernel => {
             let data = packets * wg_data_bytes(ip_len, 1420);
             let extra = got as i64 - data as i64;
-            assert!(extra >= 0 && extra % 32 == 0 && extra <= 64, "{what}: wireguard-go counted {got}, data messages make {data}");
+            assert!(
+                extra >= 0 && extra % 32 == 0 && extra <= 64,
+                "{what}: wireguard-go counted {got}, data messages make {data}"
+            );
         }
-        Implementation::Boringtun => assert_eq!(got, (packets * ip_len) as f64, "{what}: boringtun counts plaintext bytes"),
+        Implementation::Boringtun => {
+            assert_eq!(got, (packets * ip_len) as f64, "{what}: boringtun counts plaintext bytes")
+        }
     }
 }
 
@@ -96,7 +98,8 @@ fn pings_are_counted_exactly(imp: Implementation) {
 
     // IPv6: 50 echo requests of 1000 data bytes: 40 + 8 + 1000 = 1048-byte packets.
     let before = view(&c, &lab);
-    lab.exec('a', "ping", &["-6", "-c", "50", "-i", "0.002", "-q", "-s", "1000", &lab.b.tunnel_v6.to_string()]).unwrap();
+    lab.exec('a', "ping", &["-6", "-c", "50", "-i", "0.002", "-q", "-s", "1000", &lab.b.tunnel_v6.to_string()])
+        .unwrap();
     let d = view(&c, &lab).minus(before);
     assert_eq!((d.tx_packets, d.rx_packets), (50.0, 50.0), "{d:?}");
     assert_eq!((d.tx_payload, d.rx_payload), (50.0 * 1048.0, 50.0 * 1048.0), "{d:?}");
@@ -122,7 +125,10 @@ fn bulk_transfer_is_counted_exactly(imp: Implementation) {
         .unwrap();
     let b = lab.b.tunnel_v4.to_string();
     // Wait for the server's socket (probing it with a connection would count segments).
-    wait_until(Duration::from_secs(5), || lab.exec('b', "ss", &["-Htln", "sport = :5201"]).is_ok_and(|o| !o.trim().is_empty())).unwrap();
+    wait_until(Duration::from_secs(5), || {
+        lab.exec('b', "ss", &["-Htln", "sport = :5201"]).is_ok_and(|o| !o.trim().is_empty())
+    })
+    .unwrap();
 
     let before = view(&c, &lab);
     // Let the scrape's own loopback TCP connection finish closing before reading SNMP.
@@ -149,15 +155,24 @@ fn bulk_transfer_is_counted_exactly(imp: Implementation) {
     // retransmitted segments' (each at most one MTU of plaintext + 47 bytes of overhead).
     let retrans = (re1 - re0) as f64;
     let dropped_max = [retrans * (1420.0 + 47.0), 0.0];
-    for (i, (what, wg, payload, packets)) in [("tx", d.wg_tx_bytes, d.tx_payload, d.tx_packets), ("rx", d.wg_rx_bytes, d.rx_payload, d.rx_packets)].into_iter().enumerate() {
+    for (i, (what, wg, payload, packets)) in
+        [("tx", d.wg_tx_bytes, d.tx_payload, d.tx_packets), ("rx", d.wg_rx_bytes, d.rx_payload, d.rx_packets)]
+            .into_iter()
+            .enumerate()
+    {
         let (low, high) = match imp {
             // Plaintext + 32 per message + padding to 16 (0..15 per packet) + keepalives.
-            Implementation::WireguardGo | Implementation::Kernel => (payload + 32.0 * packets, payload + 47.0 * packets + 64.0),
+            Implementation::WireguardGo | Implementation::Kernel => {
+                (payload + 32.0 * packets, payload + 47.0 * packets + 64.0)
+            }
             // The plaintext itself.
             Implementation::Boringtun => (payload, payload),
         };
         let low = low - dropped_max[i];
-        assert!(wg >= low && wg <= high, "{what}: {imp:?} counted {wg}, outside [{low}, {high}] ({retrans} retransmits; {d:?})");
+        assert!(
+            wg >= low && wg <= high,
+            "{what}: {imp:?} counted {wg}, outside [{low}, {high}] ({retrans} retransmits; {d:?})"
+        );
     }
 }
 

@@ -32,11 +32,19 @@ fn check(m: &Metrics, lab: &Lab, method: &str, truth: f64, samples_at_least: f64
         .unwrap_or_else(|| panic!("no {method} samples:\n{}", m.text));
     println!("{method}: histogram median {:.3} ms over {n} samples, probe median {:.3} ms", got * 1e3, truth * 1e3);
     assert!(n >= samples_at_least, "{method}: {n} samples");
-    assert!((got - truth).abs() <= tolerance(truth), "{method}: histogram median {got} s vs {truth} s measured by the probe");
+    assert!(
+        (got - truth).abs() <= tolerance(truth),
+        "{method}: histogram median {got} s vs {truth} s measured by the probe"
+    );
 }
 
 fn round_trips_match_the_probes(delay: Duration) {
-    let lab = if delay.is_zero() { Lab::new(Implementation::WireguardGo) } else { Lab::with_delay(Implementation::WireguardGo, delay) }.unwrap();
+    let lab = if delay.is_zero() {
+        Lab::new(Implementation::WireguardGo)
+    } else {
+        Lab::with_delay(Implementation::WireguardGo, delay)
+    }
+    .unwrap();
     let c = Collector::start(&lab.a.ns, &["--latency.buckets", "full"]).unwrap();
 
     // ICMP: ping's own times for the same packets.
@@ -54,7 +62,12 @@ fn round_trips_match_the_probes(delay: Duration) {
     // The device-level histogram holds every peer's samples.
     let dev = [("device", lab.a.iface.as_str()), ("method", "icmp")];
     assert!(m.get("wireguard_device_latency_seconds_count", &dev).unwrap() >= 40.0);
-    assert!(m.get("wireguard_collector_latency_pending_evictions_total", &[("device", lab.a.iface.as_str()), ("reason", "displaced")]) == Some(0.0));
+    assert!(
+        m.get(
+            "wireguard_collector_latency_pending_evictions_total",
+            &[("device", lab.a.iface.as_str()), ("reason", "displaced")]
+        ) == Some(0.0)
+    );
     if !delay.is_zero() {
         assert!(icmp_truth >= 2.0 * delay.as_secs_f64(), "the relay adds {delay:?} each way; ping saw {icmp_truth} s");
     }
@@ -121,7 +134,8 @@ fn every_packet_gets_an_encap_or_decap_sample() {
         };
         let before = read(&c.scrape().unwrap());
         lab.exec('a', "ping", &["-c", "100", "-i", "0.005", "-q", &lab.b.tunnel_v4.to_string()]).unwrap();
-        lab.exec('a', "ping", &["-6", "-c", "50", "-i", "0.005", "-q", "-s", "1200", &lab.b.tunnel_v6.to_string()]).unwrap();
+        lab.exec('a', "ping", &["-6", "-c", "50", "-i", "0.005", "-q", "-s", "1200", &lab.b.tunnel_v6.to_string()])
+            .unwrap();
         let m = c.scrape().unwrap();
         let after = read(&m);
         let d: Vec<f64> = after.iter().zip(before).map(|(a, b)| a - b).collect();

@@ -28,7 +28,10 @@ fn peers_come_and_go_and_allowed_ips_move_attribution() {
     assert!(took < Duration::from_secs(2), "new peer took {took:?} to appear");
     assert_eq!(m.get(TX, &peer_c), Some(0.0));
     assert_eq!(m.get("wireguard_peers", &[("device", dev)]), Some(2.0));
-    assert_eq!(m.get("wireguard_peer_allowed_ips_info", &[peer_c[0], peer_c[1], ("allowed_ip", "10.99.0.3/32")]), Some(1.0));
+    assert_eq!(
+        m.get("wireguard_peer_allowed_ips_info", &[peer_c[0], peer_c[1], ("allowed_ip", "10.99.0.3/32")]),
+        Some(1.0)
+    );
     assert_eq!(m.get("wireguard_peer_last_handshake_seconds", &peer_c), Some(0.0), "never shook hands");
 
     ping_unanswered(&lab, "10.99.0.3", 5);

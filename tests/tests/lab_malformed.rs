@@ -19,7 +19,10 @@ fn malformed_packets_are_counted_passed_and_logged() {
     netns::send_raw(&lab.a.ns, dev, frames).unwrap();
 
     let m = c.scrape().unwrap();
-    let delta = |r| m.get_or_zero("wireguard_unattributed_packets_total", &reason(r)) - before.get_or_zero("wireguard_unattributed_packets_total", &reason(r));
+    let delta = |r| {
+        m.get_or_zero("wireguard_unattributed_packets_total", &reason(r))
+            - before.get_or_zero("wireguard_unattributed_packets_total", &reason(r))
+    };
     assert_eq!(delta("not_ip"), 3.0, "{}", m.text);
     assert_eq!(delta("truncated"), 2.0, "{}", m.text);
     assert_eq!(delta("no_peer"), 0.0, "{}", m.text);

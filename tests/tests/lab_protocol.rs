@@ -120,7 +120,8 @@ fn cookie_replies_under_load_are_counted() {
 
     let m = c.scrape().unwrap();
     let counted = msg(&m, dev, "", "transmit", "cookie_reply") - msg(&before, dev, "", "transmit", "cookie_reply");
-    let initiations = msg(&m, dev, "", "receive", "handshake_initiation") - msg(&before, dev, "", "receive", "handshake_initiation");
+    let initiations =
+        msg(&m, dev, "", "receive", "handshake_initiation") - msg(&before, dev, "", "receive", "handshake_initiation");
     println!("sent {sent} initiations; b saw {initiations}, counted {counted} cookie replies, its kernel sent {sent_by_b} datagrams; the sender got {got}");
     assert!(got >= 1.0, "no cookie reply provoked by {sent} initiations");
     assert_eq!(counted, sent_by_b, "cookie replies counted on b vs UDP datagrams b sent");
@@ -164,9 +165,15 @@ fn junk_at_the_port_is_counted_by_reason_and_the_tunnel_keeps_working() {
     let m = c.scrape().unwrap();
     let inv = |r| {
         let l = [("device", dev), ("reason", r)];
-        m.get_or_zero("wireguard_invalid_messages_total", &l) - before.get_or_zero("wireguard_invalid_messages_total", &l)
+        m.get_or_zero("wireguard_invalid_messages_total", &l)
+            - before.get_or_zero("wireguard_invalid_messages_total", &l)
     };
-    assert_eq!([inv("too_short"), inv("bad_type"), inv("bad_size"), inv("unknown_index")], [3.0, 4.0, 5.0, 6.0], "{}", m.text);
+    assert_eq!(
+        [inv("too_short"), inv("bad_type"), inv("bad_size"), inv("unknown_index")],
+        [3.0, 4.0, 5.0, 6.0],
+        "{}",
+        m.text
+    );
     // The tunnel's own messages are valid and the peer's.
     let key = lab.a.public_key.as_str();
     assert_eq!(msg(&m, dev, key, "receive", "data") - msg(&before, dev, key, "receive", "data"), 3.0);
@@ -213,7 +220,10 @@ fn peers_added_and_removed_and_pools_are_counted_exactly() {
     assert_eq!(m.get("wireguard_peers_added_total", &dev), Some(2.0));
     lab.wg('a', &["set", "{iface}", "peer", &kc, "remove"]).unwrap();
     let (m, _) = c.wait_for(Duration::from_secs(2), |m| m.get("wireguard_peers", &dev) == Some(2.0)).unwrap();
-    assert_eq!((m.get("wireguard_peers_added_total", &dev), m.get("wireguard_peers_removed_total", &dev)), (Some(2.0), Some(1.0)));
+    assert_eq!(
+        (m.get("wireguard_peers_added_total", &dev), m.get("wireguard_peers_removed_total", &dev)),
+        (Some(2.0), Some(1.0))
+    );
     assert_eq!(pool(&m, "wireguard_address_pool_free"), 254.0 - 16.0);
 }
 
@@ -228,11 +238,24 @@ fn friendly_names_come_from_wg_quick_comments_and_the_names_file() {
     let names = dir.join("names");
     std::fs::write(&conf, format!("[Interface]\nListenPort = 51820\n\n[Peer]\n# friendly_name = side b\nPublicKey = {}\nAllowedIPs = 10.99.0.2/32\n", lab.b.public_key)).unwrap();
     std::fs::write(&names, format!("# test peers\n{kc} carol's phone\n")).unwrap();
-    let c = Collector::start(&lab.a.ns, &["--names.wg-config", conf.to_str().unwrap(), "--names.file", names.to_str().unwrap()]);
+    let c = Collector::start(
+        &lab.a.ns,
+        &["--names.wg-config", conf.to_str().unwrap(), "--names.file", names.to_str().unwrap()],
+    );
     let m = c.as_ref().map(|c| c.scrape().unwrap());
     std::fs::remove_dir_all(&dir).unwrap();
     let m = m.unwrap();
-    let name = |k: &str| m.find("wireguard_peer_info", &[("public_key", k)]).next().unwrap().labels.iter().find(|(l, _)| l == "name").unwrap().1.clone();
+    let name = |k: &str| {
+        m.find("wireguard_peer_info", &[("public_key", k)])
+            .next()
+            .unwrap()
+            .labels
+            .iter()
+            .find(|(l, _)| l == "name")
+            .unwrap()
+            .1
+            .clone()
+    };
     assert_eq!(name(&lab.b.public_key), "side b");
     assert_eq!(name(&kc), "carol's phone");
 }
@@ -244,7 +267,11 @@ fn cardinality_flags_leave_out_what_they_name() {
         let (_, k) = lab.keypair(&format!("p{i}")).unwrap();
         lab.wg('a', &["set", "{iface}", "peer", &k, "allowed-ips", &format!("10.98.0.{i}/32")]).unwrap();
     }
-    let c = Collector::start(&lab.a.ns, &["--redact", "endpoints", "--redact", "allowed-ips", "--metrics.max-series", "100"]).unwrap();
+    let c = Collector::start(
+        &lab.a.ns,
+        &["--redact", "endpoints", "--redact", "allowed-ips", "--metrics.max-series", "100"],
+    )
+    .unwrap();
     let m = c.scrape().unwrap();
     assert_eq!(m.find("wireguard_peer_allowed_ips_info", &[]).count(), 0);
     assert!(!m.text.contains("10.200.0.2:51820"), "the endpoint must not show:\n{}", m.text);

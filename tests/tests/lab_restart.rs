@@ -10,7 +10,8 @@ const RX: &str = "wireguard_peer_receive_packets_total";
 
 /// "N packets transmitted, M received" of ping's summary.
 fn ping_summary(out: &str) -> (f64, f64) {
-    let line = out.lines().find(|l| l.contains("packets transmitted")).unwrap_or_else(|| panic!("no ping summary in {out}"));
+    let line =
+        out.lines().find(|l| l.contains("packets transmitted")).unwrap_or_else(|| panic!("no ping summary in {out}"));
     let num = |word: &str| -> f64 {
         let before = &line[..line.find(word).unwrap()];
         before.split_whitespace().last().unwrap().parse().unwrap()
@@ -33,7 +34,8 @@ fn a_restart_in_the_middle_of_a_ping_flood_loses_no_packet() {
         wg_tests::netns::run(wg_tests::netns::cmd(&ns, "ping").args(["-f", "-c", "20000", "-q", &target])).unwrap()
     });
     // Mid-flood: the counts move, then the collector goes away and comes back.
-    let (mid, _) = c.wait_for(Duration::from_secs(10), |m| m.get(TX, &peer_b).unwrap_or(0.0) > before.0 + 500.0).unwrap();
+    let (mid, _) =
+        c.wait_for(Duration::from_secs(10), |m| m.get(TX, &peer_b).unwrap_or(0.0) > before.0 + 500.0).unwrap();
     c.restart().unwrap();
     assert!(!flood.is_finished(), "the flood ended before the restart; make it longer");
     let after_restart = c.scrape().unwrap();
@@ -64,7 +66,8 @@ fn maps_of_another_size_are_refused_then_replaced_when_asked() {
 
     // Another size: refused with the reason; WireGuard's own state is still served.
     c.restart_with(&["--bpf.max-peers", "128"]).unwrap();
-    let (m, _) = c.wait_for(Duration::from_secs(5), |m| m.get("wireguard_peer_receive_bytes_total", &peer_b).is_some()).unwrap();
+    let (m, _) =
+        c.wait_for(Duration::from_secs(5), |m| m.get("wireguard_peer_receive_bytes_total", &peer_b).is_some()).unwrap();
     assert_eq!(m.get(TX, &peer_b), None, "no eBPF counts from maps it refused");
     assert!(m.get("wireguard_collector_errors_total", &[("source", "bpf")]).unwrap() >= 1.0);
     let log = c.log_text();
@@ -94,13 +97,25 @@ fn unpin_detaches_and_removes_the_pins() {
     assert!(dir.join("PEER_COUNTERS").exists() && link.exists());
     // The program the pinned link runs: it lives on after the collector, until unpinned.
     let info = wg_tests::netns::sh(&["bpftool", "-j", "link", "show", "pinned", link.to_str().unwrap()]).unwrap();
-    let prog_id = info.split("\"prog_id\":").nth(1).and_then(|r| r.split([',', '}']).next()).unwrap().trim().to_string();
+    let prog_id =
+        info.split("\"prog_id\":").nth(1).and_then(|r| r.split([',', '}']).next()).unwrap().trim().to_string();
     c.stop();
-    assert!(wg_tests::netns::sh(&["bpftool", "prog", "show", "id", &prog_id]).is_ok(), "program {prog_id} ended with the collector");
+    assert!(
+        wg_tests::netns::sh(&["bpftool", "prog", "show", "id", &prog_id]).is_ok(),
+        "program {prog_id} ended with the collector"
+    );
     let bin = wg_tests::collector::binary().unwrap();
-    let out = wg_tests::netns::run(wg_tests::netns::cmd(&lab.a.ns, bin.to_str().unwrap()).args(["--bpf.unpin", "--bpf.pin-path", pins.to_str().unwrap()])).unwrap();
+    let out = wg_tests::netns::run(wg_tests::netns::cmd(&lab.a.ns, bin.to_str().unwrap()).args([
+        "--bpf.unpin",
+        "--bpf.pin-path",
+        pins.to_str().unwrap(),
+    ]))
+    .unwrap();
     assert!(out.contains(&format!("unpinned 1 device(s) under {}: {}", pins.display(), lab.a.iface)), "{out}");
     assert!(!dir.exists());
     // Detached and gone (the kernel frees it once nothing refers to it).
-    wg_tests::lab::wait_until(Duration::from_secs(2), || wg_tests::netns::sh(&["bpftool", "prog", "show", "id", &prog_id]).is_err()).unwrap();
+    wg_tests::lab::wait_until(Duration::from_secs(2), || {
+        wg_tests::netns::sh(&["bpftool", "prog", "show", "id", &prog_id]).is_err()
+    })
+    .unwrap();
 }

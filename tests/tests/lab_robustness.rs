@@ -57,7 +57,8 @@ fn churn_of_100_changes_a_second_under_1s_scrapes_loses_nothing() {
             let mut failed = Vec::new();
             while !stop.load(Ordering::Relaxed) {
                 let t0 = Instant::now();
-                let page = netns::within(&ns, || wg_tests::scrape::http_get("127.0.0.1:9586".parse().unwrap(), "/metrics"));
+                let page =
+                    netns::within(&ns, || wg_tests::scrape::http_get("127.0.0.1:9586".parse().unwrap(), "/metrics"));
                 match page.and_then(|p| Metrics::parse(&p)) {
                     Ok(m) => {
                         let keys: HashSet<String> = m
@@ -80,7 +81,17 @@ fn churn_of_100_changes_a_second_under_1s_scrapes_loses_nothing() {
     let add = |lives: &mut HashMap<String, Life>, live: &mut VecDeque<String>, n: u32| {
         let key = random_public_key();
         let t = Instant::now();
-        lab.uapi_set('a', &format!("public_key={}\nallowed_ip=10.{}.{}.{}/32\n", key_hex(&key), 100 + n / 65536 % 100, n / 256 % 256, n % 256)).unwrap();
+        lab.uapi_set(
+            'a',
+            &format!(
+                "public_key={}\nallowed_ip=10.{}.{}.{}/32\n",
+                key_hex(&key),
+                100 + n / 65536 % 100,
+                n / 256 % 256,
+                n % 256
+            ),
+        )
+        .unwrap();
         lives.entry(key.clone()).or_default().added = Some((t, Instant::now()));
         live.push_back(key);
     };
@@ -95,7 +106,7 @@ fn churn_of_100_changes_a_second_under_1s_scrapes_loses_nothing() {
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);
         }
-        if changes % 2 == 0 {
+        if changes.is_multiple_of(2) {
             add(&mut lives, &mut live, 100 + changes);
         } else {
             let key = live.pop_front().unwrap();
@@ -135,7 +146,10 @@ fn churn_of_100_changes_a_second_under_1s_scrapes_loses_nothing() {
     assert!(ups >= 10.0, "{ups} scrapes in the 11.5 s of churn");
     assert_eq!(good, ups, "failed Prometheus scrapes");
     assert!(c.log_text().matches("ERROR").count() == 0, "{}", c.log_text());
-    println!("churn: {changes} changes at {rate:.1}/s, {} checked scrapes, {ups} Prometheus scrapes, 0 failed", seen.len());
+    println!(
+        "churn: {changes} changes at {rate:.1}/s, {} checked scrapes, {ups} Prometheus scrapes, 0 failed",
+        seen.len()
+    );
     drop(prom);
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -181,11 +195,15 @@ fn junk_at_full_speed_is_counted_and_the_tunnel_counts_stay_exact() {
     // device's own and its peer's).
     let seen = |m: &Metrics| -> f64 {
         m.find("wireguard_invalid_messages_total", &[("device", dev.as_str())]).map(|s| s.value).sum::<f64>()
-            + m.find("wireguard_messages_total", &[("device", dev.as_str()), ("direction", "receive")]).map(|s| s.value).sum::<f64>()
+            + m.find("wireguard_messages_total", &[("device", dev.as_str()), ("direction", "receive")])
+                .map(|s| s.value)
+                .sum::<f64>()
     };
     let plain = |m: &Metrics, d: &str| -> f64 {
         m.find(&format!("wireguard_peer_{d}_packets_total"), &[("device", dev.as_str())]).map(|s| s.value).sum::<f64>()
-            + m.find("wireguard_unattributed_packets_total", &[("device", dev.as_str()), ("direction", d)]).map(|s| s.value).sum::<f64>()
+            + m.find("wireguard_unattributed_packets_total", &[("device", dev.as_str()), ("direction", d)])
+                .map(|s| s.value)
+                .sum::<f64>()
     };
     std::thread::sleep(Duration::from_millis(300));
     let (before, udp0, rx0, tx0) = (c.scrape().unwrap(), udp(), stat("rx_packets"), stat("tx_packets"));
@@ -195,7 +213,8 @@ fn junk_at_full_speed_is_counted_and_the_tunnel_counts_stay_exact() {
     let target: SocketAddr = format!("{}:51820", lab.b.underlay).parse().unwrap();
     let ns = lab.a.ns.clone();
     let peer = lab.b.tunnel_v4.to_string();
-    let pinger = std::thread::spawn(move || netns::run(netns::cmd(&ns, "ping").args(["-c", "200", "-i", "0.01", "-q", &peer])));
+    let pinger =
+        std::thread::spawn(move || netns::run(netns::cmd(&ns, "ping").args(["-c", "200", "-i", "0.01", "-q", &peer])));
     let sent = netns::within(&lab.a.ns, move || {
         let s = UdpSocket::bind("10.200.0.1:40002")?;
         let mut rng = u64::from_le_bytes(random_bytes::<8>()) | 1;
@@ -218,7 +237,10 @@ fn junk_at_full_speed_is_counted_and_the_tunnel_counts_stay_exact() {
     // What reached the port, datagram for datagram, is what the UDP layer took in.
     let counted = seen(&m) - seen(&before);
     let arrived = udp() - udp0;
-    println!("junk: {sent} datagrams sent in {secs:.1} s ({:.0}/s); {arrived} reached b's UDP layer, {counted} counted", sent as f64 / secs);
+    println!(
+        "junk: {sent} datagrams sent in {secs:.1} s ({:.0}/s); {arrived} reached b's UDP layer, {counted} counted",
+        sent as f64 / secs
+    );
     assert_eq!(counted, arrived, "{}", m.text);
     assert!(counted >= 1000.0 && counted <= sent as f64 + 1000.0);
     // The tunnel's counts: exactly what the kernel counted on the WireGuard interface.
@@ -234,7 +256,11 @@ fn junk_at_full_speed_is_counted_and_the_tunnel_counts_stay_exact() {
 fn a_crowd_of_scrapers_gets_no_errors_and_does_not_hold_up_the_sync() {
     let lab = Lab::new(Implementation::WireguardGo).unwrap();
     let c = Collector::start(&lab.a.ns, &[]).unwrap();
-    let body: String = (0..200).map(|i| format!("public_key={}\nallowed_ip=10.150.{}.{}/32\n", key_hex(&random_public_key()), i / 256, i % 256)).collect();
+    let body: String = (0..200)
+        .map(|i| {
+            format!("public_key={}\nallowed_ip=10.150.{}.{}/32\n", key_hex(&random_public_key()), i / 256, i % 256)
+        })
+        .collect();
     lab.uapi_set('a', &body).unwrap();
     let wrk = netns::cmd(&lab.a.ns, "wrk")
         .args(["-t", "2", "-c", "200", "-d", "5s", "--latency", "--timeout", "5s", "http://127.0.0.1:9586/metrics"])
@@ -256,6 +282,12 @@ fn a_crowd_of_scrapers_gets_no_errors_and_does_not_hold_up_the_sync() {
     assert!(synced < Duration::from_secs(1), "{synced:?}");
     assert!(!out.contains("Socket errors"), "{out}");
     assert!(!out.contains("Non-2xx"), "{out}");
-    let requests: f64 = out.lines().find(|l| l.contains("requests in")).and_then(|l| l.split_whitespace().next()).unwrap().parse().unwrap();
+    let requests: f64 = out
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(requests >= 200.0, "{out}");
 }

@@ -6,8 +6,12 @@ use wg_tests::{Collector, Implementation, Lab};
 fn serves_openmetrics_when_asked_and_prometheus_text_otherwise() {
     let lab = Lab::new(Implementation::WireguardGo).unwrap();
     let c = Collector::start(&lab.a.ns, &["--web.telemetry-path", "/wg"]).unwrap();
-    let (head, body) = c.get("/wg", &[("Accept", "application/openmetrics-text;version=1.0.0,text/plain;q=0.5")]).unwrap();
-    assert!(head.contains("200 OK") && head.to_lowercase().contains("content-type: application/openmetrics-text"), "{head}");
+    let (head, body) =
+        c.get("/wg", &[("Accept", "application/openmetrics-text;version=1.0.0,text/plain;q=0.5")]).unwrap();
+    assert!(
+        head.contains("200 OK") && head.to_lowercase().contains("content-type: application/openmetrics-text"),
+        "{head}"
+    );
     assert!(body.ends_with("# EOF\n"), "{body}");
     assert!(body.contains("# TYPE wireguard_peer_transmit_packets counter"), "{body}");
 
@@ -20,7 +24,10 @@ fn serves_openmetrics_when_asked_and_prometheus_text_otherwise() {
 
     // Gzip when asked, as Prometheus always does: the same page, compressed.
     let addr = "127.0.0.1:9586".parse().unwrap();
-    let (head, gz) = wg_tests::netns::within(&lab.a.ns, move || wg_tests::scrape::http_get_bytes(addr, "/wg", &[("Accept-Encoding", "gzip")])).unwrap();
+    let (head, gz) = wg_tests::netns::within(&lab.a.ns, move || {
+        wg_tests::scrape::http_get_bytes(addr, "/wg", &[("Accept-Encoding", "gzip")])
+    })
+    .unwrap();
     assert!(head.to_lowercase().contains("content-encoding: gzip"), "{head}");
     let mut text = String::new();
     std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&gz[..]), &mut text).unwrap();
@@ -53,7 +60,9 @@ fn bpf_stats_account_every_program_run() {
     let prog = |p| [("device", dev), ("program", p)];
     let peer_b = [("device", dev), ("public_key", lab.b.public_key.as_str())];
     let unattributed_tx = |m: &wg_tests::Metrics| -> f64 {
-        m.find("wireguard_unattributed_packets_total", &[("device", dev), ("direction", "transmit")]).map(|s| s.value).sum()
+        m.find("wireguard_unattributed_packets_total", &[("device", dev), ("direction", "transmit")])
+            .map(|s| s.value)
+            .sum()
     };
     let before = c.scrape().unwrap();
     lab.exec('a', "ping", &["-c", "50", "-i", "0.005", "-q", &lab.b.tunnel_v4.to_string()]).unwrap();
@@ -110,9 +119,14 @@ fn vpn_only_listens_on_the_interface_addresses_and_follows_them() {
     lab.exec('a', "ip", &["addr", "add", "10.99.0.50/32", "dev", dev]).unwrap();
     let b_allows = format!("{}/32,{}/128,10.99.0.50/32", lab.a.tunnel_v4, lab.a.tunnel_v6);
     lab.wg('b', &["set", "{iface}", "peer", &lab.a.public_key, "allowed-ips", &b_allows]).unwrap();
-    wg_tests::lab::wait_until(std::time::Duration::from_secs(2), || status_from(&lab.b.ns, "10.99.0.50:9586").contains("200")).unwrap();
+    wg_tests::lab::wait_until(std::time::Duration::from_secs(2), || {
+        status_from(&lab.b.ns, "10.99.0.50:9586").contains("200")
+    })
+    .unwrap();
     lab.exec('a', "ip", &["addr", "del", &format!("{}/24", lab.a.tunnel_v4), "dev", dev]).unwrap();
-    let gone = wg_tests::lab::wait_until(std::time::Duration::from_secs(2), || status_from(&lab.b.ns, &a_v4).starts_with("error"));
+    let gone = wg_tests::lab::wait_until(std::time::Duration::from_secs(2), || {
+        status_from(&lab.b.ns, &a_v4).starts_with("error")
+    });
     assert!(gone.is_ok(), "{} / {}", status_from(&lab.b.ns, &a_v4), c.log_text());
     assert!(status_from(&lab.b.ns, "10.99.0.50:9586").contains("200"));
     let log = c.log_text();
@@ -136,8 +150,12 @@ fn scrapes_share_a_reading_younger_than_max_age() {
     // The poll loop far apart, so only scrapes read.
     let c = Collector::start(&lab.a.ns, &["--scrape.max-age", "3", "--poll-interval", "600"]).unwrap();
     let l = [("device", lab.a.iface.as_str()), ("public_key", lab.b.public_key.as_str())];
-    let tx = |m: &wg_tests::Metrics| m.get("wireguard_peer_transmit_packets_total", &l).unwrap_or_else(|| panic!("{}", m.text));
-    let age = |m: &wg_tests::Metrics| m.get("wireguard_collector_reading_age_seconds", &[]).unwrap_or_else(|| panic!("{}", m.text));
+    let tx = |m: &wg_tests::Metrics| {
+        m.get("wireguard_peer_transmit_packets_total", &l).unwrap_or_else(|| panic!("{}", m.text))
+    };
+    let age = |m: &wg_tests::Metrics| {
+        m.get("wireguard_collector_reading_age_seconds", &[]).unwrap_or_else(|| panic!("{}", m.text))
+    };
 
     // A reading of its own, then pings the next scrape must not show yet.
     std::thread::sleep(Duration::from_secs(3));
@@ -165,7 +183,11 @@ fn scrapes_share_a_reading_younger_than_max_age() {
 fn scrapes_that_arrive_together_share_one_page() {
     use wg_tests::lab::{key_hex, random_public_key};
     let lab = Lab::new(Implementation::WireguardGo).unwrap();
-    let body: String = (0..2000).map(|i| format!("public_key={}\nallowed_ip=10.150.{}.{}/32\n", key_hex(&random_public_key()), i / 256, i % 256)).collect();
+    let body: String = (0..2000)
+        .map(|i| {
+            format!("public_key={}\nallowed_ip=10.150.{}.{}/32\n", key_hex(&random_public_key()), i / 256, i % 256)
+        })
+        .collect();
     lab.uapi_set('a', &body).unwrap();
     let c = Collector::start(&lab.a.ns, &["--scrape.max-age", "600", "--poll-interval", "600"]).unwrap();
     let barrier = std::sync::Barrier::new(16);
@@ -182,7 +204,9 @@ fn scrapes_that_arrive_together_share_one_page() {
     });
     let mut ages: Vec<String> = pages
         .iter()
-        .map(|m| m.get("wireguard_collector_reading_age_seconds", &[]).unwrap_or_else(|| panic!("{}", m.text)).to_string())
+        .map(|m| {
+            m.get("wireguard_collector_reading_age_seconds", &[]).unwrap_or_else(|| panic!("{}", m.text)).to_string()
+        })
         .collect();
     ages.sort();
     ages.dedup();

@@ -27,7 +27,8 @@ const PEER6: Ipv6Addr = Ipv6Addr::new(0xfd01, 0, 0, 0, 0, 0, 0, 2);
 const PEER: Key = Key([7; 32]);
 
 fn probe() -> DeviceProbe {
-    let mut p = DeviceProbe::load(ProbeOptions { max_peers: 16, ..Default::default() }, None).expect("load programs (root needed)");
+    let mut p = DeviceProbe::load(ProbeOptions { max_peers: 16, ..Default::default() }, None)
+        .expect("load programs (root needed)");
     let mut peer = Peer::new(PEER);
     peer.allowed_ips = vec!["10.1.0.0/16".parse::<IpNet>().unwrap(), "fd01::/64".parse().unwrap()];
     p.sync(&[peer]).unwrap();
@@ -59,7 +60,9 @@ fn samples(p: &DeviceProbe, kind: Kind) -> (u64, u64) {
 #[test]
 fn tcp_timestamps_match_first_echo_once() {
     let mut p = probe();
-    let seg = |sport, dport, val, ecr, payload| tcp_segment(sport, dport, 1000, 2000, ACK | PSH, &ts_option(val, ecr), payload);
+    let seg = |sport, dport, val, ecr, payload| {
+        tcp_segment(sport, dport, 1000, 2000, ACK | PSH, &ts_option(val, ecr), payload)
+    };
     // Two segments in one timestamp tick: the first one is the question.
     out(&mut p, &ipv4_with(ME4, PEER4, TCP, &seg(40000, 443, 555, 9, 100)));
     sleep(Duration::from_millis(2));
@@ -93,7 +96,11 @@ fn tcp_timestamps_found_in_every_usual_option_layout() {
         // BSD/Windows SYN: MSS, NOP, WS, NOP, NOP, TS, SACK_PERM, EOL.
         ("bsd syn", [vec![2, 4, 5, 0xb4, 1, 3, 3, 6, 1, 1], ts(102, 0), vec![4, 2, 0, 0]].concat(), ts_option(1, 102)),
         // An ACK with SACK blocks after NOP NOP TS.
-        ("sack", [ts_option(103, 1), vec![1, 1, 5, 10], vec![0; 8]].concat(), [ts_option(2, 103), vec![1, 1, 5, 10], vec![0; 8]].concat()),
+        (
+            "sack",
+            [ts_option(103, 1), vec![1, 1, 5, 10], vec![0; 8]].concat(),
+            [ts_option(2, 103), vec![1, 1, 5, 10], vec![0; 8]].concat(),
+        ),
         // TS alone, then EOL.
         ("ts only", [ts(104, 0), vec![0, 0]].concat(), ts_option(3, 104)),
     ];
@@ -186,7 +193,13 @@ fn a_question_takes_the_place_of_an_older_one_with_the_same_hash() {
     // The place each echo request waits at, computed as the programs do.
     let place = |seq: u16| {
         let mapped = |a: Ipv4Addr| a.to_ipv6_mapped().octets();
-        let k = PendingKey { local: mapped(ME4), remote: mapped(PEER4), kind: Kind::Icmp as u16, value: 1 << 16 | seq as u32, ..Default::default() };
+        let k = PendingKey {
+            local: mapped(ME4),
+            remote: mapped(PEER4),
+            kind: Kind::Icmp as u16,
+            value: 1 << 16 | seq as u32,
+            ..Default::default()
+        };
         k.place() & 3
     };
     let mut last_at = std::collections::BTreeMap::new();
@@ -209,7 +222,8 @@ fn a_question_takes_the_place_of_an_older_one_with_the_same_hash() {
 
 #[test]
 fn sampling_records_one_in_n() {
-    let mut p = DeviceProbe::load(ProbeOptions { max_peers: 16, latency_sample: 4, ..Default::default() }, None).unwrap();
+    let mut p =
+        DeviceProbe::load(ProbeOptions { max_peers: 16, latency_sample: 4, ..Default::default() }, None).unwrap();
     let mut peer = Peer::new(PEER);
     peer.allowed_ips = vec!["10.1.0.0/16".parse::<IpNet>().unwrap()];
     p.sync(&[peer]).unwrap();

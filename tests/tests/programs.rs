@@ -30,7 +30,13 @@ fn run(probe: &mut DeviceProbe, prog: &str, pkt: &[u8], ctx: Option<&[u8]>, repe
     let mut out = vec![0u8; pkt.len() + 64];
     let prog = probe.program(prog).unwrap();
     let r = prog
-        .test_run(TestRunOptions { data_in: Some(pkt), data_out: Some(&mut out), ctx_in: ctx, repeat, ..Default::default() })
+        .test_run(TestRunOptions {
+            data_in: Some(pkt),
+            data_out: Some(&mut out),
+            ctx_in: ctx,
+            repeat,
+            ..Default::default()
+        })
         .unwrap();
     assert_eq!(r.return_value, TC_NEXT as u32, "programs must pass every packet on");
     assert_eq!(&out[..r.data_size_out as usize], pkt, "programs must not alter packets");
@@ -52,7 +58,8 @@ fn unattributed(probe: &DeviceProbe, dir: usize, r: Unattributed) -> Counter {
 }
 
 fn probe_with(peers: &[Peer], max_peers: u32) -> DeviceProbe {
-    let mut p = DeviceProbe::load(ProbeOptions { max_peers, ..Default::default() }, None).expect("load programs (root needed)");
+    let mut p =
+        DeviceProbe::load(ProbeOptions { max_peers, ..Default::default() }, None).expect("load programs (root needed)");
     p.sync(peers).unwrap();
     p
 }
@@ -195,11 +202,18 @@ fn a_host_address_beats_the_prefix_that_contains_it() {
 /// moves when most peers are in another /16, and forgets removed peers.
 #[test]
 fn host_block_follows_the_busiest_16_and_agrees_with_the_hash() {
-    let mut peers =
-        vec![peer(1, &["10.1.0.1/32"]), peer(2, &["10.1.0.2/32"]), peer(3, &["10.1.200.3/32"]), peer(4, &["10.2.0.1/32"]), peer(5, &["10.1.5.0/24"])];
+    let mut peers = vec![
+        peer(1, &["10.1.0.1/32"]),
+        peer(2, &["10.1.0.2/32"]),
+        peer(3, &["10.1.200.3/32"]),
+        peer(4, &["10.2.0.1/32"]),
+        peer(5, &["10.1.5.0/24"]),
+    ];
     let mut p = probe_with(&peers, 64);
     assert_eq!(p.host_block(), Some(v4("10.1.0.0")), "the /16 with the most /32s");
-    let out = |p: &mut DeviceProbe, to: &str, n: u32| run(p, names::PROG_EGRESS, &ipv4(v4("10.0.0.1"), v4(to), UDP, 100), None, n);
+    let out = |p: &mut DeviceProbe, to: &str, n: u32| {
+        run(p, names::PROG_EGRESS, &ipv4(v4("10.0.0.1"), v4(to), UDP, 100), None, n)
+    };
     out(&mut p, "10.1.0.1", 1); // block
     out(&mut p, "10.1.200.3", 2); // block
     out(&mut p, "10.2.0.1", 3); // hash: same low 16 bits as 10.1.0.1, other /16

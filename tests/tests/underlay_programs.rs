@@ -18,7 +18,8 @@ fn addr(s: &str) -> SocketAddrV4 {
 }
 
 fn probe() -> DeviceProbe {
-    let mut p = DeviceProbe::load(ProbeOptions { max_peers: 16, ..Default::default() }, None).expect("load programs (root needed)");
+    let mut p = DeviceProbe::load(ProbeOptions { max_peers: 16, ..Default::default() }, None)
+        .expect("load programs (root needed)");
     let mut peer = Peer::new(PEER);
     peer.endpoint = Some("192.0.2.7:51821".parse().unwrap());
     p.sync(&[peer]).unwrap();
@@ -50,7 +51,11 @@ fn samples(p: &DeviceProbe, kind: Kind) -> (u64, u64) {
     let mut n = (0, 0);
     for (peer, k, v) in p.histograms().unwrap() {
         if k.kind == kind as u16 {
-            if peer == Some(PEER) { n.0 += v.count } else { n.1 += v.count }
+            if peer == Some(PEER) {
+                n.0 += v.count
+            } else {
+                n.1 += v.count
+            }
         }
     }
     n
@@ -66,7 +71,8 @@ fn initiator_round_trip_by_sender_index() {
     back(&mut p, &wg::response(5, 0xaabbccdd));
     back(&mut p, &wg::response(6, 0xaabbccdd));
     assert_eq!(samples(&p, Kind::HandshakeInitiator), (1, 0));
-    let (_, k, v) = p.histograms().unwrap().into_iter().find(|(_, k, _)| k.kind == Kind::HandshakeInitiator as u16).unwrap();
+    let (_, k, v) =
+        p.histograms().unwrap().into_iter().find(|(_, k, _)| k.kind == Kind::HandshakeInitiator as u16).unwrap();
     assert!(v.sum_ns >= 3_000_000, "{k:?} {v:?}");
 }
 
@@ -103,8 +109,16 @@ fn endpoints_are_found_at_their_place_or_in_the_hash_and_nothing_stale_stays() {
     // device has.
     let round = |p: &mut DeviceProbe| {
         for i in 0..12 {
-            send(p, names::PROG_UNDER_EGRESS, &eth_udp4(addr("192.0.2.1:51820"), endpoint(i), &wg::initiation(i as u32 + 1)));
-            send(p, names::PROG_UNDER_EGRESS, &eth_udp4(addr("192.0.2.1:51820"), endpoint(i), &wg::data(7, i as u64, 64)));
+            send(
+                p,
+                names::PROG_UNDER_EGRESS,
+                &eth_udp4(addr("192.0.2.1:51820"), endpoint(i), &wg::initiation(i as u32 + 1)),
+            );
+            send(
+                p,
+                names::PROG_UNDER_EGRESS,
+                &eth_udp4(addr("192.0.2.1:51820"), endpoint(i), &wg::data(7, i as u64, 64)),
+            );
         }
         let (by_peer, device) = p.messages(&p.all_peer_counters().unwrap()).unwrap();
         let total = |m: &wg_common::protocol::MessageCounts| m.counts.iter().flatten().sum::<u64>();
@@ -130,16 +144,32 @@ fn unknown_endpoints_count_for_the_device_and_other_ports_are_ignored() {
     // A response from an endpoint not synced (a roamed peer) naming the index we gave the
     // peer is still the peer's.
     out(&mut p, &wg::initiation(1));
-    send(&mut p, names::PROG_UNDER_INGRESS, &eth_udp4(addr("198.51.100.9:4000"), addr("192.0.2.1:51820"), &wg::response(2, 1)));
+    send(
+        &mut p,
+        names::PROG_UNDER_INGRESS,
+        &eth_udp4(addr("198.51.100.9:4000"), addr("192.0.2.1:51820"), &wg::response(2, 1)),
+    );
     assert_eq!(samples(&p, Kind::HandshakeInitiator), (1, 0));
     // An initiation to an endpoint not synced: its answer counts for the device.
-    send(&mut p, names::PROG_UNDER_EGRESS, &eth_udp4(addr("192.0.2.1:51820"), addr("198.51.100.10:4000"), &wg::initiation(5)));
-    send(&mut p, names::PROG_UNDER_INGRESS, &eth_udp4(addr("198.51.100.10:4000"), addr("192.0.2.1:51820"), &wg::response(6, 5)));
+    send(
+        &mut p,
+        names::PROG_UNDER_EGRESS,
+        &eth_udp4(addr("192.0.2.1:51820"), addr("198.51.100.10:4000"), &wg::initiation(5)),
+    );
+    send(
+        &mut p,
+        names::PROG_UNDER_INGRESS,
+        &eth_udp4(addr("198.51.100.10:4000"), addr("192.0.2.1:51820"), &wg::response(6, 5)),
+    );
     assert_eq!(samples(&p, Kind::HandshakeInitiator), (1, 1));
     assert_eq!(p.invalid().unwrap(), [0, 0, 0, 0]);
     // Another port's traffic is not ours, even when it looks like WireGuard.
     let before = p.latency_stats().unwrap().recorded;
-    send(&mut p, names::PROG_UNDER_EGRESS, &eth_udp4(addr("192.0.2.1:51999"), addr("192.0.2.7:51821"), &wg::initiation(3)));
+    send(
+        &mut p,
+        names::PROG_UNDER_EGRESS,
+        &eth_udp4(addr("192.0.2.1:51999"), addr("192.0.2.7:51821"), &wg::initiation(3)),
+    );
     assert_eq!(p.latency_stats().unwrap().recorded, before);
     // Truncated and odd frames pass untouched.
     out(&mut p, &[1, 0, 0]);

@@ -84,7 +84,10 @@ fn https_get(
         roots.add(c).unwrap();
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let b = ClientConfig::builder_with_provider(provider).with_protocol_versions(versions).unwrap().with_root_certificates(roots);
+    let b = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots);
     let cfg = match client {
         Some((cert, key)) => {
             use rustls::pki_types::pem::PemObject;
@@ -92,7 +95,12 @@ fn https_get(
         }
         None => b.with_no_client_auth(),
     };
-    let req = headers.iter().fold(format!("GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"), |r, (k, v)| r + &format!("{k}: {v}\r\n")) + "\r\n";
+    let req = headers
+        .iter()
+        .fold("GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n".to_string(), |r, (k, v)| {
+            r + &format!("{k}: {v}\r\n")
+        })
+        + "\r\n";
     netns::within(ns, move || {
         let tcp = TcpStream::connect(addr)?;
         tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -180,7 +188,8 @@ fn basic(user: &str, pass: &str) -> String {
 fn basic_auth_bearer_tokens_health_and_rate_limit() {
     let lab = Lab::new(Implementation::WireguardGo).unwrap();
     let dir = Dir::new("auth");
-    let web = dir.file("web.yml", format!("basic_auth_users:\n  prometheus: {}\n", bcrypt::hash("correct horse", 6).unwrap()));
+    let web = dir
+        .file("web.yml", format!("basic_auth_users:\n  prometheus: {}\n", bcrypt::hash("correct horse", 6).unwrap()));
     let tokens = dir.file("tokens", format!("{TOKEN}\n"));
     let c = Collector::start(&lab.a.ns, &["--web.config.file", &web, "--web.bearer-token-file", &tokens]).unwrap();
     let ns = &lab.a.ns;
@@ -266,9 +275,20 @@ fn a_real_prometheus_scrapes_with_tls_and_credentials_file() {
     let pki = Pki::new("test CA");
     let (cert, key) = pki.leaf(&["127.0.0.1", "localhost"]);
     let ca = dir.file("ca.crt", &pki.ca_pem);
-    let web = dir.file("web.yml", format!("tls_server_config:\n  cert_file: {}\n  key_file: {}\n", dir.file("s.crt", cert), dir.file("s.key", key)));
+    let web = dir.file(
+        "web.yml",
+        format!(
+            "tls_server_config:\n  cert_file: {}\n  key_file: {}\n",
+            dir.file("s.crt", cert),
+            dir.file("s.key", key)
+        ),
+    );
     let tokens = dir.file("tokens", format!("{TOKEN}\n"));
-    let _c = Collector::start(&lab.a.ns, &["--web.config.file", &web, "--web.bearer-token-file", &tokens, "--web.listen-address", ADDR]).unwrap();
+    let _c = Collector::start(
+        &lab.a.ns,
+        &["--web.config.file", &web, "--web.bearer-token-file", &tokens, "--web.listen-address", ADDR],
+    )
+    .unwrap();
     let good = dir.file("good.token", TOKEN);
     let bad = dir.file("bad.token", "0000111122223333444455556666777788");
     let job = |name: &str, token: &str| {
@@ -276,14 +296,15 @@ fn a_real_prometheus_scrapes_with_tls_and_credentials_file() {
             "  - job_name: {name}\n    scheme: https\n    tls_config:\n      ca_file: {ca}\n      server_name: localhost\n    authorization:\n      credentials_file: {token}\n    static_configs:\n      - targets: ['{ADDR}']\n"
         )
     };
-    let config = dir.file("prometheus.yml", format!("global:\n  scrape_interval: 1s\nscrape_configs:\n{}{}", job("good", &good), job("bad", &bad)));
+    let config = dir.file(
+        "prometheus.yml",
+        format!("global:\n  scrape_interval: 1s\nscrape_configs:\n{}{}", job("good", &good), job("bad", &bad)),
+    );
     let data = dir.0.join("data");
     let prom = Prometheus::start(&lab.a.ns, &config, &data);
     let up = |job: &str| prom.query(&format!("up{{job=\"{job}\"}}"));
-    wait_until(Duration::from_secs(30), || up("good") == Some(1.0) && up("bad") == Some(0.0)).unwrap_or_else(|_| {
-        panic!("up: good {:?}, bad {:?}; prometheus log:\n{}", up("good"), up("bad"), prom.log())
-    });
+    wait_until(Duration::from_secs(30), || up("good") == Some(1.0) && up("bad") == Some(0.0))
+        .unwrap_or_else(|_| panic!("up: good {:?}, bad {:?}; prometheus log:\n{}", up("good"), up("bad"), prom.log()));
     let n = prom.query("count(wireguard_peer_info)");
     assert_eq!(n, Some(1.0));
 }
-

@@ -134,7 +134,10 @@ fn measured() -> DeviceSnapshot {
             changed: Vec::new(),
         },
         active: 1,
-        pools: (Some(Pool { size: 256.0, free: 253.0 }), Some(Pool { size: 18446744073709552000.0, free: 18446744073709552000.0 })),
+        pools: (
+            Some(Pool { size: 256.0, free: 253.0 }),
+            Some(Pool { size: 18446744073709552000.0, free: 18446744073709552000.0 }),
+        ),
         names,
     }
 }
@@ -142,7 +145,12 @@ fn measured() -> DeviceSnapshot {
 /// A kernel device whose programs could not be attached: WireGuard's own state only.
 fn unmeasured() -> DeviceSnapshot {
     DeviceSnapshot {
-        found: Found { name: "wg1".into(), ifindex: 9, implementation: Implementation::Kernel, source: Source::Netlink },
+        found: Found {
+            name: "wg1".into(),
+            ifindex: 9,
+            implementation: Implementation::Kernel,
+            source: Source::Netlink,
+        },
         state: Device {
             name: "wg1".into(),
             public_key: None,
@@ -174,7 +182,10 @@ pub fn snapshot() -> Arc<Snapshot> {
     Arc::new(Snapshot {
         began: Instant::now(),
         devices: vec![measured(), unmeasured()],
-        durations: vec![(ErrorSource::Uapi, Duration::from_micros(2_100)), (ErrorSource::Bpf, Duration::from_micros(900))],
+        durations: vec![
+            (ErrorSource::Uapi, Duration::from_micros(2_100)),
+            (ErrorSource::Bpf, Duration::from_micros(900)),
+        ],
         errors: vec![(ErrorSource::Netlink, 0), (ErrorSource::Uapi, 2), (ErrorSource::Bpf, 5)],
         links: vec![
             ("wg0".into(), LinkState { up: true, ifindex: Some(7), flaps: 1 }),

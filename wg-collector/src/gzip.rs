@@ -59,7 +59,9 @@ mod tests {
     /// that stops after the first member (so it must be one).
     #[test]
     fn pieces_make_one_member_that_decodes_to_the_whole() {
-        let text: String = (0..20_000).map(|i| format!("wireguard_peer_receive_bytes_total{{public_key=\"{i:x}\"}} {}\n", i * 7)).collect();
+        let text: String = (0..20_000)
+            .map(|i| format!("wireguard_peer_receive_bytes_total{{public_key=\"{i:x}\"}} {}\n", i * 7))
+            .collect();
         for cut in [0, 1, 100, text.len() / 2, text.len()] {
             let (a, b) = text.as_bytes().split_at(cut);
             let gz = member(vec![deflate(a, false).unwrap(), deflate(b, true).unwrap()]);

@@ -31,7 +31,8 @@ pub enum ConfigField {
 }
 
 impl ConfigField {
-    pub const ALL: [ConfigField; 6] = [Self::PrivateKey, Self::ListenPort, Self::Fwmark, Self::Peers, Self::AllowedIps, Self::Endpoint];
+    pub const ALL: [ConfigField; 6] =
+        [Self::PrivateKey, Self::ListenPort, Self::Fwmark, Self::Peers, Self::AllowedIps, Self::Endpoint];
     pub fn label(self) -> &'static str {
         match self {
             Self::PrivateKey => "private_key",
@@ -132,10 +133,18 @@ impl History {
                 changed.push(Change { field: ConfigField::PrivateKey, peer: None, value });
             }
             if settings.1 != h.settings.1 {
-                changed.push(Change { field: ConfigField::ListenPort, peer: None, value: format!("{} → {}", h.settings.1, settings.1) });
+                changed.push(Change {
+                    field: ConfigField::ListenPort,
+                    peer: None,
+                    value: format!("{} → {}", h.settings.1, settings.1),
+                });
             }
             if settings.2 != h.settings.2 {
-                changed.push(Change { field: ConfigField::Fwmark, peer: None, value: format!("{:#x} → {:#x}", h.settings.2, settings.2) });
+                changed.push(Change {
+                    field: ConfigField::Fwmark,
+                    peer: None,
+                    value: format!("{:#x} → {:#x}", h.settings.2, settings.2),
+                });
             }
         }
         h.settings = settings;
@@ -157,18 +166,31 @@ impl History {
                     h.added += 1;
                     changed.push(Change { field: ConfigField::Peers, peer: Some(p.public_key), value: "added".into() });
                 }
-                PeerHistory { endpoint: p.endpoint, allowed_ips: allowed.to_vec(), rx_bytes: p.rx_bytes, ..Default::default() }
+                PeerHistory {
+                    endpoint: p.endpoint,
+                    allowed_ips: allowed.to_vec(),
+                    rx_bytes: p.rx_bytes,
+                    ..Default::default()
+                }
             });
             if ph.allowed_ips != allowed {
                 let list: Vec<String> = allowed.iter().map(|n| n.to_string()).collect();
-                changed.push(Change { field: ConfigField::AllowedIps, peer: Some(p.public_key), value: list.join(",") });
+                changed.push(Change {
+                    field: ConfigField::AllowedIps,
+                    peer: Some(p.public_key),
+                    value: list.join(","),
+                });
                 ph.allowed_ips = allowed.to_vec();
             }
             if let (Some(old), Some(new)) = (ph.endpoint, p.endpoint) {
                 if old != new {
                     ph.endpoint_changes += 1;
                     if p.rx_bytes == ph.rx_bytes {
-                        changed.push(Change { field: ConfigField::Endpoint, peer: Some(p.public_key), value: new.to_string() });
+                        changed.push(Change {
+                            field: ConfigField::Endpoint,
+                            peer: Some(p.public_key),
+                            value: new.to_string(),
+                        });
                     }
                 }
             }
@@ -192,7 +214,10 @@ impl History {
             added: h.added,
             removed: h.removed,
             endpoint_changes: h.peers.iter().map(|(k, p)| (*k, p.endpoint_changes)).collect(),
-            config_changes: ConfigField::ALL.iter().map(|f| (*f, h.config_changes.get(f).copied().unwrap_or(0))).collect(),
+            config_changes: ConfigField::ALL
+                .iter()
+                .map(|f| (*f, h.config_changes.get(f).copied().unwrap_or(0)))
+                .collect(),
             changed,
         }
     }
@@ -288,14 +313,20 @@ mod tests {
         d.peers[1].allowed_ips = vec!["10.9.0.0/24".parse().unwrap()];
         let l = h.observe(&d);
         let fields: Vec<ConfigField> = l.changed.iter().map(|c| c.field).collect();
-        assert_eq!(fields, [ConfigField::PrivateKey, ConfigField::ListenPort, ConfigField::Fwmark, ConfigField::AllowedIps]);
+        assert_eq!(
+            fields,
+            [ConfigField::PrivateKey, ConfigField::ListenPort, ConfigField::Fwmark, ConfigField::AllowedIps]
+        );
         assert_eq!(l.changed[1].value, "51820 → 51821");
         assert_eq!(l.changed[3].peer, Some(Key([2; 32])));
 
         // Endpoint moved while the peer sent nothing: configuration. With bytes received: roaming.
         d.peers[0].endpoint = Some("10.0.0.5:1".parse().unwrap());
         let l = h.observe(&d);
-        assert_eq!(l.changed, [Change { field: ConfigField::Endpoint, peer: Some(Key([1; 32])), value: "10.0.0.5:1".into() }]);
+        assert_eq!(
+            l.changed,
+            [Change { field: ConfigField::Endpoint, peer: Some(Key([1; 32])), value: "10.0.0.5:1".into() }]
+        );
         d.peers[0].endpoint = Some("10.0.0.6:1".parse().unwrap());
         d.peers[0].rx_bytes = 148;
         let l = h.observe(&d);
@@ -305,12 +336,7 @@ mod tests {
         d.peers.pop();
         let l = h.observe(&d);
         assert_eq!(l.changed[0].value, "removed");
-        assert_eq!(
-            ConfigField::ALL.map(|f| count(&l, f)),
-            [1, 1, 1, 1, 1, 1],
-            "{:?}",
-            l.config_changes
-        );
+        assert_eq!(ConfigField::ALL.map(|f| count(&l, f)), [1, 1, 1, 1, 1, 1], "{:?}", l.config_changes);
     }
 
     #[test]

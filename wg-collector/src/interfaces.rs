@@ -89,7 +89,9 @@ unsafe fn to_ip(sa: *const libc::sockaddr) -> Option<IpAddr> {
     // SAFETY: as the caller promises.
     unsafe {
         match (*sa).sa_family as i32 {
-            libc::AF_INET => Some(IpAddr::from(u32::from_be((*(sa as *const libc::sockaddr_in)).sin_addr.s_addr).to_be_bytes())),
+            libc::AF_INET => {
+                Some(IpAddr::from(u32::from_be((*(sa as *const libc::sockaddr_in)).sin_addr.s_addr).to_be_bytes()))
+            }
             libc::AF_INET6 => Some(IpAddr::from((*(sa as *const libc::sockaddr_in6)).sin6_addr.s6_addr)),
             _ => None,
         }

@@ -41,7 +41,10 @@ impl Links {
         let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
         if !states.contains_key(name) {
             let now = read(name);
-            states.insert(name.to_string(), LinkState { up: now.is_some_and(|(_, up)| up), ifindex: now.map(|(i, _)| i), flaps: 0 });
+            states.insert(
+                name.to_string(),
+                LinkState { up: now.is_some_and(|(_, up)| up), ifindex: now.map(|(i, _)| i), flaps: 0 },
+            );
         }
     }
 
@@ -105,8 +108,12 @@ impl Links {
                     let len = msg.header.length as usize;
                     if let NetlinkPayload::InnerMessage(m) = msg.payload {
                         changed |= match m {
-                            RouteNetlinkMessage::NewLink(l) => name_of(&l).is_some_and(|name| links.observe(&name, Some((l.header.index, is_up(l.header.flags))))),
-                            RouteNetlinkMessage::DelLink(l) => name_of(&l).is_some_and(|name| links.observe(&name, None)),
+                            RouteNetlinkMessage::NewLink(l) => name_of(&l).is_some_and(|name| {
+                                links.observe(&name, Some((l.header.index, is_up(l.header.flags))))
+                            }),
+                            RouteNetlinkMessage::DelLink(l) => {
+                                name_of(&l).is_some_and(|name| links.observe(&name, None))
+                            }
                             _ => false,
                         };
                     }

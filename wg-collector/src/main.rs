@@ -65,7 +65,10 @@ struct Args {
     max_allowed_ips: u32,
     /// Latency histogram boundaries in seconds, comma-separated, or "full" for every kernel
     /// bucket (16 per power of two).
-    #[arg(long = "latency.buckets", default_value = "0.00005,0.0001,0.00025,0.0005,0.001,0.0025,0.005,0.01,0.025,0.05,0.1,0.25,0.5,1,2.5,5,10")]
+    #[arg(
+        long = "latency.buckets",
+        default_value = "0.00005,0.0001,0.00025,0.0005,0.001,0.0025,0.005,0.01,0.025,0.05,0.1,0.25,0.5,1,2.5,5,10"
+    )]
     latency_buckets: Buckets,
     /// Record one in N matchable packets for latency (a power of two; 1 = every packet).
     #[arg(long = "latency.sample", default_value_t = 1)]
@@ -225,7 +228,8 @@ fn prepare(args: &Args) -> Result<Prepared> {
         }
     };
     let may_be_open = args.insecure || listen.is_loopback();
-    let names = Names::load(NameSources { names_files: args.names_files.clone(), wg_configs: args.wg_configs.clone() })?;
+    let names =
+        Names::load(NameSources { names_files: args.names_files.clone(), wg_configs: args.wg_configs.clone() })?;
     let pins = pin_options(args)?;
     let stats = if args.bpf_stats {
         Some(aya::sys::enable_stats(aya::sys::Stats::RunTime).context("enabling bpf stats (--bpf.stats)")?)

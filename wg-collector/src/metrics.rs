@@ -85,7 +85,11 @@ impl Page {
     /// Every peer with its row and the labels all per-peer families start with.
     fn peers(&self) -> impl Iterator<Item = (&Peer, &Row, [(&'static str, &str); 2])> {
         self.snap.devices.iter().zip(&self.rows).flat_map(|(d, rows)| {
-            d.state.peers.iter().zip(rows).map(move |(p, row)| (p, row, [("device", d.found.name.as_str()), ("public_key", row.key.as_str())]))
+            d.state
+                .peers
+                .iter()
+                .zip(rows)
+                .map(move |(p, row)| (p, row, [("device", d.found.name.as_str()), ("public_key", row.key.as_str())]))
         })
     }
 }
@@ -129,7 +133,12 @@ impl Row {
 }
 
 /// One family: its descriptor, then one sample per label set.
-fn family<'a>(enc: &'a mut DescriptorEncoder, name: &'a str, help: &str, ty: MetricType) -> Result<MetricEncoder<'a>, std::fmt::Error> {
+fn family<'a>(
+    enc: &'a mut DescriptorEncoder,
+    name: &'a str,
+    help: &str,
+    ty: MetricType,
+) -> Result<MetricEncoder<'a>, std::fmt::Error> {
     enc.encode_descriptor(name, help, None, ty)
 }
 
@@ -218,7 +227,11 @@ fn total_series(snap: &Snapshot, opts: &ExportOptions) -> usize {
         .iter()
         .map(|d| {
             let kinds = latency_kinds(d);
-            d.state.peers.iter().map(|p| peer_series(d, p, kinds.get(&p.public_key).copied().unwrap_or(0), opts)).sum::<usize>()
+            d.state
+                .peers
+                .iter()
+                .map(|p| peer_series(d, p, kinds.get(&p.public_key).copied().unwrap_or(0), opts))
+                .sum::<usize>()
         })
         .sum()
 }
@@ -250,7 +263,11 @@ fn limit_series(snap: &mut Snapshot, opts: &ExportOptions) -> Vec<(String, usize
         }
     }
     if !omitted.is_empty() {
-        tracing::warn!(limit = opts.max_series, ?omitted, "series limit reached (--metrics.max-series): peers left out of this scrape");
+        tracing::warn!(
+            limit = opts.max_series,
+            ?omitted,
+            "series limit reached (--metrics.max-series): peers left out of this scrape"
+        );
     }
     omitted
 }
@@ -261,7 +278,12 @@ fn encode_wireguard(page: &Page, enc: &mut DescriptorEncoder) -> std::fmt::Resul
     let (snap, opts) = (&*page.snap, &page.opts);
 
     // --- WireGuard's own state -----------------------------------------------------------
-    let mut m = family(enc, "wireguard_device_info", "WireGuard device: its public key, listen port, fwmark and implementation (value 1)", Gauge)?;
+    let mut m = family(
+        enc,
+        "wireguard_device_info",
+        "WireGuard device: its public key, listen port, fwmark and implementation (value 1)",
+        Gauge,
+    )?;
     for d in &snap.devices {
         let key = d.state.public_key.map(|k| k.to_base64()).unwrap_or_default();
         let labels = [
@@ -274,7 +296,12 @@ fn encode_wireguard(page: &Page, enc: &mut DescriptorEncoder) -> std::fmt::Resul
         gauge(&mut m, &labels, 1i64)?;
     }
 
-    let mut m = family(enc, "wireguard_device_up", "1 while the device's link is up with carrier (IFF_UP, IFF_RUNNING); 0 when down or deleted", Gauge)?;
+    let mut m = family(
+        enc,
+        "wireguard_device_up",
+        "1 while the device's link is up with carrier (IFF_UP, IFF_RUNNING); 0 when down or deleted",
+        Gauge,
+    )?;
     for (name, link) in &snap.links {
         gauge(&mut m, &[("device", name.as_str())], link.up as i64)?;
     }
@@ -294,28 +321,49 @@ fn encode_wireguard(page: &Page, enc: &mut DescriptorEncoder) -> std::fmt::Resul
         gauge(&mut m, &[("device", d.found.name.as_str())], d.state.peers.len() as i64)?;
     }
 
-    let mut m = family(enc, "wireguard_peers_active", "Peers whose last handshake is younger than 180 s (a live session)", Gauge)?;
+    let mut m = family(
+        enc,
+        "wireguard_peers_active",
+        "Peers whose last handshake is younger than 180 s (a live session)",
+        Gauge,
+    )?;
     for d in &snap.devices {
         gauge(&mut m, &[("device", d.found.name.as_str())], d.active as i64)?;
     }
     for (name, help, added) in [
-        ("wireguard_peers_added", "Peers that appeared on the device since the collector started (its first reading of a device adds none)", true),
+        (
+            "wireguard_peers_added",
+            "Peers that appeared on the device since the collector started (its first reading of a device adds none)",
+            true,
+        ),
         ("wireguard_peers_removed", "Peers that disappeared from the device since the collector started", false),
     ] {
         let mut m = family(enc, name, help, Counter)?;
         for d in &snap.devices {
-            counter(&mut m, &[("device", d.found.name.as_str())], if added { d.lifecycle.added } else { d.lifecycle.removed })?;
+            counter(
+                &mut m,
+                &[("device", d.found.name.as_str())],
+                if added { d.lifecycle.added } else { d.lifecycle.removed },
+            )?;
         }
     }
     for (name, help, free) in [
         ("wireguard_address_pool_size", "Addresses in the WireGuard interface's own subnets, per family", false),
-        ("wireguard_address_pool_free", "Addresses of those subnets that neither the interface nor any peer's allowed IPs use, per family", true),
+        (
+            "wireguard_address_pool_free",
+            "Addresses of those subnets that neither the interface nor any peer's allowed IPs use, per family",
+            true,
+        ),
     ] {
         let mut m = family(enc, name, help, Gauge)?;
         for d in &snap.devices {
             for (fam, pool) in [("ipv4", d.pools.0), ("ipv6", d.pools.1)] {
                 if let Some(pool) = pool {
-                    gauge(&mut m, &[("device", d.found.name.as_str()), ("family", fam)], if free { pool.free } else { pool.size })?;
+                    gauge(
+                        &mut m,
+                        &[("device", d.found.name.as_str()), ("family", fam)],
+                        if free { pool.free } else { pool.size },
+                    )?;
                 }
             }
         }
@@ -343,16 +391,31 @@ fn encode_wireguard(page: &Page, enc: &mut DescriptorEncoder) -> std::fmt::Resul
         }
     }
 
-    let mut m = family(enc, "wireguard_peer_endpoint_changes", "Times the peer's endpoint changed since the collector started (roaming, or set anew)", Counter)?;
+    let mut m = family(
+        enc,
+        "wireguard_peer_endpoint_changes",
+        "Times the peer's endpoint changed since the collector started (roaming, or set anew)",
+        Counter,
+    )?;
     for (_, row, labels) in page.peers() {
         counter(&mut m, &labels, row.endpoint_changes)?;
     }
 
-    let mut m = family(enc, "wireguard_peer_receive_bytes", "Bytes received from the peer, as WireGuard counts them (encrypted UDP payload)", Counter)?;
+    let mut m = family(
+        enc,
+        "wireguard_peer_receive_bytes",
+        "Bytes received from the peer, as WireGuard counts them (encrypted UDP payload)",
+        Counter,
+    )?;
     for (p, _, labels) in page.peers() {
         counter(&mut m, &labels, p.rx_bytes)?;
     }
-    let mut m = family(enc, "wireguard_peer_transmit_bytes", "Bytes sent to the peer, as WireGuard counts them (encrypted UDP payload)", Counter)?;
+    let mut m = family(
+        enc,
+        "wireguard_peer_transmit_bytes",
+        "Bytes sent to the peer, as WireGuard counts them (encrypted UDP payload)",
+        Counter,
+    )?;
     for (p, _, labels) in page.peers() {
         counter(&mut m, &labels, p.tx_bytes)?;
     }
@@ -368,7 +431,10 @@ fn encode_measured(page: &Page, enc: &mut DescriptorEncoder) -> std::fmt::Result
 
     for (name, help) in [
         ("wireguard_peer_last_handshake_seconds", "Unix time of the peer's last completed handshake; 0 = never"),
-        ("wireguard_latest_handshake_seconds", "Unix time of the peer's last completed handshake; 0 = never (the name the usual staleness alert uses)"),
+        (
+            "wireguard_latest_handshake_seconds",
+            "Unix time of the peer's last completed handshake; 0 = never (the name the usual staleness alert uses)",
+        ),
     ] {
         let mut m = family(enc, name, help, Gauge)?;
         for (p, _, labels) in page.peers() {
@@ -396,7 +462,11 @@ fn encode_measured(page: &Page, enc: &mut DescriptorEncoder) -> std::fmt::Result
         let Some(u) = &d.unattributed else { continue };
         for (dir, dname) in [(DIR_RX, "receive"), (DIR_TX, "transmit")] {
             for r in Unattributed::ALL {
-                counter(&mut m, &[("device", d.found.name.as_str()), ("direction", dname), ("reason", r.label())], u[dir][r as usize].packets)?;
+                counter(
+                    &mut m,
+                    &[("device", d.found.name.as_str()), ("direction", dname), ("reason", r.label())],
+                    u[dir][r as usize].packets,
+                )?;
             }
         }
     }
@@ -421,7 +491,12 @@ fn encode_measured(page: &Page, enc: &mut DescriptorEncoder) -> std::fmt::Result
                 }
                 let mut labels = vec![("device", d.found.name.clone()), ("public_key", peer.to_base64())];
                 labels.extend(f.label.map(|l| (l, kind.label().to_string())));
-                m.encode_family(&labels)?.encode_histogram::<NoLabelSet>(s.sum_seconds(), s.count, &s.exposition(buckets), None)?;
+                m.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
+                    s.sum_seconds(),
+                    s.count,
+                    &s.exposition(buckets),
+                    None,
+                )?;
             }
         }
         // The device's histograms always exist, empty or not.
@@ -439,16 +514,31 @@ fn encode_measured(page: &Page, enc: &mut DescriptorEncoder) -> std::fmt::Result
                 }
                 let mut labels = vec![("device", d.found.name.clone())];
                 labels.extend(f.label.map(|l| (l, kind.label().to_string())));
-                m.encode_family(&labels)?.encode_histogram::<NoLabelSet>(total.sum_seconds(), total.count, &total.exposition(buckets), None)?;
+                m.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
+                    total.sum_seconds(),
+                    total.count,
+                    &total.exposition(buckets),
+                    None,
+                )?;
             }
         }
     }
     let latency = || snap.devices.iter().filter_map(|d| d.latency_stats.map(|s| (d, s)));
-    let mut m = family(enc, "wireguard_collector_latency_pending", "Packets waiting for their answer to become a latency sample (places taken in the pending table)", Gauge)?;
+    let mut m = family(
+        enc,
+        "wireguard_collector_latency_pending",
+        "Packets waiting for their answer to become a latency sample (places taken in the pending table)",
+        Gauge,
+    )?;
     for (d, _) in latency() {
         gauge(&mut m, &[("device", d.found.name.as_str())], d.pending as i64)?;
     }
-    let mut m = family(enc, "wireguard_collector_latency_pending_capacity", "Places in the pending table: packets that may wait for their answer at once (--latency.max-pending)", Gauge)?;
+    let mut m = family(
+        enc,
+        "wireguard_collector_latency_pending_capacity",
+        "Places in the pending table: packets that may wait for their answer at once (--latency.max-pending)",
+        Gauge,
+    )?;
     for (d, s) in latency() {
         gauge(&mut m, &[("device", d.found.name.as_str())], s.capacity as i64)?;
     }
@@ -465,7 +555,12 @@ fn encode_measured(page: &Page, enc: &mut DescriptorEncoder) -> std::fmt::Result
     for (d, s) in latency() {
         counter(&mut m, &[("device", d.found.name.as_str())], s.fifo_overflow)?;
     }
-    let mut m = family(enc, "wireguard_collector_latency_samples_dropped", "Latency samples lost because the histogram map was full (--latency.max-hist-entries)", Counter)?;
+    let mut m = family(
+        enc,
+        "wireguard_collector_latency_samples_dropped",
+        "Latency samples lost because the histogram map was full (--latency.max-hist-entries)",
+        Counter,
+    )?;
     for (d, s) in latency() {
         counter(&mut m, &[("device", d.found.name.as_str())], s.hist_full)?;
     }
@@ -474,12 +569,14 @@ fn encode_measured(page: &Page, enc: &mut DescriptorEncoder) -> std::fmt::Result
     let mut m = family(enc, "wireguard_messages", "WireGuard messages on the underlay by direction and type (handshake_initiation, handshake_response, cookie_reply, data, keepalive), per peer where the endpoint or the handshake index tells it, else with an empty public_key", Counter)?;
     for d in &snap.devices {
         let dev = d.found.name.as_str();
-        let rows = d.state.peers.iter().filter_map(|p| Some((p.public_key.to_base64(), d.messages.get(&p.public_key)?)));
+        let rows =
+            d.state.peers.iter().filter_map(|p| Some((p.public_key.to_base64(), d.messages.get(&p.public_key)?)));
         let device = d.device_messages.as_ref().map(|m| (String::new(), m));
         for (key, counts) in rows.chain(device) {
             for (dir, dname) in [(DIR_RX, "receive"), (DIR_TX, "transmit")] {
                 for t in MessageType::ALL {
-                    let labels = [("device", dev), ("public_key", key.as_str()), ("direction", dname), ("type", t.label())];
+                    let labels =
+                        [("device", dev), ("public_key", key.as_str()), ("direction", dname), ("type", t.label())];
                     counter(&mut m, &labels, counts.counts[dir][t as usize])?;
                 }
             }
@@ -494,7 +591,12 @@ fn encode_measured(page: &Page, enc: &mut DescriptorEncoder) -> std::fmt::Result
     }
 
     // --- The collector itself ------------------------------------------------------------
-    let mut m = family(enc, "wireguard_collector_peers_omitted", "Peers left out of this page because of --metrics.max-series", Gauge)?;
+    let mut m = family(
+        enc,
+        "wireguard_collector_peers_omitted",
+        "Peers left out of this page because of --metrics.max-series",
+        Gauge,
+    )?;
     for d in &snap.devices {
         let n = omitted.iter().find(|(name, _)| *name == d.found.name).map_or(0, |(_, n)| *n);
         gauge(&mut m, &[("device", d.found.name.as_str())], n as i64)?;
@@ -502,10 +604,24 @@ fn encode_measured(page: &Page, enc: &mut DescriptorEncoder) -> std::fmt::Result
     let mut implementations: Vec<String> = snap.devices.iter().map(|d| d.found.implementation.to_string()).collect();
     implementations.sort();
     implementations.dedup();
-    let mut m = family(enc, "wireguard_collector_build_info", "The collector's version and the WireGuard implementations it found (value 1)", Gauge)?;
-    gauge(&mut m, &[("version", env!("CARGO_PKG_VERSION").to_string()), ("implementations", implementations.join(","))], 1i64)?;
+    let mut m = family(
+        enc,
+        "wireguard_collector_build_info",
+        "The collector's version and the WireGuard implementations it found (value 1)",
+        Gauge,
+    )?;
+    gauge(
+        &mut m,
+        &[("version", env!("CARGO_PKG_VERSION").to_string()), ("implementations", implementations.join(","))],
+        1i64,
+    )?;
 
-    let mut m = family(enc, "wireguard_collector_scrape_duration_seconds", "Time this scrape spent reading each source", Gauge)?;
+    let mut m = family(
+        enc,
+        "wireguard_collector_scrape_duration_seconds",
+        "Time this scrape spent reading each source",
+        Gauge,
+    )?;
     for (source, t) in &snap.durations {
         gauge(&mut m, &[("source", source.label())], t.as_secs_f64())?;
     }
@@ -513,18 +629,29 @@ fn encode_measured(page: &Page, enc: &mut DescriptorEncoder) -> std::fmt::Result
     let mut m = family(enc, "wireguard_collector_reading_age_seconds", "Age of the reading of WireGuard and the maps this page shows: from its start to now (near 0 unless --scrape.max-age lets scrapes share the poll loop's readings)", Gauge)?;
     gauge(&mut m, &[] as &[(&str, &str); 0], snap.began.elapsed().as_secs_f64())?;
 
-    let mut m = family(enc, "wireguard_collector_errors", "Errors reading each source since the collector started", Counter)?;
+    let mut m =
+        family(enc, "wireguard_collector_errors", "Errors reading each source since the collector started", Counter)?;
     for (source, n) in &snap.errors {
         counter(&mut m, &[("source", source.label())], *n)?;
     }
 
     let stats = || snap.devices.iter().flat_map(|d| d.program_stats.iter().map(move |s| (d, s)));
     if stats().any(|(_, s)| s.runs > 0) {
-        let mut m = family(enc, "wireguard_collector_bpf_run_time_seconds", "Time the kernel spent in each of our programs (bpf stats; only while enabled with --bpf.stats)", Counter)?;
+        let mut m = family(
+            enc,
+            "wireguard_collector_bpf_run_time_seconds",
+            "Time the kernel spent in each of our programs (bpf stats; only while enabled with --bpf.stats)",
+            Counter,
+        )?;
         for (d, s) in stats() {
             counter(&mut m, &[("device", d.found.name.as_str()), ("program", s.program)], s.run_time.as_secs_f64())?;
         }
-        let mut m = family(enc, "wireguard_collector_bpf_runs", "Runs of each of our programs (bpf stats; only while enabled with --bpf.stats)", Counter)?;
+        let mut m = family(
+            enc,
+            "wireguard_collector_bpf_runs",
+            "Runs of each of our programs (bpf stats; only while enabled with --bpf.stats)",
+            Counter,
+        )?;
         for (d, s) in stats() {
             counter(&mut m, &[("device", d.found.name.as_str()), ("program", s.program)], s.runs)?;
         }

@@ -308,7 +308,9 @@ impl Monitor {
             if let Some(pins) = &self.opts.pins {
                 let names: Vec<&str> = found.iter().map(|f| f.name.as_str()).collect();
                 match bpf::sweep(&pins.root, &names) {
-                    Ok(gone) if !gone.is_empty() => tracing::info!(devices = ?gone, "unpinned the maps of devices that are gone"),
+                    Ok(gone) if !gone.is_empty() => {
+                        tracing::info!(devices = ?gone, "unpinned the maps of devices that are gone")
+                    }
                     Ok(_) => {}
                     Err(e) => self.error(ErrorSource::Bpf, format_args!("sweeping {}: {e:#}", pins.root.display())),
                 }
@@ -321,7 +323,9 @@ impl Monitor {
         for f in found {
             let t0 = Instant::now();
             let (source, state) = match &f.source {
-                Source::Uapi(path) => (ErrorSource::Uapi, uapi::get(path, &f.name, &f.implementation, now).map_err(|e| e.to_string())),
+                Source::Uapi(path) => {
+                    (ErrorSource::Uapi, uapi::get(path, &f.name, &f.implementation, now).map_err(|e| e.to_string()))
+                }
                 Source::Netlink => (ErrorSource::Netlink, netlink::get(&f.name).map_err(|e| e.to_string())),
             };
             *spent.entry(source).or_default() += t0.elapsed();
@@ -334,7 +338,12 @@ impl Monitor {
             };
 
             let t0 = Instant::now();
-            let t = tracked.entry(f.name.clone()).or_insert_with(|| Tracked { found: f.clone(), probe: None, routed: HashSet::new(), attach_error: None });
+            let t = tracked.entry(f.name.clone()).or_insert_with(|| Tracked {
+                found: f.clone(),
+                probe: None,
+                routed: HashSet::new(),
+                attach_error: None,
+            });
             if t.probe.is_none() {
                 let pins = self.opts.pins.as_ref().map(|o| PinDir::new(o, &f.name));
                 match DeviceProbe::load(self.opts.probe, pins).and_then(|mut p| p.attach(&f.name).map(|_| p)) {
@@ -376,20 +385,27 @@ impl Monitor {
                 self.follow_underlays(p, &mut t.routed, &snap.state);
                 match p.all_peer_counters() {
                     Ok(c) => snap.counters = c,
-                    Err(e) => self.error(ErrorSource::Bpf, format_args!("reading counters of {}: {e:#}", snap.found.name)),
+                    Err(e) => {
+                        self.error(ErrorSource::Bpf, format_args!("reading counters of {}: {e:#}", snap.found.name))
+                    }
                 }
                 match p.unattributed() {
                     Ok(u) => snap.unattributed = Some(u),
-                    Err(e) => self.error(ErrorSource::Bpf, format_args!("reading counters of {}: {e:#}", snap.found.name)),
+                    Err(e) => {
+                        self.error(ErrorSource::Bpf, format_args!("reading counters of {}: {e:#}", snap.found.name))
+                    }
                 }
                 snap.program_stats = p.program_stats();
-                match p.expire_pending(self.opts.pending_ttl).and_then(|n| Ok((n, p.latency_stats()?, p.histograms()?))) {
+                match p.expire_pending(self.opts.pending_ttl).and_then(|n| Ok((n, p.latency_stats()?, p.histograms()?)))
+                {
                     Ok((pending, stats, hist)) => {
                         snap.pending = pending;
                         snap.latency_stats = Some(stats);
                         snap.latency = hist;
                     }
-                    Err(e) => self.error(ErrorSource::Bpf, format_args!("reading latency of {}: {e:#}", snap.found.name)),
+                    Err(e) => {
+                        self.error(ErrorSource::Bpf, format_args!("reading latency of {}: {e:#}", snap.found.name))
+                    }
                 }
                 match p.messages(&snap.counters).and_then(|m| Ok((m, p.invalid()?))) {
                     Ok(((peers, device), invalid)) => {
@@ -397,7 +413,9 @@ impl Monitor {
                         snap.device_messages = Some(device);
                         snap.invalid = Some(invalid);
                     }
-                    Err(e) => self.error(ErrorSource::Bpf, format_args!("reading messages of {}: {e:#}", snap.found.name)),
+                    Err(e) => {
+                        self.error(ErrorSource::Bpf, format_args!("reading messages of {}: {e:#}", snap.found.name))
+                    }
                 }
                 p.flush_logs();
             }
@@ -405,15 +423,29 @@ impl Monitor {
             snap.lifecycle = history.observe(&snap.state);
             for c in &snap.lifecycle.changed {
                 match c.peer {
-                    Some(peer) => tracing::warn!(device = %snap.found.name, field = %c.field.label(), %peer, "configuration changed: {}", c.value),
-                    None => tracing::warn!(device = %snap.found.name, field = %c.field.label(), "configuration changed: {}", c.value),
+                    Some(peer) => {
+                        tracing::warn!(device = %snap.found.name, field = %c.field.label(), %peer, "configuration changed: {}", c.value)
+                    }
+                    None => {
+                        tracing::warn!(device = %snap.found.name, field = %c.field.label(), "configuration changed: {}", c.value)
+                    }
                 }
             }
             monotonic(history, &mut snap);
-            snap.active = snap.state.peers.iter().filter(|p| p.last_handshake.is_some_and(|t| now.saturating_sub(t) < ACTIVE_WITHIN)).count();
+            snap.active = snap
+                .state
+                .peers
+                .iter()
+                .filter(|p| p.last_handshake.is_some_and(|t| now.saturating_sub(t) < ACTIVE_WITHIN))
+                .count();
             let used: Vec<IpNet> = snap.state.peers.iter().flat_map(|p| p.allowed_ips.iter().copied()).collect();
             snap.pools = pool::pools(&interfaces::addresses_of(&snap.found.name), &used);
-            snap.names = snap.state.peers.iter().filter_map(|p| Some((p.public_key, names.get(&p.public_key)?.to_string()))).collect();
+            snap.names = snap
+                .state
+                .peers
+                .iter()
+                .filter_map(|p| Some((p.public_key, names.get(&p.public_key)?.to_string())))
+                .collect();
             devices.push(snap);
         }
         drop(guard);

@@ -177,7 +177,8 @@ mod tests {
         assert!(e.contains("f:2: this key is named twice"), "{e}");
         // Multi-byte characters where a key should be: an error naming the line, not a panic
         // (found by the names fuzz target).
-        let e = parse_names_file("Ünïcödé-is-not-base64-and-has-many-bytes-per-char name\n", "f").unwrap_err().to_string();
+        let e =
+            parse_names_file("Ünïcödé-is-not-base64-and-has-many-bytes-per-char name\n", "f").unwrap_err().to_string();
         assert!(e.contains("f:1: not a WireGuard public key"), "{e}");
         let n = parse_names_file(&format!("{K1} Zoë's phone ☎\n"), "f").unwrap();
         assert_eq!(n[&Key::from_base64(K1).unwrap()], "Zoë's phone ☎");

@@ -17,7 +17,8 @@ pub struct Pool {
 /// are 2^64 addresses: a gauge cannot tell one used address there).
 pub fn pools(own: &[IpNet], used: &[IpNet]) -> (Option<Pool>, Option<Pool>) {
     let family = |v4: bool| -> Option<Pool> {
-        let subnets: Vec<(u128, u128)> = own.iter().filter(|n| n.addr().is_ipv4() == v4).map(|n| range(&n.trunc())).collect();
+        let subnets: Vec<(u128, u128)> =
+            own.iter().filter(|n| n.addr().is_ipv4() == v4).map(|n| range(&n.trunc())).collect();
         if subnets.is_empty() {
             return None;
         }
@@ -84,7 +85,8 @@ mod tests {
         let (v4, v6) = pools(&own, &nets(&["10.99.0.2/32"]));
         assert_eq!(v4, Some(Pool { size: 256.0, free: 254.0 }));
         assert_eq!(v6.unwrap().size, 2f64.powi(64));
-        let (v4, _) = pools(&own, &nets(&["10.99.0.2/32", "10.99.0.3/32", "10.99.0.16/28", "10.99.0.20/32", "192.168.0.0/16"]));
+        let (v4, _) =
+            pools(&own, &nets(&["10.99.0.2/32", "10.99.0.3/32", "10.99.0.16/28", "10.99.0.20/32", "192.168.0.0/16"]));
         // .2, .3 and .16–.31 (the /32 inside the /28 counts once); the /16 is elsewhere.
         assert_eq!(v4, Some(Pool { size: 256.0, free: 256.0 - 1.0 - 2.0 - 16.0 }));
         // A peer routing everything takes the whole pool.

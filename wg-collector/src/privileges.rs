@@ -45,10 +45,14 @@ fn missing_from(eff: u64) -> Vec<(&'static str, &'static str)> {
 /// stays uid 0: the UAPI sockets under /var/run/wireguard are root's.
 pub fn drop_unneeded() -> anyhow::Result<()> {
     use caps::{CapSet, Capability};
-    let keep: caps::CapsHashSet = [Capability::CAP_BPF, Capability::CAP_NET_ADMIN, Capability::CAP_PERFMON].into_iter().collect();
+    let keep: caps::CapsHashSet =
+        [Capability::CAP_BPF, Capability::CAP_NET_ADMIN, Capability::CAP_PERFMON].into_iter().collect();
     let mut bounding_kept = true;
     for cap in caps::all() {
-        if !keep.contains(&cap) && caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false) && caps::drop(None, CapSet::Bounding, cap).is_err() {
+        if !keep.contains(&cap)
+            && caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false)
+            && caps::drop(None, CapSet::Bounding, cap).is_err()
+        {
             bounding_kept = false;
         }
     }

@@ -13,9 +13,8 @@ use axum::{
     extract::State,
     http::{header, HeaderMap, StatusCode},
     response::{Html, IntoResponse, Response},
-    Json,
     routing::get,
-    Router,
+    Json, Router,
 };
 use prometheus_client::{encoding, registry::Registry};
 
@@ -103,8 +102,13 @@ impl Pages {
 }
 
 async fn metrics(State(source): State<Source>, headers: HeaderMap) -> Response {
-    let asks = |name: header::HeaderName, what: &str| headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).any(|v| v.contains(what));
-    let format = Format { openmetrics: asks(header::ACCEPT, "application/openmetrics-text"), gzip: asks(header::ACCEPT_ENCODING, "gzip") };
+    let asks = |name: header::HeaderName, what: &str| {
+        headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).any(|v| v.contains(what))
+    };
+    let format = Format {
+        openmetrics: asks(header::ACCEPT, "application/openmetrics-text"),
+        gzip: asks(header::ACCEPT_ENCODING, "gzip"),
+    };
     // Reading WireGuard and the maps is blocking work: keep it off the async workers.
     let encoded = tokio::task::spawn_blocking(move || {
         let snap = source.monitor.latest(source.export.max_age);
@@ -144,7 +148,8 @@ pub(crate) fn encode(page: Page, format: Format) -> Result<Bytes, std::fmt::Erro
         } else {
             encoding::prometheus_text::encode(&mut text, &registry)?;
         }
-        let piece = if format.gzip { Some(gzip::deflate(text.as_bytes(), end).map_err(|_| std::fmt::Error)?) } else { None };
+        let piece =
+            if format.gzip { Some(gzip::deflate(text.as_bytes(), end).map_err(|_| std::fmt::Error)?) } else { None };
         Ok::<_, std::fmt::Error>((text, piece))
     };
     let (first, second) = std::thread::scope(|scope| {
@@ -204,12 +209,20 @@ mod tests {
         let text = Format { openmetrics: false, gzip: false };
         golden("page.prom", &page(&ExportOptions::default_for_tests(), text));
         // Gzip is the same page, compressed.
-        assert_eq!(page(&ExportOptions::default_for_tests(), Format { openmetrics: false, gzip: true }), page(&ExportOptions::default_for_tests(), text));
+        assert_eq!(
+            page(&ExportOptions::default_for_tests(), Format { openmetrics: false, gzip: true }),
+            page(&ExportOptions::default_for_tests(), text)
+        );
     }
 
     #[test]
     fn the_redacted_trimmed_openmetrics_page_is_the_golden_one() {
-        let opts = ExportOptions { redact_endpoints: true, redact_allowed_ips: true, max_series: 90, ..ExportOptions::default_for_tests() };
+        let opts = ExportOptions {
+            redact_endpoints: true,
+            redact_allowed_ips: true,
+            max_series: 90,
+            ..ExportOptions::default_for_tests()
+        };
         golden("page-redacted-trimmed.om", &page(&opts, Format { openmetrics: true, gzip: false }));
     }
 }

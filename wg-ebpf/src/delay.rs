@@ -37,7 +37,8 @@ pub(crate) fn enabled() -> bool {
     unsafe { core::ptr::read_volatile(&DELAY_ENABLED) != 0 }
 }
 
-const EMPTY: Fifo = Fifo { head: 0, tail: 0, orphans: 0, _pad: 0, entries: [FifoEntry { t: 0, len: 0, count: 0 }; FIFO_LEN] };
+const EMPTY: Fifo =
+    Fifo { head: 0, tail: 0, orphans: 0, _pad: 0, entries: [FifoEntry { t: 0, len: 0, count: 0 }; FIFO_LEN] };
 
 /// A packet (or `count` GSO segments) of `len` bytes (0 = don't check sizes) went in.
 #[inline(always)]

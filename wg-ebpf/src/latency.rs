@@ -245,7 +245,13 @@ fn tcp<const DIR: usize>(ctx: &TcContext, ip: &Ip, l4: u32, slot: u32, clock: &C
     let optlen = (((h[12] >> 4) as usize) * 4).saturating_sub(20);
     let flags = h[13];
     let mut ts = None;
-    if fast.is_some() && optlen >= 12 && h[20] == TCPOPT_NOP && h[21] == TCPOPT_NOP && h[22] == TCPOPT_TIMESTAMP && h[23] == 10 {
+    if fast.is_some()
+        && optlen >= 12
+        && h[20] == TCPOPT_NOP
+        && h[21] == TCPOPT_NOP
+        && h[22] == TCPOPT_TIMESTAMP
+        && h[23] == 10
+    {
         // What Linux puts on every segment but the SYN: NOP NOP TS.
         let w = |k: usize| u32::from_be_bytes([h[k], h[k + 1], h[k + 2], h[k + 3]]);
         ts = Some((w(24), w(28)));

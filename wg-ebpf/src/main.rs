@@ -25,8 +25,8 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use wg_common::{
     latency::{HistKey, HistValue, PendingEntry},
-    unattributed_index, Counter, HostBlockAt, PeerCounters, Unattributed, DEFAULT_MAX_ALLOWED_IPS, HOST_BLOCK_ENTRIES,
-    DEFAULT_MAX_HIST_ENTRIES, DEFAULT_MAX_PEERS, DEFAULT_MAX_PENDING, DIR_RX, DIR_TX, TC_NEXT,
+    unattributed_index, Counter, HostBlockAt, PeerCounters, Unattributed, DEFAULT_MAX_ALLOWED_IPS,
+    DEFAULT_MAX_HIST_ENTRIES, DEFAULT_MAX_PEERS, DEFAULT_MAX_PENDING, DIR_RX, DIR_TX, HOST_BLOCK_ENTRIES, TC_NEXT,
     UNATTRIBUTED_ENTRIES,
 };
 
@@ -49,8 +49,7 @@ static PEERS_V4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(DEFAULT_MAX_A
 static PEERS_V6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(DEFAULT_MAX_ALLOWED_IPS, 0);
 
 #[map(name = "PEER_COUNTERS")]
-static PEER_COUNTERS: PerCpuArray<PeerCounters> =
-    PerCpuArray::with_max_entries(DEFAULT_MAX_PEERS, 0);
+static PEER_COUNTERS: PerCpuArray<PeerCounters> = PerCpuArray::with_max_entries(DEFAULT_MAX_PEERS, 0);
 
 #[map(name = "UNATTRIBUTED")]
 static UNATTRIBUTED: PerCpuArray<Counter> = PerCpuArray::with_max_entries(UNATTRIBUTED_ENTRIES, 0);
@@ -95,7 +94,8 @@ static ENDPOINTS: HashMap<wg_common::latency::Endpoint, u32> =
 /// The same endpoints at the places their hash picks (see wg_common::latency::EndpointPlace):
 /// asked first, an array lookup the verifier inlines.
 #[map(name = "ENDPOINT_PLACES")]
-static ENDPOINT_PLACES: Array<wg_common::latency::EndpointPlace> = Array::with_max_entries(DEFAULT_MAX_PEERS, BPF_F_MMAPABLE);
+static ENDPOINT_PLACES: Array<wg_common::latency::EndpointPlace> =
+    Array::with_max_entries(DEFAULT_MAX_PEERS, BPF_F_MMAPABLE);
 
 /// The device's listen port (one entry), set by the collector.
 #[map(name = "LISTEN_PORT")]
@@ -205,7 +205,10 @@ fn count<const DIR: usize>(ctx: &TcContext) {
             // Rare on a WireGuard interface, so worth a line in the collector's debug log
             // (the log level is set at load time; disabled levels cost a compare).
             let first = ctx.load::<u8>(0).unwrap_or(0);
-            debug!(ctx, "malformed packet (reason {}, direction {}): {} bytes, first byte {:x}", reason as u32, DIR, len, first);
+            debug!(
+                ctx,
+                "malformed packet (reason {}, direction {}): {} bytes, first byte {:x}", reason as u32, DIR, len, first
+            );
             return add_unattributed(DIR, reason, 1, len);
         }
     };
@@ -335,7 +338,11 @@ fn segments(ctx: &TcContext, ip: &Ip, len: u32) -> (u64, u64) {
     let hdr = ip.hdr_len + l4_len;
     let segs = if l4_len == 0 {
         // Unknown transport: trust the kernel's count if it has one.
-        if gso_segs > 0 { gso_segs } else { 1 }
+        if gso_segs > 0 {
+            gso_segs
+        } else {
+            1
+        }
     } else if len > hdr {
         (len - hdr).div_ceil(gso_size)
     } else {

@@ -12,8 +12,8 @@
 
 use core::mem::MaybeUninit;
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
 use aya_ebpf::bindings::BPF_ANY;
+use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
 use wg_common::{
     latency::{Endpoint, EndpointPlace, Kind, PendingKey, ENDPOINT_WORDS},
     protocol::{classify, Invalid, MessageCounts, MessageType, NO_SLOT},
@@ -32,7 +32,6 @@ const ETH_P_8021Q: u16 = 0x8100;
 const PROTO_UDP: u8 = 17;
 
 const DATA_MIN_LEN: u32 = 32;
-
 
 /// A WireGuard datagram of this device, as far as the programs need it.
 pub(crate) struct Datagram {
@@ -207,7 +206,15 @@ pub(crate) fn slot_of(e: &Endpoint) -> u32 {
 /// ~14 ns cheaper). A question, rare, stores it and pays a memset.
 #[inline(always)]
 const fn index_key(kind: Kind, index: u32) -> PendingKey {
-    PendingKey { local: [0; 16], remote: [0; 16], local_port: 0, remote_port: 0, kind: kind as u16, _pad: 0, value: index }
+    PendingKey {
+        local: [0; 16],
+        remote: [0; 16],
+        local_port: 0,
+        remote_port: 0,
+        kind: kind as u16,
+        _pad: 0,
+        value: index,
+    }
 }
 
 /// Counts a message for a peer (or the device), by direction and type.
@@ -284,12 +291,8 @@ pub(crate) fn observe<const DIR: usize>(ctx: &TcContext) {
     let now = || unsafe { bpf_ktime_get_ns() };
     match (DIR == DIR_RX, t) {
         // Questions: our initiation (sender index), our response (sender index).
-        (false, MessageType::HandshakeInitiation) => {
-            question(&index_key(Kind::HandshakeInitiator, first), now)
-        }
-        (false, MessageType::HandshakeResponse) => {
-            question(&index_key(Kind::HandshakeResponder, first), now)
-        }
+        (false, MessageType::HandshakeInitiation) => question(&index_key(Kind::HandshakeInitiator, first), now),
+        (false, MessageType::HandshakeResponse) => question(&index_key(Kind::HandshakeResponder, first), now),
         // Answers: a response to our initiation (its receiver index), data on the session we
         // answered (its receiver index).
         (true, MessageType::HandshakeResponse) => {

@@ -70,7 +70,10 @@ const SOAK: &str = "## Soak";
 pub fn soak(minutes: u64) -> Result<()> {
     crate::cargo(&["build", "--release", "--package", "wg-bench"])?;
     crate::cargo(&["build", "--release", "--package", "wg-collector", "--bin", "wg-collector"])?;
-    let out = Command::new("target/release/wg-bench").args(["--soak", &minutes.to_string()]).output().context("running wg-bench --soak")?;
+    let out = Command::new("target/release/wg-bench")
+        .args(["--soak", &minutes.to_string()])
+        .output()
+        .context("running wg-bench --soak")?;
     let table = String::from_utf8_lossy(&out.stdout).into_owned();
     print!("{table}");
     if !out.status.success() {
@@ -89,13 +92,22 @@ pub fn soak(minutes: u64) -> Result<()> {
 }
 
 pub(crate) fn sh(cmd: &str, args: &[&str]) -> String {
-    Command::new(cmd).args(args).output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default()
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
 }
 
 pub(crate) fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_string()))
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
         .unwrap_or_else(|| "unknown CPU".into());
     format!("{} cores ({cpu}), kernel {}", sh("nproc", &[]), sh("uname", &["-r"]))
 }

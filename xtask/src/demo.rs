@@ -60,8 +60,18 @@ struct Traffic(Vec<Child>);
 impl Traffic {
     fn start(lab: &Lab) -> Result<Self> {
         let mut kids = Vec::new();
-        for (from, to) in [(&lab.a, lab.b.tunnel_v4.to_string()), (&lab.b, lab.a.tunnel_v4.to_string()), (&lab.a, lab.b.tunnel_v6.to_string())] {
-            kids.push(netns::cmd(&from.ns, "ping").args(["-q", "-i", "0.2", &to]).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?);
+        for (from, to) in [
+            (&lab.a, lab.b.tunnel_v4.to_string()),
+            (&lab.b, lab.a.tunnel_v4.to_string()),
+            (&lab.a, lab.b.tunnel_v6.to_string()),
+        ] {
+            kids.push(
+                netns::cmd(&from.ns, "ping")
+                    .args(["-q", "-i", "0.2", &to])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()?,
+            );
         }
         Ok(Self(kids))
     }

@@ -30,7 +30,8 @@ fn cargo_fuzz() -> Command {
 }
 
 pub fn run(seconds: u64) -> Result<Vec<Outcome>> {
-    let status = cargo_fuzz().args(["build", "--release"]).status().context("cargo fuzz (cargo xtask setup installs it)")?;
+    let status =
+        cargo_fuzz().args(["build", "--release"]).status().context("cargo fuzz (cargo xtask setup installs it)")?;
     if !status.success() {
         bail!("building the fuzz targets failed ({status})");
     }
@@ -47,12 +48,20 @@ pub fn run(seconds: u64) -> Result<Vec<Outcome>> {
             .output()
             .with_context(|| format!("running fuzz target {target}"))?;
         let log = String::from_utf8_lossy(&run.stderr);
-        let runs = log.lines().find_map(|l| l.strip_prefix("stat::number_of_executed_units:")).and_then(|n| n.trim().parse().ok()).unwrap_or(0);
+        let runs = log
+            .lines()
+            .find_map(|l| l.strip_prefix("stat::number_of_executed_units:"))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0);
         let crashed = !run.status.success();
         if crashed {
             eprintln!("fuzz target {target} crashed:\n{}", tail(&log, 40));
         }
-        println!("fuzz {target}: {runs} runs in {:.0} s, {}", t0.elapsed().as_secs_f64(), if crashed { "CRASHED" } else { "no crash" });
+        println!(
+            "fuzz {target}: {runs} runs in {:.0} s, {}",
+            t0.elapsed().as_secs_f64(),
+            if crashed { "CRASHED" } else { "no crash" }
+        );
         out.push(Outcome { target, seconds: t0.elapsed().as_secs_f64(), runs, crashed });
     }
     Ok(out)

@@ -4,6 +4,7 @@
 mod bench;
 mod demo;
 mod fuzz;
+mod lint;
 mod setup;
 mod test;
 mod vm;
@@ -30,6 +31,8 @@ enum Task {
         #[arg(long)]
         release: bool,
     },
+    /// rustfmt and clippy, as `test` runs them.
+    Lint,
     /// Build, then run every unit and integration test (needs root: labs use namespaces and BPF).
     Test,
     /// Measure (eBPF cost per packet and hook) and write the table into BENCHMARKS.md.
@@ -97,6 +100,14 @@ fn main() -> Result<()> {
             setup::run()?;
             build(false)?;
             let (passed, failed) = test::run()?;
+            // Formatting and clippy: checks like the others, so the summary counts them.
+            let (passed, failed) = lint::run().into_iter().fold((passed, failed), |(p, f), (name, r)| match r {
+                Ok(()) => (p + 1, f),
+                Err(e) => {
+                    eprintln!("{name} failed: {e:#}");
+                    (p, f + 1)
+                }
+            });
             // Kernel WireGuard, in a qemu guest (setup installed qemu).
             let vm = vm::run();
             if let Err(e) = &vm {
@@ -123,10 +134,17 @@ fn main() -> Result<()> {
                     (passed, failed + 1)
                 }
             };
-            println!("\nxtask test: {passed} passed, {failed} failed (cargo test, the kernel-WireGuard VM, bench --quick, the demo and 5 s of each fuzz target)");
+            println!("\nxtask test: {passed} passed, {failed} failed (cargo test, rustfmt and clippy, the kernel-WireGuard VM, bench --quick, the demo and 5 s of each fuzz target)");
             demo?;
             if failed > 0 {
                 bail!("{failed} tests failed");
+            }
+            Ok(())
+        }
+        Task::Lint => {
+            let failed: Vec<&str> = lint::run().into_iter().filter(|(_, r)| r.is_err()).map(|(n, _)| n).collect();
+            if !failed.is_empty() {
+                bail!("failed: {}", failed.join(", "));
             }
             Ok(())
         }

@@ -56,7 +56,16 @@ pub fn run() -> Result<()> {
     if !has_version("bpf-linker", BPF_LINKER) {
         eprintln!("setup: building bpf-linker {BPF_LINKER} against LLVM 22 (about a minute)");
         sh(cargo()
-            .args(["install", "bpf-linker", "--locked", "--version", BPF_LINKER, "--no-default-features", "--features", "llvm-22"])
+            .args([
+                "install",
+                "bpf-linker",
+                "--locked",
+                "--version",
+                BPF_LINKER,
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+            ])
             .env("LLVM_PREFIX", "/usr/lib/llvm-22"))?;
     }
     if !has_version("boringtun-cli", BORINGTUN) {

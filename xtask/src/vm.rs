@@ -17,8 +17,18 @@ use anyhow::{bail, Context, Result};
 const WORK: &str = "target/vm";
 /// The modules the guest loads, and what WireGuard depends on (resolved by depmod).
 const MODULES: &[&str] = &[
-    "wireguard", "libchacha20poly1305", "chacha-x86_64", "poly1305-x86_64", "ip6_udp_tunnel", "udp_tunnel",
-    "curve25519-x86_64", "libcurve25519-generic", "libchacha", "veth", "sch_ingress", "cls_bpf",
+    "wireguard",
+    "libchacha20poly1305",
+    "chacha-x86_64",
+    "poly1305-x86_64",
+    "ip6_udp_tunnel",
+    "udp_tunnel",
+    "curve25519-x86_64",
+    "libcurve25519-generic",
+    "libchacha",
+    "veth",
+    "sch_ingress",
+    "cls_bpf",
 ];
 /// Host tools the lab runs in the guest (with their shared libraries).
 const TOOLS: &[&str] = &["/usr/sbin/ip", "/usr/bin/wg", "/usr/bin/ping"];
@@ -34,7 +44,22 @@ pub fn run() -> Result<()> {
     println!("vmtest: booting {version} under qemu (TCG); prepared in {:.1} s", t0.elapsed().as_secs_f64());
     let t1 = Instant::now();
     let out = Command::new("timeout")
-        .args(["900", "qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-m", "1G", "-smp", "2", "-nographic", "-no-reboot", "-nic", "none"])
+        .args([
+            "900",
+            "qemu-system-x86_64",
+            "-accel",
+            "tcg",
+            "-cpu",
+            "max",
+            "-m",
+            "1G",
+            "-smp",
+            "2",
+            "-nographic",
+            "-no-reboot",
+            "-nic",
+            "none",
+        ])
         .arg("-kernel")
         .arg(&vmlinuz)
         .arg("-initrd")
@@ -89,7 +114,8 @@ fn initramfs(kernel: &Path, version: &str) -> Result<PathBuf> {
     for d in ["bin", "sbin", "usr/bin", "usr/sbin", "proc", "sys", "dev", "tmp", "run", "etc", "var"] {
         std::fs::create_dir_all(root.join(d))?;
     }
-    copy(Path::new("/bin/busybox"), &root.join("bin/busybox")).context("busybox-static (cargo xtask setup installs it)")?;
+    copy(Path::new("/bin/busybox"), &root.join("bin/busybox"))
+        .context("busybox-static (cargo xtask setup installs it)")?;
     let release = Path::new("target/release");
     for (from, to) in [(release.join("wg-collector"), "bin/wg-collector"), (release.join("vm-suite"), "bin/vm-suite")] {
         with_libraries(&from, &root.join(to), &root)?;
@@ -126,7 +152,10 @@ fn initramfs(kernel: &Path, version: &str) -> Result<PathBuf> {
     let out = Path::new(WORK).join("initramfs.cpio.gz");
     let root_abs = std::fs::canonicalize(&root)?;
     let out_abs = std::env::current_dir()?.join(&out);
-    sh(Command::new("sh").arg("-c").arg(format!("find . | cpio -o -H newc --quiet | gzip -1 > '{}'", out_abs.display())).current_dir(root_abs))?;
+    sh(Command::new("sh")
+        .arg("-c")
+        .arg(format!("find . | cpio -o -H newc --quiet | gzip -1 > '{}'", out_abs.display()))
+        .current_dir(root_abs))?;
     Ok(out)
 }
 
@@ -209,4 +238,3 @@ fn sh(c: &mut Command) -> Result<()> {
     }
     Ok(())
 }
-

@@ -32,7 +32,18 @@ pub fn run(quick: bool) -> Result<()> {
     let lab = lab_with_peers(peers)?;
     let c = Collector::start(&lab.a.ns, &[])?;
     let wrk = netns::cmd(&lab.a.ns, "wrk")
-        .args(["-t", "2", "-c", "200", "-d", &format!("{secs}s"), "--latency", "--timeout", "10s", "http://127.0.0.1:9586/metrics"])
+        .args([
+            "-t",
+            "2",
+            "-c",
+            "200",
+            "-d",
+            &format!("{secs}s"),
+            "--latency",
+            "--timeout",
+            "10s",
+            "http://127.0.0.1:9586/metrics",
+        ])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .context("wrk (cargo xtask setup installs it)")?;
@@ -44,10 +55,18 @@ pub fn run(quick: bool) -> Result<()> {
     let synced = t.elapsed();
     let out = String::from_utf8(wrk.wait_with_output()?.stdout)?;
     let field = |prefix: &str| out.lines().find_map(|l| l.trim().strip_prefix(prefix)).map(|v| v.trim().to_string());
-    let requests: f64 = out.lines().find(|l| l.contains("requests in")).and_then(|l| l.split_whitespace().next()?.parse().ok()).context("wrk output")?;
-    let errors = out.lines().filter(|l| l.contains("Socket errors") || l.contains("Non-2xx")).collect::<Vec<_>>().join("; ");
-    let (p50, p99) = (field("50%").and_then(|v| ms(&v)).context("p50")?, field("99%").and_then(|v| ms(&v)).context("p99")?);
-    println!("| peers | connections | seconds | requests | requests/s | p50 | p99 | errors | new peer in the maps after |");
+    let requests: f64 = out
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .context("wrk output")?;
+    let errors =
+        out.lines().filter(|l| l.contains("Socket errors") || l.contains("Non-2xx")).collect::<Vec<_>>().join("; ");
+    let (p50, p99) =
+        (field("50%").and_then(|v| ms(&v)).context("p50")?, field("99%").and_then(|v| ms(&v)).context("p99")?);
+    println!(
+        "| peers | connections | seconds | requests | requests/s | p50 | p99 | errors | new peer in the maps after |"
+    );
     println!("|---:|---:|---:|---:|---:|---:|---:|---|---:|");
     println!(
         "| {peers} | 200 | {secs} | {requests:.0} | {:.0} | {p50:.0} ms | {p99:.0} ms | {} | {:.0} ms |",

@@ -89,20 +89,86 @@ fn cases(peers: u32) -> Vec<Case> {
     let hashed = (0..peers).find(|&i| !endpoint_placed(peers, i)).map(peer_endpoint);
     let ts_seg = tcp_segment(40000, 443, 1, 1, ACK, &ts_option(1000, 2000), 1000);
     let mut cases = vec![
-        Case { hook: "wg egress", what: "UDP: attribute + count", program: names::PROG_EGRESS, packet: ipv4(me, them, UDP, 1100), delay: false },
-        Case { hook: "wg egress", what: "UDP: attribute (host hash, outside the block) + count", program: names::PROG_EGRESS, packet: ipv4(me, OUTSIDE, UDP, 1100), delay: false },
-        Case { hook: "wg egress", what: "UDP: + encap FIFO", program: names::PROG_EGRESS, packet: ipv4(me, them, UDP, 1100), delay: true },
-        Case { hook: "wg egress", what: "TCP with timestamps: + RTT question", program: names::PROG_EGRESS, packet: ipv4_with(me, them, TCP, &ts_seg), delay: true },
-        Case { hook: "wg egress", what: "TCP with timestamps: RTT question, no FIFO (--latency.no-delay)", program: names::PROG_EGRESS, packet: ipv4_with(me, them, TCP, &ts_seg), delay: false },
-        Case { hook: "wg ingress", what: "TCP with timestamps: + RTT answer, decap FIFO", program: names::PROG_INGRESS, packet: ipv4_with(them, me, TCP, &ts_seg), delay: true },
-        Case { hook: "wg egress", what: "no peer (unattributed)", program: names::PROG_EGRESS, packet: ipv4(me, Ipv4Addr::new(192, 168, 9, 9), UDP, 1100), delay: true },
-        Case { hook: "underlay egress", what: "data message: parse + encap FIFO", program: names::PROG_UNDER_EGRESS, packet: eth_udp4(here, there, &wg::data(1, 0, 1100)), delay: true },
-        Case { hook: "underlay ingress", what: "data message: parse + responder check + decap FIFO", program: names::PROG_UNDER_INGRESS, packet: eth_udp4(there, here, &wg::data(1, 0, 1100)), delay: true },
-        Case { hook: "underlay egress", what: "other UDP (not our port)", program: names::PROG_UNDER_EGRESS, packet: eth_udp4("192.0.2.254:53".parse().unwrap(), there, &[0u8; 100]), delay: true },
+        Case {
+            hook: "wg egress",
+            what: "UDP: attribute + count",
+            program: names::PROG_EGRESS,
+            packet: ipv4(me, them, UDP, 1100),
+            delay: false,
+        },
+        Case {
+            hook: "wg egress",
+            what: "UDP: attribute (host hash, outside the block) + count",
+            program: names::PROG_EGRESS,
+            packet: ipv4(me, OUTSIDE, UDP, 1100),
+            delay: false,
+        },
+        Case {
+            hook: "wg egress",
+            what: "UDP: + encap FIFO",
+            program: names::PROG_EGRESS,
+            packet: ipv4(me, them, UDP, 1100),
+            delay: true,
+        },
+        Case {
+            hook: "wg egress",
+            what: "TCP with timestamps: + RTT question",
+            program: names::PROG_EGRESS,
+            packet: ipv4_with(me, them, TCP, &ts_seg),
+            delay: true,
+        },
+        Case {
+            hook: "wg egress",
+            what: "TCP with timestamps: RTT question, no FIFO (--latency.no-delay)",
+            program: names::PROG_EGRESS,
+            packet: ipv4_with(me, them, TCP, &ts_seg),
+            delay: false,
+        },
+        Case {
+            hook: "wg ingress",
+            what: "TCP with timestamps: + RTT answer, decap FIFO",
+            program: names::PROG_INGRESS,
+            packet: ipv4_with(them, me, TCP, &ts_seg),
+            delay: true,
+        },
+        Case {
+            hook: "wg egress",
+            what: "no peer (unattributed)",
+            program: names::PROG_EGRESS,
+            packet: ipv4(me, Ipv4Addr::new(192, 168, 9, 9), UDP, 1100),
+            delay: true,
+        },
+        Case {
+            hook: "underlay egress",
+            what: "data message: parse + encap FIFO",
+            program: names::PROG_UNDER_EGRESS,
+            packet: eth_udp4(here, there, &wg::data(1, 0, 1100)),
+            delay: true,
+        },
+        Case {
+            hook: "underlay ingress",
+            what: "data message: parse + responder check + decap FIFO",
+            program: names::PROG_UNDER_INGRESS,
+            packet: eth_udp4(there, here, &wg::data(1, 0, 1100)),
+            delay: true,
+        },
+        Case {
+            hook: "underlay egress",
+            what: "other UDP (not our port)",
+            program: names::PROG_UNDER_EGRESS,
+            packet: eth_udp4("192.0.2.254:53".parse().unwrap(), there, &[0u8; 100]),
+            delay: true,
+        },
     ];
     if let Some(hashed) = hashed {
         let what = "data message: parse (endpoint not at its place: the hash) + encap FIFO";
-        cases.push(Case { hook: "underlay egress", what, program: names::PROG_UNDER_EGRESS, packet: eth_udp4(here, hashed, &wg::data(1, 0, 1100)), delay: true });
+        cases.push(Case {
+            hook: "underlay egress",
+            what,
+            program: names::PROG_UNDER_EGRESS,
+            packet: eth_udp4(here, hashed, &wg::data(1, 0, 1100)),
+            delay: true,
+        });
     }
     cases
 }
@@ -139,7 +205,8 @@ fn main() -> Result<()> {
 }
 
 fn ebpf_costs(quick: bool) -> Result<()> {
-    let (reps, repeat, peer_counts): (usize, u32, &[u32]) = if quick { (3, 20_000, &[1, 1000]) } else { (7, 1_000_000, &[1, 1000, 10_000]) };
+    let (reps, repeat, peer_counts): (usize, u32, &[u32]) =
+        if quick { (3, 20_000, &[1, 1000]) } else { (7, 1_000_000, &[1, 1000, 10_000]) };
     println!("| hook | packet: work done | peers | ns/packet (net) | ns/run raw | empty program |");
     println!("|---|---|---:|---:|---:|---:|");
     for &peers in peer_counts {

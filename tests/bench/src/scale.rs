@@ -19,7 +19,11 @@ use wg_tests::{
 pub fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -30,7 +34,8 @@ fn scrape(ns: &str, port: u16) -> Result<(f64, usize)> {
 
 fn scrape_with(ns: &str, port: u16, headers: &'static [(&'static str, &'static str)]) -> Result<(f64, usize)> {
     let t = Instant::now();
-    let (head, body) = netns::within(ns, move || http_get_bytes(format!("127.0.0.1:{port}").parse().unwrap(), "/metrics", headers))?;
+    let (head, body) =
+        netns::within(ns, move || http_get_bytes(format!("127.0.0.1:{port}").parse().unwrap(), "/metrics", headers))?;
     anyhow::ensure!(head.contains(" 200 "), "scrape: {head}");
     Ok((t.elapsed().as_secs_f64(), body.len()))
 }
@@ -48,7 +53,11 @@ impl Exporter {
     /// UAPI socket of the machine, other labs' devices included.
     fn start(ns: &str, port: u16, iface: &str) -> Result<Self> {
         let bin = tool("prometheus_wireguard_exporter")?;
-        let child = netns::cmd(ns, &bin).args(["-l", "127.0.0.1", "-p", &port.to_string(), "-i", iface]).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+        let child = netns::cmd(ns, &bin)
+            .args(["-l", "127.0.0.1", "-p", &port.to_string(), "-i", iface])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
         let e = Exporter(child);
         // Listening is enough: at 50k peers one of its scrapes takes minutes.
         let addr = format!("127.0.0.1:{port}");
@@ -83,7 +92,13 @@ pub fn lab_with_peers(n: usize) -> Result<Lab> {
     let lab = Lab::new(Implementation::WireguardGo)?;
     let mut conf = String::new();
     for i in 0..n.saturating_sub(1) {
-        conf.push_str(&format!("[Peer]\nPublicKey = {}\nAllowedIPs = 10.{}.{}.{}/32\n\n", random_public_key(), 100 + i / 65536, (i / 256) % 256, i % 256));
+        conf.push_str(&format!(
+            "[Peer]\nPublicKey = {}\nAllowedIPs = 10.{}.{}.{}/32\n\n",
+            random_public_key(),
+            100 + i / 65536,
+            (i / 256) % 256,
+            i % 256
+        ));
     }
     let path = std::env::temp_dir().join(format!("{}-bench.conf", lab.a.ns));
     std::fs::write(&path, conf)?;
@@ -109,7 +124,8 @@ pub fn run(quick: bool) -> Result<()> {
         let lab = lab_with_peers(n)?;
         let mut c = Collector::start(&lab.a.ns, &defaults)?;
         // Above 10k peers one scrape of the exporter ran past 10 minutes here: not measured.
-        let exporter = if have_exporter && n <= 10_000 { Some(Exporter::start(&lab.a.ns, 9587, &lab.a.iface)?) } else { None };
+        let exporter =
+            if have_exporter && n <= 10_000 { Some(Exporter::start(&lab.a.ns, 9587, &lab.a.iface)?) } else { None };
         let (mut ours, mut gzip, mut theirs, mut our_page, mut their_page) = (Vec::new(), Vec::new(), Vec::new(), 0, 0);
         // Warm up both, then alternate. The exporter gets fewer rounds where one scrape of it
         // takes longer than 20 s (the table says how many).

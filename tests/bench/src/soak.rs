@@ -47,7 +47,16 @@ pub fn run(minutes: u64) -> Result<()> {
         if live.len() < 100 || changes % 2 == 0 {
             let key = random_public_key();
             let n = changes % 60_000;
-            lab.uapi_set('a', &format!("public_key={}\nallowed_ip=10.{}.{}.{}/32\n", key_hex(&key), 100 + n / 65536, n / 256 % 256, n % 256))?;
+            lab.uapi_set(
+                'a',
+                &format!(
+                    "public_key={}\nallowed_ip=10.{}.{}.{}/32\n",
+                    key_hex(&key),
+                    100 + n / 65536,
+                    n / 256 % 256,
+                    n % 256
+                ),
+            )?;
             live.push_back(key);
         } else if let Some(key) = live.pop_front() {
             lab.uapi_set('a', &format!("public_key={}\nremove=true\n", key_hex(&key)))?;
@@ -65,7 +74,7 @@ pub fn run(minutes: u64) -> Result<()> {
             let t = start.elapsed().as_secs_f64();
             let (rss, fd) = (rss_kib(pid), fds(pid));
             ensure!(rss > 0, "the collector is gone: {}", c.log_text());
-            if samples.len() % 6 == 0 {
+            if samples.len().is_multiple_of(6) {
                 println!("| {:.0} | {:.1} | {fd} | {changes} | {scrapes} ({failed}) |", t / 60.0, rss as f64 / 1024.0);
             }
             samples.push((t, rss, fd));

@@ -66,7 +66,11 @@ pub fn run(quick: bool) -> Result<()> {
     for imp in [Implementation::WireguardGo, Implementation::Boringtun] {
         let lab = Lab::new(imp)?;
         let _server = Server(
-            netns::cmd(&lab.b.ns, "iperf3").args(["-s", "-B", &lab.b.tunnel_v4.to_string()]).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?,
+            netns::cmd(&lab.b.ns, "iperf3")
+                .args(["-s", "-B", &lab.b.tunnel_v4.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?,
         );
         std::thread::sleep(std::time::Duration::from_millis(300));
         for t in [Traffic::TcpBulk, Traffic::SmallUdp] {
@@ -95,10 +99,15 @@ pub fn run(quick: bool) -> Result<()> {
         for prog in ["wg_plain_egress", "wg_plain_ingress", "wg_under_egress", "wg_under_ingress"] {
             let l = [("device", dev.as_str()), ("program", prog)];
             let delta = |m: &Metrics, f: &str| m.get_or_zero(f, &l);
-            let runs = delta(&after, "wireguard_collector_bpf_runs_total") - delta(&before, "wireguard_collector_bpf_runs_total");
-            let time = delta(&after, "wireguard_collector_bpf_run_time_seconds_total") - delta(&before, "wireguard_collector_bpf_run_time_seconds_total");
+            let runs = delta(&after, "wireguard_collector_bpf_runs_total")
+                - delta(&before, "wireguard_collector_bpf_runs_total");
+            let time = delta(&after, "wireguard_collector_bpf_run_time_seconds_total")
+                - delta(&before, "wireguard_collector_bpf_run_time_seconds_total");
             let traffic = t.label().split(" (").next().unwrap_or_default();
-            println!("| {imp} | {traffic} | {prog} | {runs:.0} | {:.0} |", if runs > 0.0 { time * 1e9 / runs } else { f64::NAN });
+            println!(
+                "| {imp} | {traffic} | {prog} | {runs:.0} | {:.0} |",
+                if runs > 0.0 { time * 1e9 / runs } else { f64::NAN }
+            );
         }
     }
     Ok(())

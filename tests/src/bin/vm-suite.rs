@@ -8,8 +8,11 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use wg_tests::{Collector, Implementation, Lab, Metrics};
 
+/// A named check of the suite.
+type Check = (&'static str, fn() -> Result<()>);
+
 fn main() {
-    let checks: Vec<(&str, fn() -> Result<()>)> = vec![
+    let checks: Vec<Check> = vec![
         ("netlink state: device, peer, handshake time", state_over_netlink),
         ("ping -c 100: exact packets, payload and WireGuard bytes", ping_counts),
         ("500+ peers over a multipart dump; added and removed", many_peers),
@@ -57,13 +60,17 @@ fn with_collector(lab: &mut Lab, args: &[&str], f: impl FnOnce(&mut Lab, &Collec
             let end = rest[1..].find("WARN").map_or(rest.len(), |j| j + 1);
             let lines: Vec<&str> = rest[..end].lines().collect();
             let n = lines.len();
-            if n > 40 { [&lines[..5], &["..."], &lines[n - 30..]].concat().join("\n") } else { lines.join("\n") }
+            if n > 40 {
+                [&lines[..5], &["..."], &lines[n - 30..]].concat().join("\n")
+            } else {
+                lines.join("\n")
+            }
         });
         e.context(format!("collector's first warning: {}", first.unwrap_or_default()))
     })
 }
 
-fn peer_of<'a>(lab: &'a Lab) -> [(&'static str, &'a str); 2] {
+fn peer_of(lab: &Lab) -> [(&'static str, &str); 2] {
     [("device", lab.a.iface.as_str()), ("public_key", lab.b.public_key.as_str())]
 }
 
@@ -76,12 +83,21 @@ fn state_over_netlink() -> Result<()> {
     with_collector(&mut lab, &[], |lab, c| {
         let m = c.scrape()?;
         let dev = [("device", lab.a.iface.as_str())];
-        ensure!(m.get("wireguard_device_info", &[dev[0], ("implementation", "kernel"), ("listen_port", "51820")]) == Some(1.0), "device_info:\n{}", m.text);
+        ensure!(
+            m.get("wireguard_device_info", &[dev[0], ("implementation", "kernel"), ("listen_port", "51820")])
+                == Some(1.0),
+            "device_info:\n{}",
+            m.text
+        );
         ensure!(get(&m, "wireguard_peers", &dev)? == 1.0);
-        let hs = get(&m, "wireguard_peer_last_handshake_seconds", &peer_of(&lab))?;
+        let hs = get(&m, "wireguard_peer_last_handshake_seconds", &peer_of(lab))?;
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs_f64();
         ensure!((now - hs).abs() < 60.0, "last handshake {hs}, now {now}");
-        ensure!(m.get("wireguard_peer_info", &[peer_of(&lab)[1], ("endpoint", "10.200.0.2:51820")]) == Some(1.0), "{}", m.text);
+        ensure!(
+            m.get("wireguard_peer_info", &[peer_of(lab)[1], ("endpoint", "10.200.0.2:51820")]) == Some(1.0),
+            "{}",
+            m.text
+        );
         ensure!(get(&m, "wireguard_collector_errors_total", &[("source", "netlink")])? == 0.0);
         Ok(())
     })
@@ -90,7 +106,7 @@ fn state_over_netlink() -> Result<()> {
 fn ping_counts() -> Result<()> {
     let mut lab = Lab::new(Implementation::Kernel)?;
     with_collector(&mut lab, &[], |lab, c| {
-        let peer = peer_of(&lab);
+        let peer = peer_of(lab);
         let read = |m: &Metrics| -> Result<[f64; 6]> {
             Ok([
                 get(m, "wireguard_peer_transmit_packets_total", &peer)?,
@@ -105,14 +121,20 @@ fn ping_counts() -> Result<()> {
         lab.exec('a', "ping", &["-c", "100", "-i", "0.01", "-q", &lab.b.tunnel_v4.to_string()])?;
         let after = read(&c.scrape()?)?;
         let d: Vec<f64> = after.iter().zip(before).map(|(a, b)| a - b).collect();
-        println!("vm-suite: ping deltas tx {} rx {} payload {} / {} wireguard bytes {} / {}", d[0], d[1], d[2], d[3], d[4], d[5]);
+        println!(
+            "vm-suite: ping deltas tx {} rx {} payload {} / {} wireguard bytes {} / {}",
+            d[0], d[1], d[2], d[3], d[4], d[5]
+        );
         ensure!(d[0] == 100.0 && d[1] == 100.0, "packets {d:?}");
         ensure!(d[2] == 8400.0 && d[3] == 8400.0, "payload {d:?}");
         // Kernel WireGuard counts each data message as it goes on the wire: 16 + pad16(84) + 16
         // = 128 bytes per ping, and keepalives (32) if any fell in the window.
         for (what, got) in [("tx", d[4]), ("rx", d[5])] {
             let extra = got - 100.0 * 128.0;
-            ensure!(extra >= 0.0 && extra % 32.0 == 0.0 && extra <= 64.0, "{what}: kernel WireGuard counted {got} bytes for 100 pings");
+            ensure!(
+                extra >= 0.0 && extra % 32.0 == 0.0 && extra <= 64.0,
+                "{what}: kernel WireGuard counted {got} bytes for 100 pings"
+            );
         }
         Ok(())
     })
@@ -127,7 +149,12 @@ fn many_peers() -> Result<()> {
         let mut keys = Vec::new();
         for i in 0..600u32 {
             let k = wg_tests::lab::random_public_key();
-            conf.push_str(&format!("[Peer]\nPublicKey = {k}\nAllowedIPs = 10.{}.{}.{}/32\n\n", 100 + i / 65536, (i / 256) % 256, i % 256));
+            conf.push_str(&format!(
+                "[Peer]\nPublicKey = {k}\nAllowedIPs = 10.{}.{}.{}/32\n\n",
+                100 + i / 65536,
+                (i / 256) % 256,
+                i % 256
+            ));
             keys.push(k);
         }
         let path = std::env::temp_dir().join(format!("{}-peers.conf", lab.a.ns));
@@ -136,7 +163,11 @@ fn many_peers() -> Result<()> {
         let dev = [("device", lab.a.iface.as_str())];
         let (m, _) = c.wait_for(Duration::from_secs(20), |m| m.get("wireguard_peers", &dev) == Some(601.0))?;
         ensure!(get(&m, "wireguard_peers_added_total", &dev)? == 600.0);
-        ensure!(m.find("wireguard_peer_allowed_ips_info", &[dev[0]]).count() == 602, "allowed IPs: {}", m.find("wireguard_peer_allowed_ips_info", &[dev[0]]).count());
+        ensure!(
+            m.find("wireguard_peer_allowed_ips_info", &[dev[0]]).count() == 602,
+            "allowed IPs: {}",
+            m.find("wireguard_peer_allowed_ips_info", &[dev[0]]).count()
+        );
         // One `wg set` removing 100 peers.
         let mut args = vec!["set", "{iface}"];
         for k in keys.iter().take(100) {
@@ -154,7 +185,7 @@ fn many_peers() -> Result<()> {
 fn latency() -> Result<()> {
     let mut lab = Lab::new(Implementation::Kernel)?;
     with_collector(&mut lab, &[], |lab, c| {
-        let peer = peer_of(&lab);
+        let peer = peer_of(lab);
         lab.reset_peer('a')?;
         c.scrape()?;
         lab.exec('a', "ping", &["-c", "40", "-i", "0.02", "-q", &lab.b.tunnel_v4.to_string()])?;
@@ -176,15 +207,29 @@ fn forced_handshake() -> Result<()> {
     let mut lab = Lab::new(Implementation::Kernel)?;
     with_collector(&mut lab, &[], |lab, c| {
         let (dev, key) = (lab.a.iface.as_str(), lab.b.public_key.as_str());
-        let msg = |m: &Metrics, dir: &str, t: &str| m.get_or_zero("wireguard_messages_total", &[("device", dev), ("public_key", key), ("direction", dir), ("type", t)]);
+        let msg = |m: &Metrics, dir: &str, t: &str| {
+            m.get_or_zero(
+                "wireguard_messages_total",
+                &[("device", dev), ("public_key", key), ("direction", dir), ("type", t)],
+            )
+        };
         let before = c.scrape()?;
         lab.reset_peer('a')?;
         c.scrape()?;
         lab.exec('a', "ping", &["-c", "1", "-W", "2", &lab.b.tunnel_v4.to_string()])?;
         let m = c.scrape()?;
         let d = |dir, t| msg(&m, dir, t) - msg(&before, dir, t);
-        ensure!(d("transmit", "handshake_initiation") == 1.0 && d("receive", "handshake_response") == 1.0, "{}", m.text);
-        ensure!(d("transmit", "data") == 1.0 && d("receive", "data") == 1.0, "data {} / {}", d("transmit", "data"), d("receive", "data"));
+        ensure!(
+            d("transmit", "handshake_initiation") == 1.0 && d("receive", "handshake_response") == 1.0,
+            "{}",
+            m.text
+        );
+        ensure!(
+            d("transmit", "data") == 1.0 && d("receive", "data") == 1.0,
+            "data {} / {}",
+            d("transmit", "data"),
+            d("receive", "data")
+        );
         Ok(())
     })
 }
@@ -199,7 +244,8 @@ fn device_recreated() -> Result<()> {
         lab.start_daemon('a')?;
         lab.wait_tunnel()?;
         let labels = [("device", dev.as_str()), ("public_key", key.as_str())];
-        let (m, _) = c.wait_for(Duration::from_secs(10), |m| m.get("wireguard_peer_transmit_packets_total", &labels).is_some())?;
+        let (m, _) =
+            c.wait_for(Duration::from_secs(10), |m| m.get("wireguard_peer_transmit_packets_total", &labels).is_some())?;
         let tx0 = get(&m, "wireguard_peer_transmit_packets_total", &labels)?;
         lab.exec('a', "ping", &["-c", "20", "-i", "0.01", "-q", &lab.b.tunnel_v4.to_string()])?;
         let m = c.scrape()?;

@@ -28,7 +28,12 @@ struct BatchAttr {
 /// Entries `0..entries` of a per-CPU array of `V`, each folded from its `cpus` per-CPU
 /// values by `fold` (no allocation per entry). `Err(Unsupported)` where the kernel has no
 /// batch operations for arrays (before 5.6).
-pub fn lookup_percpu_array<V: Pod + Default, T>(fd: BorrowedFd<'_>, entries: u32, cpus: usize, fold: impl Fn(&[V]) -> T) -> io::Result<Vec<T>> {
+pub fn lookup_percpu_array<V: Pod + Default, T>(
+    fd: BorrowedFd<'_>,
+    entries: u32,
+    cpus: usize,
+    fold: impl Fn(&[V]) -> T,
+) -> io::Result<Vec<T>> {
     // The kernel lays out each element's per-CPU values 8-byte aligned.
     let stride = size_of::<V>().div_ceil(8) * 8;
     const CHUNK: u32 = 4096;
@@ -49,13 +54,22 @@ pub fn lookup_percpu_array<V: Pod + Default, T>(fd: BorrowedFd<'_>, entries: u32
             ..Default::default()
         };
         // SAFETY: attr points at buffers sized for `want` keys and values, alive for the call.
-        let r = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_BATCH, &mut attr as *mut BatchAttr, size_of::<BatchAttr>() as u32) };
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                &mut attr as *mut BatchAttr,
+                size_of::<BatchAttr>() as u32,
+            )
+        };
         let done = if r < 0 {
             let e = io::Error::last_os_error();
             match e.raw_os_error() {
                 // The end of the map: `count` says how many came first.
                 Some(libc::ENOENT) => true,
-                Some(libc::EINVAL) | Some(libc::ENOTSUP) | Some(libc::EOPNOTSUPP) if first => return Err(io::ErrorKind::Unsupported.into()),
+                Some(libc::EINVAL) | Some(libc::ENOTSUP) | Some(libc::EOPNOTSUPP) if first => {
+                    return Err(io::ErrorKind::Unsupported.into())
+                }
                 _ => return Err(e),
             }
         } else {
@@ -65,7 +79,13 @@ pub fn lookup_percpu_array<V: Pod + Default, T>(fd: BorrowedFd<'_>, entries: u32
             let element = &values[i * stride * cpus..(i + 1) * stride * cpus];
             for (c, v) in per_cpu.iter_mut().enumerate() {
                 // SAFETY: V is Pod; the slice holds size_of::<V>() bytes at this offset.
-                unsafe { std::ptr::copy_nonoverlapping(element[c * stride..].as_ptr(), (v as *mut V).cast::<u8>(), size_of::<V>()) };
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        element[c * stride..].as_ptr(),
+                        (v as *mut V).cast::<u8>(),
+                        size_of::<V>(),
+                    )
+                };
             }
             out.push(fold(&per_cpu));
         }

@@ -37,13 +37,20 @@ impl<T: Copy> MappedArray<T> {
     fn map(fd: BorrowedFd<'_>, len: u32) -> io::Result<Self> {
         // Array values are laid out 8-byte aligned: T's size must be a multiple of 8 for
         // entry i to be at i · size_of::<T>().
-        const { assert!(size_of::<T>() % 8 == 0) };
+        const { assert!(size_of::<T>().is_multiple_of(8)) };
         // SAFETY: a query without side effects.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
         let mapped = (len as usize * size_of::<T>()).next_multiple_of(page);
         // SAFETY: a new shared mapping of the map's values; checked for failure below.
         let p = unsafe {
-            libc::mmap(std::ptr::null_mut(), mapped, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd.as_raw_fd(), 0)
+            libc::mmap(
+                std::ptr::null_mut(),
+                mapped,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
         };
         if p == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());

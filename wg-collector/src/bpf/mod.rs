@@ -10,8 +10,8 @@ mod pins;
 mod probe;
 mod slots;
 
-pub use probe::{monotonic_ns, DeviceProbe, LatencyStats, ProbeOptions, ProgramStats};
 pub use pins::{ensure_bpffs, sweep, PinDir, PinOptions, DEFAULT_PIN_ROOT};
+pub use probe::{monotonic_ns, DeviceProbe, LatencyStats, ProbeOptions, ProgramStats};
 pub use slots::SlotTable;
 
 /// The wg-ebpf object built by build.rs.

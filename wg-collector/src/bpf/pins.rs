@@ -58,7 +58,8 @@ impl PinDir {
     /// Makes the directory ready for a load with these map sizes. Returns whether it holds
     /// maps to adopt (false: the load creates and pins them).
     pub fn prepare(&self, sizes: &[(&str, u32)]) -> Result<bool> {
-        std::fs::create_dir_all(&self.path).with_context(|| format!("creating pin directory {}", self.path.display()))?;
+        std::fs::create_dir_all(&self.path)
+            .with_context(|| format!("creating pin directory {}", self.path.display()))?;
         if !self.map(names::META).exists() {
             // A directory without META is a load that did not finish: start it afresh.
             self.clear()?;
@@ -122,7 +123,9 @@ impl PinDir {
     pub fn remove(&self) -> Result<()> {
         self.clear()?;
         match std::fs::remove_dir(&self.path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e).with_context(|| format!("removing {}", self.path.display())),
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("removing {}", self.path.display()))
+            }
             _ => Ok(()),
         }
     }

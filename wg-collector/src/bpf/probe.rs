@@ -8,9 +8,11 @@ use std::{
 };
 
 use anyhow::{anyhow, Context, Result};
-use aya_log::EbpfLogger;
 use aya::{
-    maps::{lpm_trie::Key as LpmKey, Array, Map, HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    maps::{
+        lpm_trie::Key as LpmKey, Array, HashMap as BpfHashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuHashMap,
+        PerCpuValues,
+    },
     programs::{
         links::{FdLink, PinnedLink},
         tc::{self, SchedClassifierLink},
@@ -19,6 +21,7 @@ use aya::{
     util::nr_cpus,
     Ebpf, EbpfLoader,
 };
+use aya_log::EbpfLogger;
 use ipnet::IpNet;
 use wg_common::{
     latency::{fifo_key, stats, Endpoint, Fifo, HistKey, HistValue},
@@ -28,7 +31,10 @@ use wg_common::{
     DEFAULT_MAX_PENDING, DIRECTIONS,
 };
 
-use super::{endpoint_places::EndpointPlaces, host_block::HostBlock, mapped::MappedArray, object, pending::PendingTable, PinDir, SlotTable};
+use super::{
+    endpoint_places::EndpointPlaces, host_block::HostBlock, mapped::MappedArray, object, pending::PendingTable, PinDir,
+    SlotTable,
+};
 use crate::wireguard::{FastState, Key, KeyMap, Peer};
 
 /// Sizes of the maps, set at load time.
@@ -135,7 +141,10 @@ impl DeviceProbe {
             anyhow::bail!("latency sampling 1 in {}: must be a power of two", opts.latency_sample);
         }
         if !opts.max_pending.is_power_of_two() {
-            anyhow::bail!("{} places for pending questions: must be a power of two (a hash of the flow picks the place)", opts.max_pending);
+            anyhow::bail!(
+                "{} places for pending questions: must be a power of two (a hash of the flow picks the place)",
+                opts.max_pending
+            );
         }
         let sample_mask = opts.latency_sample - 1;
         let pending_mask = opts.max_pending - 1;
@@ -162,9 +171,7 @@ impl DeviceProbe {
                 loader.map_pin_path(name, dir.map(name));
             }
         }
-        let mut ebpf = loader
-            .load(object())
-            .context("loading the eBPF programs")?;
+        let mut ebpf = loader.load(object()).context("loading the eBPF programs")?;
         for (name, _) in PROGRAMS.iter().chain(&UNDERLAY_PROGRAMS) {
             let prog: &mut SchedClassifier = program(&mut ebpf, name)?;
             prog.load().with_context(|| format!("verifying program {name}"))?;
@@ -179,7 +186,10 @@ impl DeviceProbe {
         let mut take = |name: &str| ebpf.take_map(name).ok_or_else(|| anyhow!("map {name} missing from the object"));
         let hosts_v4 = BpfHashMap::try_from(take(names::HOSTS_V4)?)?;
         let hosts_v6 = BpfHashMap::try_from(take(names::HOSTS_V6)?)?;
-        let host_block = HostBlock::new(Array::try_from(take(names::HOST_BLOCK_V4)?)?, Array::try_from(take(names::HOST_BLOCK_AT)?)?)?;
+        let host_block = HostBlock::new(
+            Array::try_from(take(names::HOST_BLOCK_V4)?)?,
+            Array::try_from(take(names::HOST_BLOCK_AT)?)?,
+        )?;
         let v4 = LpmTrie::try_from(take(names::PEERS_V4)?)?;
         let v6 = LpmTrie::try_from(take(names::PEERS_V6)?)?;
         let counters = take(names::PEER_COUNTERS)?;
@@ -193,7 +203,10 @@ impl DeviceProbe {
         let hist = PerCpuHashMap::try_from(take(names::LATENCY_HIST)?)?;
         let latency_stats = PerCpuArray::try_from(take(names::LATENCY_STATS)?)?;
         let endpoints = BpfHashMap::try_from(take(names::ENDPOINTS)?)?;
-        let endpoint_places = EndpointPlaces::new(MappedArray::of(take(names::ENDPOINT_PLACES)?, names::ENDPOINT_PLACES, endpoint_places)?, adopt);
+        let endpoint_places = EndpointPlaces::new(
+            MappedArray::of(take(names::ENDPOINT_PLACES)?, names::ENDPOINT_PLACES, endpoint_places)?,
+            adopt,
+        );
         let fifos = BpfHashMap::try_from(take(names::DELAY_FIFO)?)?;
         let messages = PerCpuHashMap::try_from(take(names::MESSAGES)?)?;
         let invalid = PerCpuArray::try_from(take(names::INVALID)?)?;
@@ -248,13 +261,15 @@ impl DeviceProbe {
     /// Reads back what an earlier collector put into the adopted maps: whose slot is which,
     /// which prefixes and endpoints the maps hold.
     fn restore(&mut self) -> Result<()> {
-        let owners = self.slot_keys.iter().map(|r| r.map(|(slot, key)| (slot, Key(key)))).collect::<Result<Vec<_>, _>>()?;
+        let owners =
+            self.slot_keys.iter().map(|r| r.map(|(slot, key)| (slot, Key(key)))).collect::<Result<Vec<_>, _>>()?;
         self.slots = SlotTable::restore(self.slots.capacity(), owners);
         // Host addresses from the hashes, shorter prefixes from the tries (see insert_prefix).
         let hosts = self.hosts_v4.iter().map(|r| r.map(|(a, s)| (IpAddr::from(a), 32, s)));
         let hosts = hosts.chain(self.hosts_v6.iter().map(|r| r.map(|(a, s)| (IpAddr::from(a), 128, s))));
         let tries = self.v4.iter().map(|r| r.map(|(k, s)| (IpAddr::from(k.data()), k.prefix_len() as u8, s)));
-        let tries = tries.chain(self.v6.iter().map(|r| r.map(|(k, s)| (IpAddr::from(k.data()), k.prefix_len() as u8, s))));
+        let tries =
+            tries.chain(self.v6.iter().map(|r| r.map(|(k, s)| (IpAddr::from(k.data()), k.prefix_len() as u8, s))));
         for item in hosts.chain(tries) {
             let (addr, len, slot) = item?;
             self.prefixes.insert(IpNet::new(addr, len)?, slot);
@@ -302,7 +317,8 @@ impl DeviceProbe {
             let old = PinnedLink::from_pin(path).map_err(|e| anyhow!("opening {}: {e}", path.display()))?;
             // The old link's interface may be gone (a device deleted and created again): its
             // link cannot take a program any more, so it is unpinned and a new one made.
-            let link = SchedClassifierLink::try_from(FdLink::from(old)).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+            let link =
+                SchedClassifierLink::try_from(FdLink::from(old)).map_err(|e| anyhow!("{}: {e}", path.display()))?;
             match prog.attach_to_link(link) {
                 Ok(id) => replaced = Some(id),
                 Err(e) => {
@@ -339,7 +355,8 @@ impl DeviceProbe {
         }
         let _ = tc::qdisc_add_clsact(iface);
         for (name, attach_type) in UNDERLAY_PROGRAMS {
-            self.attach_one(name, iface, attach_type).with_context(|| format!("attaching {name} to underlay {iface}"))?;
+            self.attach_one(name, iface, attach_type)
+                .with_context(|| format!("attaching {name} to underlay {iface}"))?;
         }
         self.underlays.insert(iface.to_string());
         Ok(())
@@ -366,7 +383,8 @@ impl DeviceProbe {
     /// at its peer's slot, nothing else is in the tries. A peer seen for the first time
     /// starts from zero; a removed peer's slot is freed.
     pub fn sync(&mut self, peers: &[Peer]) -> Result<()> {
-        let mut wanted: HashMap<IpNet, u32, FastState> = HashMap::with_capacity_and_hasher(peers.len(), FastState::default());
+        let mut wanted: HashMap<IpNet, u32, FastState> =
+            HashMap::with_capacity_and_hasher(peers.len(), FastState::default());
         for p in peers {
             let (slot, fresh) = self.slots.assign(p.public_key)?;
             if fresh {
@@ -401,7 +419,8 @@ impl DeviceProbe {
             });
             self.host_block.follow(hosts)?;
         }
-        let mut wanted_endpoints: HashMap<Endpoint, u32, FastState> = HashMap::with_capacity_and_hasher(peers.len(), FastState::default());
+        let mut wanted_endpoints: HashMap<Endpoint, u32, FastState> =
+            HashMap::with_capacity_and_hasher(peers.len(), FastState::default());
         for p in peers {
             if let (Some(e), Some(slot)) = (p.endpoint, self.slots.get(&p.public_key)) {
                 wanted_endpoints.insert(endpoint_key(e), slot);
@@ -415,7 +434,8 @@ impl DeviceProbe {
                 endpoints_changed = true;
             }
         }
-        let stale: Vec<Endpoint> = self.synced_endpoints.keys().filter(|e| !wanted_endpoints.contains_key(e)).copied().collect();
+        let stale: Vec<Endpoint> =
+            self.synced_endpoints.keys().filter(|e| !wanted_endpoints.contains_key(e)).copied().collect();
         for e in stale {
             let _ = self.endpoints.remove(&e);
             self.synced_endpoints.remove(&e);
@@ -449,7 +469,8 @@ impl DeviceProbe {
         }
         if !freed.is_empty() {
             // A slot's next peer must not inherit its latency samples.
-            let stale: Vec<HistKey> = self.hist.keys().filter_map(|k| k.ok()).filter(|k| freed.contains(&k.slot)).collect();
+            let stale: Vec<HistKey> =
+                self.hist.keys().filter_map(|k| k.ok()).filter(|k| freed.contains(&k.slot)).collect();
             for k in stale {
                 let _ = self.hist.remove(&k);
             }
@@ -584,7 +605,8 @@ impl DeviceProbe {
     /// peers there are: the soak found batch reads of 65k mostly idle slots).
     pub fn all_peer_counters(&self) -> Result<KeyMap<PeerCounters>> {
         let by_slot = self.slots.by_slot();
-        let one_by_one = || by_slot.values().filter_map(|k| self.peer_counters(k).transpose().map(|c| c.map(|c| (*k, c)))).collect();
+        let one_by_one =
+            || by_slot.values().filter_map(|k| self.peer_counters(k).transpose().map(|c| c.map(|c| (*k, c)))).collect();
         if (by_slot.len() as u64) * 2 < self.slots.high_water() as u64 {
             return one_by_one();
         }

@@ -32,7 +32,8 @@ fn dummy_hash() -> String {
 }
 
 /// Query parameters that look like credentials: refused, they end up in access logs.
-const SECRET_PARAMS: &[&str] = &["token", "access_token", "bearer", "auth", "authorization", "password", "pass", "apikey", "api_key"];
+const SECRET_PARAMS: &[&str] =
+    &["token", "access_token", "bearer", "auth", "authorization", "password", "pass", "apikey", "api_key"];
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -57,9 +58,16 @@ impl Auth {
     }
 
     /// Checks one request. bcrypt is slow on purpose: this runs it on a blocking thread.
-    pub async fn check(self: &std::sync::Arc<Self>, headers: &HeaderMap, query: Option<&str>) -> (Verdict, Option<String>) {
+    pub async fn check(
+        self: &std::sync::Arc<Self>,
+        headers: &HeaderMap,
+        query: Option<&str>,
+    ) -> (Verdict, Option<String>) {
         if let Some(q) = query {
-            let secret = q.split('&').filter_map(|kv| kv.split('=').next()).any(|k| SECRET_PARAMS.iter().any(|s| s.eq_ignore_ascii_case(k)));
+            let secret = q
+                .split('&')
+                .filter_map(|kv| kv.split('=').next())
+                .any(|k| SECRET_PARAMS.iter().any(|s| s.eq_ignore_ascii_case(k)));
             if secret {
                 return (Verdict::TokenInUrl, None);
             }
@@ -91,8 +99,16 @@ impl Auth {
             let hash = self.users.get(&user).cloned();
             let known = hash.is_some();
             let hash = hash.unwrap_or_else(dummy_hash);
-            let ok = tokio::task::spawn_blocking(move || bcrypt::verify(pass.as_bytes(), &hash).unwrap_or(false)).await.unwrap_or(false);
-            let verdict = if ok && known { Verdict::Allow } else if known { Verdict::Deny("wrong password") } else { Verdict::Deny("unknown user") };
+            let ok = tokio::task::spawn_blocking(move || bcrypt::verify(pass.as_bytes(), &hash).unwrap_or(false))
+                .await
+                .unwrap_or(false);
+            let verdict = if ok && known {
+                Verdict::Allow
+            } else if known {
+                Verdict::Deny("wrong password")
+            } else {
+                Verdict::Deny("unknown user")
+            };
             return (verdict, Some(user));
         }
         (Verdict::Deny("unsupported authorization scheme"), None)
@@ -156,10 +172,16 @@ mod tests {
             &[Zeroizing::new("3f9c2a7be41d08c6a5f3e9b27d4c1a60".to_string())],
         ));
         assert_eq!(auth.check(&headers("Bearer 3f9c2a7be41d08c6a5f3e9b27d4c1a60"), None).await.0, Verdict::Allow);
-        assert_eq!(auth.check(&headers("Bearer 3f9c2a7be41d08c6a5f3e9b27d4c1a61"), None).await.0, Verdict::Deny("wrong bearer token"));
+        assert_eq!(
+            auth.check(&headers("Bearer 3f9c2a7be41d08c6a5f3e9b27d4c1a61"), None).await.0,
+            Verdict::Deny("wrong bearer token")
+        );
         let basic = |u: &str, p: &str| headers(&format!("Basic {}", STANDARD.encode(format!("{u}:{p}"))));
         assert_eq!(auth.check(&basic("alice", "s3cret-pass"), None).await.0, Verdict::Allow);
-        assert_eq!(auth.check(&basic("alice", "nope"), None).await, (Verdict::Deny("wrong password"), Some("alice".into())));
+        assert_eq!(
+            auth.check(&basic("alice", "nope"), None).await,
+            (Verdict::Deny("wrong password"), Some("alice".into()))
+        );
         assert_eq!(auth.check(&basic("mallory", "s3cret-pass"), None).await.0, Verdict::Deny("unknown user"));
         assert_eq!(auth.check(&HeaderMap::new(), None).await.0, Verdict::Deny("no credentials"));
         assert_eq!(auth.check(&HeaderMap::new(), Some("x=1&access_token=abc")).await.0, Verdict::TokenInUrl);

@@ -89,7 +89,8 @@ impl WebConfig {
         let file: File = if text.trim().is_empty() {
             File::default()
         } else {
-            serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Yaml { path: p.clone(), msg: with_line(&e, text) })?
+            serde_yaml_ng::from_str(text)
+                .map_err(|e| ConfigError::Yaml { path: p.clone(), msg: with_line(&e, text) })?
         };
         let dir = path.parent().unwrap_or(Path::new("."));
         let setting = |key: &'static str, msg: String| ConfigError::Setting { path: p.clone(), key, msg };
@@ -97,7 +98,10 @@ impl WebConfig {
         let mut users = HashMap::new();
         for (user, hash) in file.basic_auth_users.unwrap_or_default() {
             if hash.parse::<bcrypt::HashParts>().is_err() {
-                return Err(setting("basic_auth_users", format!("user {user:?}: not a bcrypt hash (make one with htpasswd -nBC 10 {user})")));
+                return Err(setting(
+                    "basic_auth_users",
+                    format!("user {user:?}: not a bcrypt hash (make one with htpasswd -nBC 10 {user})"),
+                ));
             }
             users.insert(user, hash);
         }
@@ -139,9 +143,10 @@ fn tls_config(
         let path = dir.join(f);
         std::fs::read(&path).map_err(|e| setting(key, format!("{}: {e}", path.display())))
     };
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&read("tls_server_config.cert_file", &t.cert_file)?)
-        .collect::<Result<_, _>>()
-        .map_err(|e| setting("tls_server_config.cert_file", format!("{}: {e}", t.cert_file)))?;
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(&read("tls_server_config.cert_file", &t.cert_file)?)
+            .collect::<Result<_, _>>()
+            .map_err(|e| setting("tls_server_config.cert_file", format!("{}: {e}", t.cert_file)))?;
     if certs.is_empty() {
         return Err(setting("tls_server_config.cert_file", format!("{}: no certificate in it", t.cert_file)));
     }
@@ -153,20 +158,31 @@ fn tls_config(
             None => Ok(default),
             Some("TLS12") => Ok(12),
             Some("TLS13") => Ok(13),
-            Some(v @ ("TLS10" | "TLS11")) => Err(setting(key, format!("{v}: not offered (rustls speaks TLS 1.2 and 1.3 only)"))),
+            Some(v @ ("TLS10" | "TLS11")) => {
+                Err(setting(key, format!("{v}: not offered (rustls speaks TLS 1.2 and 1.3 only)")))
+            }
             Some(v) => Err(setting(key, format!("{v:?}: expected TLS12 or TLS13"))),
         }
     };
-    let (min, max) = (version("tls_server_config.min_version", &t.min_version, 12)?, version("tls_server_config.max_version", &t.max_version, 13)?);
+    let (min, max) = (
+        version("tls_server_config.min_version", &t.min_version, 12)?,
+        version("tls_server_config.max_version", &t.max_version, 13)?,
+    );
     if min > max {
         return Err(setting("tls_server_config.min_version", "above max_version".into()));
     }
     let versions: Vec<&'static rustls::SupportedProtocolVersion> =
-        [(12, &rustls::version::TLS12), (13, &rustls::version::TLS13)].into_iter().filter(|(v, _)| (min..=max).contains(v)).map(|(_, p)| p).collect();
+        [(12, &rustls::version::TLS12), (13, &rustls::version::TLS13)]
+            .into_iter()
+            .filter(|(v, _)| (min..=max).contains(v))
+            .map(|(_, p)| p)
+            .collect();
 
     let auth = t.client_auth_type.as_deref().unwrap_or("NoClientCert");
     let roots = || -> Result<Arc<RootCertStore>, ConfigError> {
-        let ca = t.client_ca_file.as_deref().ok_or_else(|| setting("tls_server_config.client_ca_file", format!("needed with client_auth_type {auth}")))?;
+        let ca = t.client_ca_file.as_deref().ok_or_else(|| {
+            setting("tls_server_config.client_ca_file", format!("needed with client_auth_type {auth}"))
+        })?;
         let mut store = RootCertStore::empty();
         for c in CertificateDer::pem_slice_iter(&read("tls_server_config.client_ca_file", ca)?) {
             let c = c.map_err(|e| setting("tls_server_config.client_ca_file", format!("{ca}: {e}")))?;
@@ -178,25 +194,40 @@ fn tls_config(
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&versions)
         .map_err(|e| setting("tls_server_config.min_version", e.to_string()))?;
-    let verifier_err = |e: rustls::server::VerifierBuilderError| setting("tls_server_config.client_ca_file", e.to_string());
-    let (builder, required) = match auth {
-        "NoClientCert" => (builder.with_no_client_auth(), false),
-        "VerifyClientCertIfGiven" | "RequestClientCert" => {
-            // rustls verifies any certificate it is given; RequestClientCert (accept one
-            // unverified) is therefore served as VerifyClientCertIfGiven.
-            let v = WebPkiClientVerifier::builder_with_provider(roots()?, provider.clone()).allow_unauthenticated().build().map_err(verifier_err)?;
-            (builder.with_client_cert_verifier(v), false)
-        }
-        "RequireAndVerifyClientCert" => {
-            let v = WebPkiClientVerifier::builder_with_provider(roots()?, provider.clone()).build().map_err(verifier_err)?;
-            (builder.with_client_cert_verifier(v), true)
-        }
-        "RequireAnyClientCert" => {
-            return Err(setting("tls_server_config.client_auth_type", "RequireAnyClientCert (a certificate nobody verifies) is not offered; use RequireAndVerifyClientCert".into()))
-        }
-        other => return Err(setting("tls_server_config.client_auth_type", format!("{other:?}: expected NoClientCert, VerifyClientCertIfGiven or RequireAndVerifyClientCert"))),
-    };
-    let mut cfg = builder.with_single_cert(certs, key).map_err(|e| setting("tls_server_config.key_file", e.to_string()))?;
+    let verifier_err =
+        |e: rustls::server::VerifierBuilderError| setting("tls_server_config.client_ca_file", e.to_string());
+    let (builder, required) =
+        match auth {
+            "NoClientCert" => (builder.with_no_client_auth(), false),
+            "VerifyClientCertIfGiven" | "RequestClientCert" => {
+                // rustls verifies any certificate it is given; RequestClientCert (accept one
+                // unverified) is therefore served as VerifyClientCertIfGiven.
+                let v = WebPkiClientVerifier::builder_with_provider(roots()?, provider.clone())
+                    .allow_unauthenticated()
+                    .build()
+                    .map_err(verifier_err)?;
+                (builder.with_client_cert_verifier(v), false)
+            }
+            "RequireAndVerifyClientCert" => {
+                let v = WebPkiClientVerifier::builder_with_provider(roots()?, provider.clone())
+                    .build()
+                    .map_err(verifier_err)?;
+                (builder.with_client_cert_verifier(v), true)
+            }
+            "RequireAnyClientCert" => return Err(setting(
+                "tls_server_config.client_auth_type",
+                "RequireAnyClientCert (a certificate nobody verifies) is not offered; use RequireAndVerifyClientCert"
+                    .into(),
+            )),
+            other => {
+                return Err(setting(
+                    "tls_server_config.client_auth_type",
+                    format!("{other:?}: expected NoClientCert, VerifyClientCertIfGiven or RequireAndVerifyClientCert"),
+                ))
+            }
+        };
+    let mut cfg =
+        builder.with_single_cert(certs, key).map_err(|e| setting("tls_server_config.key_file", e.to_string()))?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok((cfg, required))
 }

@@ -19,7 +19,10 @@ use crate::interfaces;
 pub enum ListenAddress {
     Socket(SocketAddr),
     /// Every address of an interface, on this port.
-    Interface { name: String, port: u16 },
+    Interface {
+        name: String,
+        port: u16,
+    },
 }
 
 impl FromStr for ListenAddress {

@@ -10,6 +10,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use super::listen::Listeners;
 use anyhow::{bail, Result};
 use axum::{
     body::Body,
@@ -20,7 +21,6 @@ use axum::{
     Router,
 };
 use hyper_util::rt::TokioIo;
-use super::listen::Listeners;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
@@ -145,7 +145,8 @@ pub async fn authenticate(State(shared): State<Arc<Shared>>, req: Request, next:
     let ip = client.map(|c| c.ip());
     if let Some(ip) = ip {
         if shared.limiter.blocked(ip) {
-            return (StatusCode::TOO_MANY_REQUESTS, "too many failed authentications; try again later\n").into_response();
+            return (StatusCode::TOO_MANY_REQUESTS, "too many failed authentications; try again later\n")
+                .into_response();
         }
     }
     let (verdict, user) = settings.auth.check(req.headers(), req.uri().query()).await;
@@ -168,7 +169,12 @@ pub async fn authenticate(State(shared): State<Arc<Shared>>, req: Request, next:
 }
 
 /// Serves `router` on `listeners` until `shutdown` resolves, with TLS when the settings say so.
-pub async fn serve(mut listeners: Listeners, router: Router, shared: Arc<Shared>, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+pub async fn serve(
+    mut listeners: Listeners,
+    router: Router,
+    shared: Arc<Shared>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<()> {
     tokio::pin!(shutdown);
     loop {
         let (tcp, remote) = tokio::select! {

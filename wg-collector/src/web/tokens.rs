@@ -10,8 +10,21 @@ pub const MIN_LEN: usize = 16;
 
 /// Tokens seen shipped as defaults or typed as placeholders; refused whatever their length.
 const WELL_KNOWN: &[&str] = &[
-    "admin", "password", "changeme", "change-me", "secret", "token", "prometheus", "default", "test", "example",
-    "changemechangeme", "passwordpassword", "adminadminadmin", "0123456789abcdef", "1234567890123456",
+    "admin",
+    "password",
+    "changeme",
+    "change-me",
+    "secret",
+    "token",
+    "prometheus",
+    "default",
+    "test",
+    "example",
+    "changemechangeme",
+    "passwordpassword",
+    "adminadminadmin",
+    "0123456789abcdef",
+    "1234567890123456",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -27,7 +40,8 @@ pub enum TokenError {
 /// Reads the tokens of a file: one per non-empty line, surrounding spaces trimmed.
 pub fn load(path: &Path) -> Result<Vec<Zeroizing<String>>, TokenError> {
     let p = path.display().to_string();
-    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|source| TokenError::Io { path: p.clone(), source })?);
+    let text =
+        Zeroizing::new(std::fs::read_to_string(path).map_err(|source| TokenError::Io { path: p.clone(), source })?);
     let mut tokens = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let t = line.trim();

@@ -43,7 +43,12 @@ pub fn discover(uapi_dir: &Path) -> Vec<Found> {
             let uevent = std::fs::read_to_string(e.path().join("uevent")).unwrap_or_default();
             if uevent.lines().any(|l| l == "DEVTYPE=wireguard") {
                 if let Some(ifindex) = ifindex(&name) {
-                    found.push(Found { name, ifindex, implementation: Implementation::Kernel, source: Source::Netlink });
+                    found.push(Found {
+                        name,
+                        ifindex,
+                        implementation: Implementation::Kernel,
+                        source: Source::Netlink,
+                    });
                 }
             }
         }

@@ -71,7 +71,12 @@ fn resolve_family(sock: &Socket, name: &str) -> Result<u16, NetlinkError> {
 }
 
 /// Sends one request and collects the answers until the kernel says it is done.
-fn request<F>(sock: &Socket, payload: GenlMessage<F>, flags: u16, device: &str) -> Result<Vec<GenlMessage<F>>, NetlinkError>
+fn request<F>(
+    sock: &Socket,
+    payload: GenlMessage<F>,
+    flags: u16,
+    device: &str,
+) -> Result<Vec<GenlMessage<F>>, NetlinkError>
 where
     F: netlink_packet_generic::GenlFamily
         + netlink_packet_core::Emitable
@@ -200,14 +205,11 @@ fn peer_from(attrs: Vec<WireguardPeerAttribute>) -> Peer {
     peer
 }
 
-
 #[cfg(test)]
 mod tests {
     use netlink_packet_core::{Emitable, ParseableParametrized};
     use netlink_packet_generic::GenlHeader;
-    use netlink_packet_wireguard::{
-        WireguardAddressFamily, WireguardAllowedIp, WireguardPeer, WireguardTimeSpec,
-    };
+    use netlink_packet_wireguard::{WireguardAddressFamily, WireguardAllowedIp, WireguardPeer, WireguardTimeSpec};
 
     use std::net::IpAddr;
 
@@ -260,7 +262,10 @@ mod tests {
                 WireguardAttribute::Peers(vec![WireguardPeer(vec![
                     WireguardPeerAttribute::PublicKey(k1),
                     WireguardPeerAttribute::Endpoint("10.200.0.2:51820".parse().unwrap()),
-                    WireguardPeerAttribute::LastHandshake(WireguardTimeSpec { seconds: 1_700_000_000, nano_seconds: 7 }),
+                    WireguardPeerAttribute::LastHandshake(WireguardTimeSpec {
+                        seconds: 1_700_000_000,
+                        nano_seconds: 7,
+                    }),
                     WireguardPeerAttribute::RxBytes(10),
                     WireguardPeerAttribute::TxBytes(20),
                     WireguardPeerAttribute::AllowedIps(vec![allowed("10.99.0.2", 32)]),

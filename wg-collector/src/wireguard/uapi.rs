@@ -83,7 +83,13 @@ fn complete(answer: &[u8]) -> bool {
 
 /// Parses a `get=1` answer. Unknown keys are ignored (the protocol grows); malformed values
 /// of keys we use are errors that name the line.
-pub fn parse(text: &str, path: &str, name: &str, implementation: &Implementation, now: Duration) -> Result<Device, UapiError> {
+pub fn parse(
+    text: &str,
+    path: &str,
+    name: &str,
+    implementation: &Implementation,
+    now: Duration,
+) -> Result<Device, UapiError> {
     let mut dev = Device { name: name.to_string(), ..Device::default() };
     let mut peer: Option<Peer> = None;
     let mut handshake = (0u64, 0u32);
@@ -119,9 +125,7 @@ pub fn parse(text: &str, path: &str, name: &str, implementation: &Implementation
                 saw_handshake = false;
                 peer = Some(Peer::new(Key::from_hex(v).ok_or_else(|| err("bad public key"))?));
             }
-            ("endpoint", Some(p)) => {
-                p.endpoint = Some(v.parse::<SocketAddr>().map_err(|_| err("bad endpoint"))?)
-            }
+            ("endpoint", Some(p)) => p.endpoint = Some(v.parse::<SocketAddr>().map_err(|_| err("bad endpoint"))?),
             ("allowed_ip", Some(p)) => {
                 p.allowed_ips.push(v.parse::<IpNet>().map_err(|_| err("bad allowed_ip"))?.trunc())
             }
@@ -167,7 +171,12 @@ fn key_value(line: &str) -> Option<(&str, &str)> {
     Some((&line[..at], &line[at + 1..]))
 }
 
-fn handshake_time(implementation: &Implementation, (sec, nsec): (u64, u32), saw: bool, now: Duration) -> Option<Duration> {
+fn handshake_time(
+    implementation: &Implementation,
+    (sec, nsec): (u64, u32),
+    saw: bool,
+    now: Duration,
+) -> Option<Duration> {
     if !saw {
         return None;
     }
@@ -235,7 +244,10 @@ mod tests {
         let now = Duration::from_secs(2_000_000_000);
         let text = answer("last_handshake_time_sec=1700000000\nlast_handshake_time_nsec=5\n");
         let crlf = text.replace('\n', "\r\n");
-        let (a, b) = (parse(&text, "s", "wg0", &Implementation::WireguardGo, now), parse(&crlf, "s", "wg0", &Implementation::WireguardGo, now));
+        let (a, b) = (
+            parse(&text, "s", "wg0", &Implementation::WireguardGo, now),
+            parse(&crlf, "s", "wg0", &Implementation::WireguardGo, now),
+        );
         assert_eq!(format!("{:?}", a.unwrap()), format!("{:?}", b.unwrap()));
     }
 
@@ -272,11 +284,14 @@ mod tests {
 
     #[test]
     fn errors_name_the_line_and_hide_secrets() {
-        let e = parse("listen_port=x\n", "/run/wireguard/wg0.sock", "wg0", &Implementation::WireguardGo, Duration::ZERO)
+        let e =
+            parse("listen_port=x\n", "/run/wireguard/wg0.sock", "wg0", &Implementation::WireguardGo, Duration::ZERO)
+                .unwrap_err()
+                .to_string();
+        assert!(e.contains("/run/wireguard/wg0.sock") && e.contains("line 1") && e.contains("listen_port=x"), "{e}");
+        let e = parse("private_key=zz\n", "s", "wg0", &Implementation::WireguardGo, Duration::ZERO)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("/run/wireguard/wg0.sock") && e.contains("line 1") && e.contains("listen_port=x"), "{e}");
-        let e = parse("private_key=zz\n", "s", "wg0", &Implementation::WireguardGo, Duration::ZERO).unwrap_err().to_string();
         assert!(e.contains("(redacted)") && !e.contains("zz"), "{e}");
         let e = parse("errno=22\n", "s", "wg0", &Implementation::WireguardGo, Duration::ZERO).unwrap_err().to_string();
         assert!(e.contains("errno=22"), "{e}");

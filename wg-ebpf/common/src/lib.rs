@@ -65,9 +65,26 @@ pub mod names {
     /// The maps pinned per device, so a collector restart or upgrade keeps counting: all
     /// state. (The programs' logs and read-only settings are made anew at each load.)
     pub const PINNED: [&str; 20] = [
-        HOSTS_V4, HOSTS_V6, PEERS_V4, PEERS_V6, PEER_COUNTERS, UNATTRIBUTED, PENDING, LATENCY_HIST,
-        LATENCY_STATS, DELAY_FIFO, MESSAGES, INVALID, INDICES, ENDPOINTS, LISTEN_PORT, SLOT_KEYS, META,
-        HOST_BLOCK_V4, HOST_BLOCK_AT, ENDPOINT_PLACES,
+        HOSTS_V4,
+        HOSTS_V6,
+        PEERS_V4,
+        PEERS_V6,
+        PEER_COUNTERS,
+        UNATTRIBUTED,
+        PENDING,
+        LATENCY_HIST,
+        LATENCY_STATS,
+        DELAY_FIFO,
+        MESSAGES,
+        INVALID,
+        INDICES,
+        ENDPOINTS,
+        LISTEN_PORT,
+        SLOT_KEYS,
+        META,
+        HOST_BLOCK_V4,
+        HOST_BLOCK_AT,
+        ENDPOINT_PLACES,
     ];
     /// TC program on the underlay's ingress (encrypted datagrams from peers).
     pub const PROG_UNDER_INGRESS: &str = "wg_under_ingress";
