@@ -18,8 +18,8 @@ use crate::{
     bpf::{LatencyStats, ProgramStats},
     history::{ConfigField, Lifecycle},
     links::LinkState,
-    monitor::{DeviceSnapshot, ErrorSource, Snapshot},
     pool::Pool,
+    refresh::{DeviceSnapshot, ErrorSource, Snapshot},
     wireguard::{
         discovery::{Found, Source},
         Device, Implementation, Key, KeyMap, Peer,

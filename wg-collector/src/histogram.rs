@@ -24,6 +24,19 @@ impl Default for Buckets {
     }
 }
 
+/// As the flag takes them: "full", or the boundaries with commas.
+impl std::fmt::Display for Buckets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Full => f.write_str("full"),
+            Self::Classic(v) => {
+                let parts: Vec<String> = v.iter().map(|s| s.to_string()).collect();
+                f.write_str(&parts.join(","))
+            }
+        }
+    }
+}
+
 impl std::str::FromStr for Buckets {
     type Err = String;
 
@@ -132,6 +145,16 @@ mod tests {
         assert!("0.01,0.001".parse::<Buckets>().unwrap_err().contains("ascend"));
         assert!("x".parse::<Buckets>().unwrap_err().contains(r#""x""#));
         assert!("0".parse::<Buckets>().unwrap_err().contains("positive"));
+    }
+
+    #[test]
+    fn the_default_reads_back_as_itself() {
+        assert_eq!(
+            Buckets::default().to_string(),
+            "0.00005,0.0001,0.00025,0.0005,0.001,0.0025,0.005,0.01,0.025,0.05,0.1,0.25,0.5,1,2.5,5,10"
+        );
+        assert_eq!(Buckets::default().to_string().parse::<Buckets>(), Ok(Buckets::default()));
+        assert_eq!(Buckets::Full.to_string().parse::<Buckets>(), Ok(Buckets::Full));
     }
 
     #[test]

@@ -42,11 +42,12 @@ use crate::wireguard::{FastState, Key, KeyMap, Peer};
 pub struct ProbeOptions {
     pub max_peers: u32,
     pub max_allowed_ips: u32,
-    /// Packets that may wait for their answer at once.
+    /// Packets that may wait for their answer at once (a power of two, as Config checks).
     pub max_pending: u32,
     /// Histogram entries (peer, kind, bucket).
     pub max_hist_entries: u32,
-    /// Record one in `latency_sample` matchable packets (a power of two; 1 = every one).
+    /// Record one in `latency_sample` matchable packets (a power of two, as Config checks; 1 =
+    /// every one).
     pub latency_sample: u32,
     /// Track encap/decap delay (reads the clock for every packet).
     pub delay: bool,
@@ -137,15 +138,6 @@ impl DeviceProbe {
         // Disabled levels cost the programs one compare; aya_log_common::Level counts
         // Error = 1 up to Trace = 5, as log::LevelFilter does.
         let level = opts.log_level as u8;
-        if !opts.latency_sample.is_power_of_two() {
-            anyhow::bail!("latency sampling 1 in {}: must be a power of two", opts.latency_sample);
-        }
-        if !opts.max_pending.is_power_of_two() {
-            anyhow::bail!(
-                "{} places for pending questions: must be a power of two (a hash of the flow picks the place)",
-                opts.max_pending
-            );
-        }
         let sample_mask = opts.latency_sample - 1;
         let pending_mask = opts.max_pending - 1;
         let endpoint_places = endpoint_places(&opts);

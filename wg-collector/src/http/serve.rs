@@ -45,14 +45,14 @@ impl Settings {
     }
 }
 
-/// Where settings come from.
+/// The files settings come from (--web.config.file, --web.bearer-token-file).
 #[derive(Clone, Debug, Default)]
-pub struct Sources {
+pub struct SettingsFiles {
     pub web_config: Option<PathBuf>,
     pub token_file: Option<PathBuf>,
 }
 
-impl Sources {
+impl SettingsFiles {
     pub fn load(&self) -> Result<Settings> {
         let web = match &self.web_config {
             Some(p) => WebConfig::load(p)?,
@@ -81,15 +81,15 @@ impl Sources {
 /// The settings in force, swappable.
 pub struct Shared {
     current: RwLock<Arc<Settings>>,
-    sources: Sources,
+    files: SettingsFiles,
     /// Whether the listener may serve without authentication (loopback, or --web.insecure).
     may_be_open: bool,
     limiter: Limiter,
 }
 
 impl Shared {
-    pub fn new(settings: Settings, sources: Sources, may_be_open: bool) -> Arc<Self> {
-        Arc::new(Self { current: RwLock::new(Arc::new(settings)), sources, may_be_open, limiter: Limiter::default() })
+    pub fn new(settings: Settings, files: SettingsFiles, may_be_open: bool) -> Arc<Self> {
+        Arc::new(Self { current: RwLock::new(Arc::new(settings)), files, may_be_open, limiter: Limiter::default() })
     }
 
     pub fn current(&self) -> Arc<Settings> {
@@ -98,7 +98,7 @@ impl Shared {
 
     /// Loads the settings again; on any error keeps the old ones.
     pub fn reload(&self) -> Result<()> {
-        let s = self.sources.load()?;
+        let s = self.files.load()?;
         if !s.authenticates() && !self.may_be_open {
             bail!("the new settings have no authentication, and this listener is not loopback-only (--web.insecure would allow it)");
         }
@@ -110,13 +110,13 @@ impl Shared {
     pub fn watch(self: Arc<Self>) {
         tokio::spawn(async move {
             let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
-            let mut stamps = self.sources.stamps();
+            let mut stamps = self.files.stamps();
             let mut tick = tokio::time::interval(Duration::from_secs(2));
             loop {
                 let why = tokio::select! {
                     _ = hup.recv() => "SIGHUP",
                     _ = tick.tick() => {
-                        let now = self.sources.stamps();
+                        let now = self.files.stamps();
                         if now == stamps { continue }
                         stamps = now;
                         "a settings file changed"

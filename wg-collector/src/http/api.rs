@@ -4,16 +4,12 @@
 use serde_json::{json, Value};
 use wg_common::latency::Kind;
 
-use crate::{
-    histogram::{Buckets, Series},
-    metrics::ExportOptions,
-    monitor::Snapshot,
-};
+use crate::{histogram::Series, metrics::ExportOptions, refresh::Snapshot};
 
 pub fn state(snap: &Snapshot, opts: &ExportOptions) -> Value {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64();
-    let buckets = Buckets::default();
-    let hist = |s: &Series| json!({ "count": s.count, "sum": s.sum_seconds(), "buckets": s.exposition(&buckets) });
+    let buckets = &opts.buckets;
+    let hist = |s: &Series| json!({ "count": s.count, "sum": s.sum_seconds(), "buckets": s.exposition(buckets) });
     let devices: Vec<Value> = snap
         .devices
         .iter()

@@ -1,0 +1,149 @@
+//! One `Config`, made from the command line by one `TryFrom`: every flag is checked here,
+//! once, and every default lives in [`Args`] (which takes them from the constants of the
+//! parts that own them). A refusal names the flag and says what it must be.
+
+mod args;
+
+use std::{path::PathBuf, time::Duration};
+
+pub use args::Args;
+use thiserror::Error;
+
+use crate::{
+    bpf::ProbeOptions,
+    http::{listen::ListenAddress, serve::SettingsFiles},
+    metrics::ExportOptions,
+    names::NameSources,
+    refresh,
+};
+
+/// Everything the collector runs with.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub web: WebOptions,
+    /// What the refresh reads and how (pins are resolved at start, see [`PinRequest`]).
+    pub refresh: refresh::Options,
+    pub poll_interval: Duration,
+    /// A scrape may show a reading that began this long ago (0: always a new one).
+    pub scrape_max_age: Duration,
+    pub export: ExportOptions,
+    pub names: NameSources,
+    pub bpf_stats: bool,
+    pub pin: PinRequest,
+    /// `--bpf.unpin`: unpin and exit.
+    pub unpin: bool,
+}
+
+/// Where and how metrics are served.
+#[derive(Clone, Debug)]
+pub struct WebOptions {
+    /// None: the default, which depends on whether authentication is configured.
+    pub listen: Option<ListenAddress>,
+    pub files: SettingsFiles,
+    pub insecure: bool,
+    pub telemetry_path: String,
+}
+
+/// What the flags say of pinning; bpffs is mounted (or found missing) at start.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PinRequest {
+    /// `--bpf.pin-path`; None: the default path, where a missing bpffs only warns.
+    pub path: Option<PathBuf>,
+    /// `--bpf.no-pin`.
+    pub off: bool,
+    /// `--bpf.replace-pinned`.
+    pub replace: bool,
+}
+
+/// A flag whose value cannot be used.
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("{flag} {value}: {why}")]
+pub struct FlagError {
+    pub flag: &'static str,
+    pub value: String,
+    pub why: &'static str,
+}
+
+fn refuse(flag: &'static str, value: impl std::fmt::Display, why: &'static str) -> FlagError {
+    FlagError { flag, value: value.to_string(), why }
+}
+
+/// Seconds within `range`, as a Duration.
+fn seconds(
+    flag: &'static str,
+    v: f64,
+    range: std::ops::RangeInclusive<f64>,
+    why: &'static str,
+) -> Result<Duration, FlagError> {
+    if !range.contains(&v) {
+        return Err(refuse(flag, v, why));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+impl TryFrom<Args> for Config {
+    type Error = FlagError;
+
+    fn try_from(a: Args) -> Result<Self, FlagError> {
+        let path = &a.telemetry_path;
+        if !path.starts_with('/') || path == "/" || path == "/-/healthy" {
+            return Err(FlagError {
+                flag: "--web.telemetry-path",
+                value: format!("{path:?}"),
+                why: "must start with / and not be / or /-/healthy",
+            });
+        }
+        let poll_interval =
+            seconds("--poll-interval", a.poll_interval, 0.05..=3600.0, "must be between 0.05 and 3600 seconds")?;
+        let scrape_max_age =
+            seconds("--scrape.max-age", a.scrape_max_age, 0.0..=3600.0, "must be between 0 and 3600 seconds")?;
+        let pending_ttl =
+            seconds("--latency.pending-ttl", a.pending_ttl, 0.1..=3600.0, "must be between 0.1 and 3600 seconds")?;
+        if !a.latency_sample.is_power_of_two() {
+            return Err(refuse("--latency.sample", a.latency_sample, "must be a power of two (1, 2, 4, ...)"));
+        }
+        if !a.max_pending.is_power_of_two() {
+            return Err(refuse("--latency.max-pending", a.max_pending, "must be a power of two (65536, 131072, ...)"));
+        }
+        let redact = |what: &str| a.redact.iter().any(|r| r == what || r == "all");
+        Ok(Config {
+            web: WebOptions {
+                listen: a.listen_address,
+                files: SettingsFiles { web_config: a.web_config, token_file: a.bearer_token_file },
+                insecure: a.insecure,
+                telemetry_path: a.telemetry_path,
+            },
+            refresh: refresh::Options {
+                uapi_dir: a.uapi_dir,
+                devices: a.devices,
+                probe: ProbeOptions {
+                    max_peers: a.max_peers,
+                    max_allowed_ips: a.max_allowed_ips,
+                    max_pending: a.max_pending,
+                    max_hist_entries: a.max_hist_entries,
+                    latency_sample: a.latency_sample,
+                    delay: !a.no_delay,
+                    log_level: log::max_level(),
+                },
+                pending_ttl,
+                underlays: a.underlays,
+                pins: None,
+            },
+            poll_interval,
+            scrape_max_age,
+            export: ExportOptions {
+                buckets: a.latency_buckets,
+                redact_endpoints: redact("endpoints"),
+                redact_allowed_ips: redact("allowed-ips"),
+                max_series: a.max_series,
+            },
+            names: NameSources { names_files: a.names_files, wg_configs: a.wg_configs },
+            bpf_stats: a.bpf_stats,
+            pin: PinRequest { path: a.pin_path, off: a.no_pin, replace: a.replace_pinned },
+            unpin: a.unpin,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

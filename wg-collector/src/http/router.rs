@@ -1,0 +1,132 @@
+//! The HTTP side: `/metrics` (or the configured path) in the Prometheus text format, or
+//! OpenMetrics when the scraper asks for it.
+
+use std::{
+    sync::{Arc, Mutex, OnceLock, Weak},
+    time::Duration,
+};
+
+use bytes::Bytes;
+
+use axum::{
+    body::Body,
+    extract::State,
+    http::{header, HeaderMap, StatusCode},
+    response::{Html, IntoResponse, Response},
+    routing::get,
+    Json, Router,
+};
+
+use super::{
+    api,
+    serve::{authenticate, Shared},
+};
+use crate::{
+    metrics::{encode, ExportOptions, Format, Page},
+    refresh::{Monitor, Snapshot},
+};
+
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The live page: one file, its script and style inline, embedded in the binary.
+const LIVE_PAGE: &str = include_str!("live.html");
+
+/// The routes: the metrics, the live page and its data behind authentication, and
+/// `/-/healthy`, which needs none and says nothing but that the process serves.
+///
+/// A scrape shows a reading that began at most `max_age` ago (`--scrape.max-age`; zero: a
+/// new one).
+pub fn router(
+    telemetry_path: &str,
+    web: Arc<Shared>,
+    monitor: Arc<Monitor>,
+    export: ExportOptions,
+    max_age: Duration,
+) -> Router {
+    let source = MetricsState { monitor: monitor.clone(), export: export.clone(), max_age, pages: Arc::default() };
+    let page = LIVE_PAGE.replace("href=\"metrics\"", &format!("href=\"{}\"", telemetry_path.trim_start_matches('/')));
+    let state = move || {
+        let (monitor, export) = (monitor.clone(), export.clone());
+        async move {
+            match tokio::task::spawn_blocking(move || api::state(&monitor.latest(max_age), &export)).await {
+                Ok(v) => Json(v).into_response(),
+                Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "reading the state failed\n").into_response(),
+            }
+        }
+    };
+    let protected = Router::new()
+        .route(telemetry_path, get(metrics))
+        .with_state(source)
+        .route("/", get(move || async move { Html(page) }))
+        .route("/api/v1/state", get(state))
+        .layer(axum::middleware::from_fn_with_state(web, authenticate));
+    Router::new().route("/-/healthy", get(|| async { "OK\n" })).merge(protected)
+}
+
+/// What `/metrics` serves from.
+#[derive(Clone)]
+struct MetricsState {
+    monitor: Arc<Monitor>,
+    export: ExportOptions,
+    max_age: Duration,
+    pages: Arc<Pages>,
+}
+
+/// Pages being encoded, by reading and format. Scrapes that arrive together share one
+/// reading (see `Monitor::refresh`) and so, here, one encoding: a crowd of scrapers costs
+/// one page, in time and in memory. Only weak references are kept: a page lives as long as
+/// the scrapes waiting for it.
+#[derive(Default)]
+struct Pages(Mutex<Vec<SharedPage>>);
+
+type SharedPage = (Weak<Snapshot>, Format, Weak<OnceLock<Option<Bytes>>>);
+
+impl Pages {
+    fn get(&self, snap: &Arc<Snapshot>, format: Format, encode: impl FnOnce() -> Option<Bytes>) -> Option<Bytes> {
+        let page = {
+            let mut pages = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            pages.retain(|(_, _, p)| p.strong_count() > 0);
+            // The Weak keeps the snapshot's allocation, so its address names it.
+            let same = |(s, f, _): &&SharedPage| *f == format && std::ptr::eq(s.as_ptr(), Arc::as_ptr(snap));
+            match pages.iter().find(same).and_then(|(_, _, p)| p.upgrade()) {
+                Some(p) => p,
+                None => {
+                    let p = Arc::new(OnceLock::new());
+                    pages.push((Arc::downgrade(snap), format, Arc::downgrade(&p)));
+                    p
+                }
+            }
+        };
+        page.get_or_init(encode).clone()
+    }
+}
+
+async fn metrics(State(source): State<MetricsState>, headers: HeaderMap) -> Response {
+    let asks = |name: header::HeaderName, what: &str| {
+        headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).any(|v| v.contains(what))
+    };
+    let format = Format {
+        openmetrics: asks(header::ACCEPT, "application/openmetrics-text"),
+        gzip: asks(header::ACCEPT_ENCODING, "gzip"),
+    };
+    // Reading WireGuard and the maps is blocking work: keep it off the async workers.
+    let encoded = tokio::task::spawn_blocking(move || {
+        let snap = source.monitor.latest(source.max_age);
+        source.pages.get(&snap, format, || encode(Page::new(snap.clone(), &source.export), format).ok())
+    })
+    .await;
+    let Format { openmetrics, gzip } = format;
+    match encoded {
+        Ok(Some(body)) => {
+            let ct = if openmetrics { OPENMETRICS } else { PROMETHEUS_TEXT };
+            let mut r = ([(header::CONTENT_TYPE, ct)], Body::from(body)).into_response();
+            if gzip {
+                r.headers_mut().insert(header::CONTENT_ENCODING, header::HeaderValue::from_static("gzip"));
+            }
+            r.headers_mut().insert(header::VARY, header::HeaderValue::from_static("accept-encoding"));
+            r
+        }
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, "encoding metrics failed\n").into_response(),
+    }
+}

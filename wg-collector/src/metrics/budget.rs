@@ -1,0 +1,61 @@
+//! `--metrics.max-series`: how many per-peer series a reading gives, summed from what each
+//! family of the catalogue says one peer adds, and the trimming of peers past the limit.
+
+use super::{
+    page::{LatencySeries, PeerView},
+    ExportOptions, GROUPS,
+};
+use crate::{
+    refresh::{DeviceSnapshot, Snapshot},
+    wireguard::Peer,
+};
+
+/// Series one peer brings to the page.
+fn peer_series(device: &DeviceSnapshot, peer: &Peer, latency: &LatencySeries, opts: &ExportOptions) -> usize {
+    let view = PeerView { device, peer, latency, opts };
+    GROUPS.iter().flat_map(|g| g.families).filter_map(|f| f.per_peer).map(|n| n(&view)).sum()
+}
+
+/// Per-peer series the snapshot would give.
+pub fn total(snap: &Snapshot, latency: &[LatencySeries], opts: &ExportOptions) -> usize {
+    snap.devices
+        .iter()
+        .zip(latency)
+        .map(|(d, l)| d.state.peers.iter().map(|p| peer_series(d, p, l, opts)).sum::<usize>())
+        .sum()
+}
+
+/// Drops peers past the series limit from the snapshot; returns how many per device.
+pub fn limit(snap: &mut Snapshot, latency: &[LatencySeries], opts: &ExportOptions) -> Vec<(String, usize)> {
+    if opts.max_series == 0 {
+        return Vec::new();
+    }
+    let mut budget = opts.max_series;
+    let mut omitted = Vec::new();
+    for (d, l) in snap.devices.iter_mut().zip(latency) {
+        let mut keep = Vec::with_capacity(d.state.peers.len());
+        let mut dropped = 0;
+        for p in std::mem::take(&mut d.state.peers) {
+            let n = peer_series(d, &p, l, opts);
+            if n <= budget {
+                budget -= n;
+                keep.push(p);
+            } else {
+                budget = 0;
+                dropped += 1;
+            }
+        }
+        d.state.peers = keep;
+        if dropped > 0 {
+            omitted.push((d.found.name.clone(), dropped));
+        }
+    }
+    if !omitted.is_empty() {
+        tracing::warn!(
+            limit = opts.max_series,
+            ?omitted,
+            "series limit reached (--metrics.max-series): peers left out of this scrape"
+        );
+    }
+    omitted
+}

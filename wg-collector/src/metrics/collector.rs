@@ -1,0 +1,118 @@
+//! The collector itself: what it left out, what it is, how long its reading took, how old
+//! the reading is, its errors, and the kernel's accounting of its programs.
+
+use prometheus_client::encoding::EncodeCounterValue;
+
+use super::family::{always, Family, Group, Samples, Type};
+use super::page::Page;
+
+pub const GROUP: Group = Group {
+    name: "collector",
+    families: &[
+        Family {
+            name: "wireguard_collector_peers_omitted",
+            help: "Peers left out of this page because of --metrics.max-series",
+            kind: Type::Gauge,
+            labels: &["device"],
+            per_peer: None,
+            shown: always,
+            samples: |page, s| {
+                for d in &page.snap.devices {
+                    let n = page.omitted.iter().find(|(name, _)| *name == d.found.name).map_or(0, |(_, n)| *n);
+                    s.gauge(&[("device", d.found.name.as_str())], n as i64)?;
+                }
+                Ok(())
+            },
+        },
+        Family {
+            name: "wireguard_collector_build_info",
+            help: "The collector's version and the WireGuard implementations it found (value 1)",
+            kind: Type::Gauge,
+            labels: &["version", "implementations"],
+            per_peer: None,
+            shown: always,
+            samples: build_info,
+        },
+        Family {
+            name: "wireguard_collector_scrape_duration_seconds",
+            help: "Time this scrape spent reading each source",
+            kind: Type::Gauge,
+            labels: &["source"],
+            per_peer: None,
+            shown: always,
+            samples: |page, s| {
+                for (source, t) in &page.snap.durations {
+                    s.gauge(&[("source", source.label())], t.as_secs_f64())?;
+                }
+                Ok(())
+            },
+        },
+        Family {
+            name: "wireguard_collector_reading_age_seconds",
+            help: "Age of the reading of WireGuard and the maps this page shows: from its start to now (near 0 unless --scrape.max-age lets scrapes share the poll loop's readings)",
+            kind: Type::Gauge,
+            labels: &[],
+            per_peer: None,
+            shown: always,
+            samples: |page, s| s.gauge(&[] as &[(&str, &str); 0], page.snap.began.elapsed().as_secs_f64()),
+        },
+        Family {
+            name: "wireguard_collector_errors",
+            help: "Errors reading each source since the collector started",
+            kind: Type::Counter,
+            labels: &["source"],
+            per_peer: None,
+            shown: always,
+            samples: |page, s| {
+                for (source, n) in &page.snap.errors {
+                    s.counter(&[("source", source.label())], *n)?;
+                }
+                Ok(())
+            },
+        },
+        Family {
+            name: "wireguard_collector_bpf_run_time_seconds",
+            help: "Time the kernel spent in each of our programs (bpf stats; only while enabled with --bpf.stats)",
+            kind: Type::Counter,
+            labels: &["device", "program"],
+            per_peer: None,
+            shown: stats_enabled,
+            samples: |page, s| program_stats(page, s, |st| st.run_time.as_secs_f64()),
+        },
+        Family {
+            name: "wireguard_collector_bpf_runs",
+            help: "Runs of each of our programs (bpf stats; only while enabled with --bpf.stats)",
+            kind: Type::Counter,
+            labels: &["device", "program"],
+            per_peer: None,
+            shown: stats_enabled,
+            samples: |page, s| program_stats(page, s, |st| st.runs),
+        },
+    ],
+};
+
+fn build_info(page: &Page, s: &mut Samples) -> std::fmt::Result {
+    let mut implementations: Vec<String> =
+        page.snap.devices.iter().map(|d| d.found.implementation.to_string()).collect();
+    implementations.sort();
+    implementations.dedup();
+    s.gauge(&[("version", env!("CARGO_PKG_VERSION").to_string()), ("implementations", implementations.join(","))], 1i64)
+}
+
+/// The kernel counts run time only while bpf stats are on (`--bpf.stats`).
+fn stats_enabled(page: &Page) -> bool {
+    page.snap.devices.iter().flat_map(|d| &d.program_stats).any(|s| s.runs > 0)
+}
+
+fn program_stats<V: EncodeCounterValue>(
+    page: &Page,
+    s: &mut Samples,
+    value: fn(&crate::bpf::ProgramStats) -> V,
+) -> std::fmt::Result {
+    for d in &page.snap.devices {
+        for st in &d.program_stats {
+            s.counter(&[("device", d.found.name.as_str()), ("program", st.program)], value(st))?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,107 @@
+//! What a metric family is, as data: its name, HELP, type and labels, how many series a peer
+//! gives it, and how its samples are read from a page. Every family of the page is one such
+//! value in a group's file; nothing else names a family.
+
+use prometheus_client::{
+    encoding::{DescriptorEncoder, EncodeCounterValue, EncodeGaugeValue, EncodeLabelSet, MetricEncoder, NoLabelSet},
+    metrics::MetricType,
+};
+
+use super::page::{Page, PeerView};
+use crate::histogram::Series;
+
+/// The Prometheus type of a family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Type {
+    Gauge,
+    Counter,
+    Histogram,
+}
+
+impl Type {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Gauge => "gauge",
+            Self::Counter => "counter",
+            Self::Histogram => "histogram",
+        }
+    }
+
+    fn metric_type(self) -> MetricType {
+        match self {
+            Self::Gauge => MetricType::Gauge,
+            Self::Counter => MetricType::Counter,
+            Self::Histogram => MetricType::Histogram,
+        }
+    }
+}
+
+/// One metric family.
+pub struct Family {
+    /// The name; prometheus-client appends `_total` to counters.
+    pub name: &'static str,
+    pub help: &'static str,
+    pub kind: Type,
+    /// The labels of its samples, in order (histograms add `le`).
+    pub labels: &'static [&'static str],
+    /// Series one peer adds to it (per-peer families only): what `--metrics.max-series`
+    /// budgets.
+    pub per_peer: Option<fn(&PeerView) -> usize>,
+    /// Whether the page has it at all (most always do).
+    pub shown: fn(&Page) -> bool,
+    /// Writes its samples.
+    pub samples: fn(&Page, &mut Samples) -> std::fmt::Result,
+}
+
+impl Family {
+    /// The name as the page shows it.
+    pub fn exposed_name(&self) -> String {
+        match self.kind {
+            Type::Counter => format!("{}_total", self.name),
+            _ => self.name.to_string(),
+        }
+    }
+
+    /// Its descriptor and samples.
+    pub fn encode(&self, page: &Page, enc: &mut DescriptorEncoder) -> std::fmt::Result {
+        if !(self.shown)(page) {
+            return Ok(());
+        }
+        let m = enc.encode_descriptor(self.name, self.help, None, self.kind.metric_type())?;
+        (self.samples)(page, &mut Samples(m))
+    }
+}
+
+/// `shown` for the families every page has.
+pub fn always(_: &Page) -> bool {
+    true
+}
+
+/// Families that belong together, one file each (device, peer, traffic, ...); the page
+/// shows the groups in order, each encoded on a thread of its own.
+pub struct Group {
+    pub name: &'static str,
+    pub families: &'static [Family],
+}
+
+/// Writes one family's samples.
+pub struct Samples<'a>(MetricEncoder<'a>);
+
+impl Samples<'_> {
+    pub fn counter(&mut self, labels: &impl EncodeLabelSet, v: impl EncodeCounterValue) -> std::fmt::Result {
+        self.0.encode_family(labels)?.encode_counter::<NoLabelSet, _, u64>(&v, None)
+    }
+
+    pub fn gauge(&mut self, labels: &impl EncodeLabelSet, v: impl EncodeGaugeValue) -> std::fmt::Result {
+        self.0.encode_family(labels)?.encode_gauge(&v)
+    }
+
+    pub fn histogram(&mut self, labels: &impl EncodeLabelSet, s: &Series, page: &Page) -> std::fmt::Result {
+        self.0.encode_family(labels)?.encode_histogram::<NoLabelSet>(
+            s.sum_seconds(),
+            s.count,
+            &s.exposition(&page.opts.buckets),
+            None,
+        )
+    }
+}

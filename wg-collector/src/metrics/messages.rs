@@ -1,0 +1,70 @@
+//! WireGuard's messages on the underlay, counted by the eBPF programs: by peer, direction
+//! and type, and what reached the port that was no message at all.
+
+use wg_common::{
+    protocol::{Invalid, MessageType, MESSAGE_TYPES},
+    DIRECTIONS, DIR_RX, DIR_TX,
+};
+
+use super::family::{always, Family, Group, Samples, Type};
+use super::page::Page;
+
+pub const GROUP: Group = Group {
+    name: "messages",
+    families: &[
+        Family {
+            name: "wireguard_messages",
+            help: "WireGuard messages on the underlay by direction and type (handshake_initiation, handshake_response, cookie_reply, data, keepalive), per peer where the endpoint or the handshake index tells it, else with an empty public_key",
+            kind: Type::Counter,
+            labels: &["device", "public_key", "direction", "type"],
+            per_peer: Some(|v| {
+                if v.device.messages.contains_key(&v.peer.public_key) {
+                    DIRECTIONS * MESSAGE_TYPES
+                } else {
+                    0
+                }
+            }),
+            shown: always,
+            samples: messages,
+        },
+        Family {
+            name: "wireguard_invalid_messages",
+            help: "UDP datagrams to the WireGuard port that are no valid message, by reason: too_short, bad_type, bad_size, unknown_index (a response, cookie or data naming an index never given out, from an unknown endpoint)",
+            kind: Type::Counter,
+            labels: &["device", "reason"],
+            per_peer: None,
+            shown: always,
+            samples: |page, s| {
+                for d in &page.snap.devices {
+                    let Some(inv) = &d.invalid else { continue };
+                    for r in Invalid::ALL {
+                        s.counter(&[("device", d.found.name.as_str()), ("reason", r.label())], inv[r as usize])?;
+                    }
+                }
+                Ok(())
+            },
+        },
+    ],
+};
+
+fn messages(page: &Page, s: &mut Samples) -> std::fmt::Result {
+    for (d, rows) in page.snap.devices.iter().zip(&page.rows) {
+        let dev = d.found.name.as_str();
+        let peers = d
+            .state
+            .peers
+            .iter()
+            .zip(rows)
+            .filter_map(|(p, row)| Some((row.key.as_str(), d.messages.get(&p.public_key)?)));
+        let device = d.device_messages.as_ref().map(|m| ("", m));
+        for (key, counts) in peers.chain(device) {
+            for (dir, dname) in [(DIR_RX, "receive"), (DIR_TX, "transmit")] {
+                for t in MessageType::ALL {
+                    let labels = [("device", dev), ("public_key", key), ("direction", dname), ("type", t.label())];
+                    s.counter(&labels, counts.counts[dir][t as usize])?;
+                }
+            }
+        }
+    }
+    Ok(())
+}

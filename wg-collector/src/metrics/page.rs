@@ -1,0 +1,140 @@
+//! One scrape's page: the reading it shows (trimmed to `--metrics.max-series`), each peer's
+//! row, made once for every per-peer family, and the latency series, folded once for the
+//! histogram families.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use wg_common::PeerCounters;
+
+use super::budget;
+use crate::{
+    histogram::{Buckets, Series},
+    refresh::{DeviceSnapshot, Snapshot},
+    wireguard::{Key, Peer},
+};
+
+/// What the page shows, beyond what there is.
+#[derive(Clone, Debug)]
+pub struct ExportOptions {
+    pub buckets: Buckets,
+    /// Leave the endpoint label empty (`--redact endpoints`: it maps the network).
+    pub redact_endpoints: bool,
+    /// Leave out wireguard_peer_allowed_ips_info (`--redact allowed-ips`).
+    pub redact_allowed_ips: bool,
+    /// At most this many per-peer series (0 = no limit): peers past it are left out whole,
+    /// with a warning and wireguard_collector_peers_omitted.
+    pub max_series: usize,
+}
+
+/// `--metrics.max-series`' default.
+pub const DEFAULT_MAX_SERIES: usize = 2_000_000;
+
+impl Default for ExportOptions {
+    fn default() -> Self {
+        Self {
+            buckets: Buckets::default(),
+            redact_endpoints: false,
+            redact_allowed_ips: false,
+            max_series: DEFAULT_MAX_SERIES,
+        }
+    }
+}
+
+/// A device's latency series: (peer, kind) → series; peer `None` = samples whose peer was
+/// not known.
+pub type LatencySeries = BTreeMap<(Option<Key>, u16), Series>;
+
+pub struct Page {
+    pub snap: Arc<Snapshot>,
+    /// Peers left out per device.
+    pub omitted: Vec<(String, usize)>,
+    /// Per device, per peer, in the reading's order.
+    pub rows: Vec<Vec<Row>>,
+    /// Per device.
+    pub latency: Vec<LatencySeries>,
+    pub opts: ExportOptions,
+}
+
+impl std::fmt::Debug for Page {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Page")
+    }
+}
+
+impl Page {
+    pub fn new(snap: Arc<Snapshot>, opts: &ExportOptions) -> Self {
+        let latency: Vec<LatencySeries> = snap.devices.iter().map(latency_series).collect();
+        let (snap, omitted) = if opts.max_series == 0 || budget::total(&snap, &latency, opts) <= opts.max_series {
+            (snap, Vec::new())
+        } else {
+            // Over the limit (rare): a copy of this scrape's snapshot, trimmed.
+            let mut trimmed = Snapshot::clone(&snap);
+            let omitted = budget::limit(&mut trimmed, &latency, opts);
+            (Arc::new(trimmed), omitted)
+        };
+        let rows = snap.devices.iter().map(|d| d.state.peers.iter().map(|p| Row::of(d, p)).collect()).collect();
+        Self { snap, omitted, rows, latency, opts: opts.clone() }
+    }
+
+    /// Every peer with its row and the labels all per-peer families start with.
+    pub fn peers(&self) -> impl Iterator<Item = (&Peer, &Row, [(&'static str, &str); 2])> {
+        self.snap.devices.iter().zip(&self.rows).flat_map(|(d, rows)| {
+            d.state
+                .peers
+                .iter()
+                .zip(rows)
+                .map(move |(p, row)| (p, row, [("device", d.found.name.as_str()), ("public_key", row.key.as_str())]))
+        })
+    }
+
+    /// Every device with its latency series.
+    pub fn devices(&self) -> impl Iterator<Item = (&DeviceSnapshot, &LatencySeries)> {
+        self.snap.devices.iter().zip(&self.latency)
+    }
+}
+
+/// A peer as the per-peer families show it (looked up by key once per scrape: at 10k peers
+/// a lookup per family was a tenth of the page's time).
+pub struct Row {
+    pub key: String,
+    pub name: Option<String>,
+    pub counters: Option<PeerCounters>,
+    pub endpoint_changes: u64,
+}
+
+impl Row {
+    fn of(d: &DeviceSnapshot, p: &Peer) -> Self {
+        Row {
+            key: p.public_key.to_base64(),
+            name: d.names.get(&p.public_key).cloned(),
+            counters: d.counters.get(&p.public_key).copied(),
+            endpoint_changes: d.lifecycle.endpoint_changes.get(&p.public_key).copied().unwrap_or(0),
+        }
+    }
+}
+
+/// A peer as the series budget sees it.
+pub struct PeerView<'a> {
+    pub device: &'a DeviceSnapshot,
+    pub peer: &'a Peer,
+    pub latency: &'a LatencySeries,
+    pub opts: &'a ExportOptions,
+}
+
+impl PeerView<'_> {
+    /// Series of one histogram of this page.
+    pub fn histogram_series(&self) -> usize {
+        match &self.opts.buckets {
+            Buckets::Classic(v) => v.len() + 3,
+            Buckets::Full => 400,
+        }
+    }
+}
+
+fn latency_series(d: &DeviceSnapshot) -> LatencySeries {
+    let mut m = LatencySeries::new();
+    for (peer, k, v) in &d.latency {
+        m.entry((*peer, k.kind)).or_default().add(k.bucket, v.count, v.sum_ns);
+    }
+    m
+}

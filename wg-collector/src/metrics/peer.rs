@@ -1,0 +1,129 @@
+//! Each peer as WireGuard reports it: who it is, where it is, what it may send, its bytes
+//! and its last handshake (read at scrape time).
+
+use std::fmt::Write as _;
+
+use super::family::{always, Family, Group, Samples, Type};
+use super::page::{Page, PeerView};
+
+const PEER: &[&str] = &["device", "public_key"];
+
+/// Every per-peer family but the allowed IPs has one series per peer.
+fn one(_: &PeerView) -> usize {
+    1
+}
+
+pub const GROUP: Group = Group {
+    name: "peer",
+    families: &[
+        Family {
+            name: "wireguard_peer_info",
+            help: "WireGuard peer: its friendly name (names file, or friendly_name comments in wg-quick files) and current endpoint (value 1)",
+            kind: Type::Gauge,
+            labels: &["device", "public_key", "name", "endpoint"],
+            per_peer: Some(one),
+            shown: always,
+            samples: info,
+        },
+        Family {
+            name: "wireguard_peer_allowed_ips_info",
+            help: "One allowed IP of a peer (value 1)",
+            kind: Type::Gauge,
+            labels: &["device", "public_key", "allowed_ip"],
+            per_peer: Some(|v| if v.opts.redact_allowed_ips { 0 } else { v.peer.allowed_ips.len() }),
+            shown: |page| !page.opts.redact_allowed_ips,
+            samples: allowed_ips,
+        },
+        Family {
+            name: "wireguard_peer_endpoint_changes",
+            help: "Times the peer's endpoint changed since the collector started (roaming, or set anew)",
+            kind: Type::Counter,
+            labels: PEER,
+            per_peer: Some(one),
+            shown: always,
+            samples: |page, s| {
+                for (_, row, labels) in page.peers() {
+                    s.counter(&labels, row.endpoint_changes)?;
+                }
+                Ok(())
+            },
+        },
+        Family {
+            name: "wireguard_peer_receive_bytes",
+            help: "Bytes received from the peer, as WireGuard counts them (encrypted UDP payload)",
+            kind: Type::Counter,
+            labels: PEER,
+            per_peer: Some(one),
+            shown: always,
+            samples: |page, s| {
+                for (p, _, labels) in page.peers() {
+                    s.counter(&labels, p.rx_bytes)?;
+                }
+                Ok(())
+            },
+        },
+        Family {
+            name: "wireguard_peer_transmit_bytes",
+            help: "Bytes sent to the peer, as WireGuard counts them (encrypted UDP payload)",
+            kind: Type::Counter,
+            labels: PEER,
+            per_peer: Some(one),
+            shown: always,
+            samples: |page, s| {
+                for (p, _, labels) in page.peers() {
+                    s.counter(&labels, p.tx_bytes)?;
+                }
+                Ok(())
+            },
+        },
+        Family {
+            name: "wireguard_peer_last_handshake_seconds",
+            help: "Unix time of the peer's last completed handshake; 0 = never",
+            kind: Type::Gauge,
+            labels: PEER,
+            per_peer: Some(one),
+            shown: always,
+            samples: last_handshake,
+        },
+        Family {
+            name: "wireguard_latest_handshake_seconds",
+            help: "Unix time of the peer's last completed handshake; 0 = never (the name the usual staleness alert uses)",
+            kind: Type::Gauge,
+            labels: PEER,
+            per_peer: Some(one),
+            shown: always,
+            samples: last_handshake,
+        },
+    ],
+};
+
+fn info(page: &Page, s: &mut Samples) -> std::fmt::Result {
+    let mut endpoint = String::new();
+    for (p, row, [dev, key]) in page.peers() {
+        endpoint.clear();
+        if let Some(e) = p.endpoint.filter(|_| !page.opts.redact_endpoints) {
+            write!(endpoint, "{e}")?;
+        }
+        s.gauge(&[dev, key, ("name", row.name.as_deref().unwrap_or("")), ("endpoint", endpoint.as_str())], 1i64)?;
+    }
+    Ok(())
+}
+
+fn allowed_ips(page: &Page, s: &mut Samples) -> std::fmt::Result {
+    let mut buf = String::new();
+    for (p, _, [dev, key]) in page.peers() {
+        for net in &p.allowed_ips {
+            buf.clear();
+            write!(buf, "{net}")?;
+            s.gauge(&[dev, key, ("allowed_ip", buf.as_str())], 1i64)?;
+        }
+    }
+    Ok(())
+}
+
+fn last_handshake(page: &Page, s: &mut Samples) -> std::fmt::Result {
+    for (p, _, labels) in page.peers() {
+        s.gauge(&labels, p.last_handshake.map_or(0.0, |t| t.as_secs_f64()))?;
+    }
+    Ok(())
+}
