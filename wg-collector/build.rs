@@ -1,5 +1,5 @@
 //! Builds the kernel programs (wg-ebpf) and puts the object into OUT_DIR, where
-//! `src/bpf/object.rs` embeds it.
+//! `src/bpf/mod.rs` embeds it (`object()`).
 //!
 //! The eBPF crate builds for `bpfel-unknown-none` with Debian's rustc (see
 //! wg-ebpf/.cargo/config.toml and ../shared/docs/toolchain.md). Cargo reads that config

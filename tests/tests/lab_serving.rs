@@ -82,6 +82,15 @@ fn bpf_stats_account_every_program_run() {
     let ns_per_run = time * 1e9 / total_runs;
     assert!(ns_per_run > 0.0 && ns_per_run < 100_000.0, "{ns_per_run} ns per run");
     println!("egress program: {ns_per_run:.0} ns per packet (with stats overhead) over {total_runs} runs");
+
+    // Every family of this page (stats on, nothing redacted) is in the catalogue, with its
+    // type, in its order, and the page has every family of the catalogue.
+    let on_page: Vec<(&str, &str)> =
+        m.text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).map(|t| t.split_once(' ').unwrap()).collect();
+    let catalogue: Vec<(String, &str)> =
+        wg_collector::metrics::families().map(|f| (f.exposed_name(), f.kind.label())).collect();
+    let catalogue: Vec<(&str, &str)> = catalogue.iter().map(|(n, k)| (n.as_str(), *k)).collect();
+    assert_eq!(on_page, catalogue);
 }
 
 /// GET /metrics at `addr` from inside namespace `ns`: the status line, or the error.

@@ -15,13 +15,13 @@ use wg_common::{
 };
 
 use crate::{
-    bpf::{LatencyStats, ProgramStats},
+    bpf::{LatencyStats, ProgramStats, Reading},
     history::{ConfigField, Lifecycle},
     links::LinkState,
     pool::Pool,
     refresh::{DeviceSnapshot, ErrorSource, Snapshot},
     wireguard::{
-        discovery::{Found, Source},
+        discovery::{Api, Found},
         Device, Implementation, Key, KeyMap, Peer,
     },
 };
@@ -99,33 +99,35 @@ fn measured() -> DeviceSnapshot {
             name: "wg0".into(),
             ifindex: 7,
             implementation: Implementation::WireguardGo,
-            source: Source::Uapi(PathBuf::from("/var/run/wireguard/wg0.sock")),
+            api: Api::Uapi(PathBuf::from("/var/run/wireguard/wg0.sock")),
         },
         state,
-        counters: c,
-        unattributed: Some([
-            [Counter { packets: 4, bytes: 400 }, Counter { packets: 1, bytes: 1 }, Counter::default()],
-            [Counter { packets: 2, bytes: 96 }, Counter::default(), Counter { packets: 1, bytes: 3 }],
-        ]),
-        program_stats: vec![
-            ProgramStats { program: "wg_plain_ingress", run_time: Duration::from_micros(1_500), runs: 30 },
-            ProgramStats { program: "wg_plain_egress", run_time: Duration::from_micros(2_500), runs: 40 },
-        ],
-        latency,
-        latency_stats: Some(LatencyStats {
-            recorded: 20,
-            matched: 4,
-            displaced: 3,
-            hist_full: 1,
-            fifo_resync: 2,
-            fifo_overflow: 5,
-            expired: 6,
-            capacity: 65_536,
+        reading: Some(Reading {
+            counters: c,
+            unattributed: [
+                [Counter { packets: 4, bytes: 400 }, Counter { packets: 1, bytes: 1 }, Counter::default()],
+                [Counter { packets: 2, bytes: 96 }, Counter::default(), Counter { packets: 1, bytes: 3 }],
+            ],
+            program_stats: vec![
+                ProgramStats { program: "wg_plain_ingress", run_time: Duration::from_micros(1_500), runs: 30 },
+                ProgramStats { program: "wg_plain_egress", run_time: Duration::from_micros(2_500), runs: 40 },
+            ],
+            latency,
+            latency_stats: LatencyStats {
+                recorded: 20,
+                matched: 4,
+                displaced: 3,
+                hist_full: 1,
+                fifo_resync: 2,
+                fifo_overflow: 5,
+                expired: 6,
+                capacity: 65_536,
+            },
+            pending: 7,
+            messages: m,
+            device_messages: messages(500),
+            invalid: [1, 2, 3, 4],
         }),
-        pending: 7,
-        messages: m,
-        device_messages: Some(messages(500)),
-        invalid: Some([1, 2, 3, 4]),
         lifecycle: Lifecycle {
             added: 3,
             removed: 1,
@@ -145,12 +147,7 @@ fn measured() -> DeviceSnapshot {
 /// A kernel device whose programs could not be attached: WireGuard's own state only.
 fn unmeasured() -> DeviceSnapshot {
     DeviceSnapshot {
-        found: Found {
-            name: "wg1".into(),
-            ifindex: 9,
-            implementation: Implementation::Kernel,
-            source: Source::Netlink,
-        },
+        found: Found { name: "wg1".into(), ifindex: 9, implementation: Implementation::Kernel, api: Api::Netlink },
         state: Device {
             name: "wg1".into(),
             public_key: None,
@@ -158,15 +155,7 @@ fn unmeasured() -> DeviceSnapshot {
             fwmark: 0,
             peers: vec![peer(4, Some("198.51.100.4:1"), &["0.0.0.0/0", "::/0"], 77, 88, Some(1_700_000_100))],
         },
-        counters: KeyMap::default(),
-        unattributed: None,
-        program_stats: Vec::new(),
-        latency: Vec::new(),
-        latency_stats: None,
-        pending: 0,
-        messages: KeyMap::default(),
-        device_messages: None,
-        invalid: None,
+        reading: None,
         lifecycle: Lifecycle {
             config_changes: ConfigField::ALL.iter().map(|f| (*f, 0)).collect(),
             ..Default::default()

@@ -12,7 +12,12 @@ use std::{collections::HashMap, net::SocketAddr};
 
 use ipnet::IpNet;
 
-use crate::wireguard::{Device, Key, KeyMap, KeySet};
+use wg_common::{
+    protocol::{Invalid, MessageType, MESSAGE_TYPES},
+    Unattributed, DIRECTIONS,
+};
+
+use crate::wireguard::{Device, Key, KeyMap, KeySet, Peer};
 
 /// What part of a device's configuration changed, as the `field` label says it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -71,8 +76,44 @@ impl Monotonic {
     }
 }
 
-/// Which counter of a peer or device (callers pick stable ids).
-pub type CounterId = u32;
+/// A counter of one peer that never goes backwards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerCounter {
+    /// WireGuard's own byte counts.
+    ReceiveBytes,
+    TransmitBytes,
+    /// Our plaintext packets and bytes, by direction (DIR_RX, DIR_TX).
+    Packets(usize),
+    PayloadBytes(usize),
+    /// Underlay messages by direction and type.
+    Messages(usize, MessageType),
+}
+
+impl PeerCounter {
+    /// How many there are: the size of a peer's array of them.
+    pub const COUNT: usize = 2 + 2 * DIRECTIONS + DIRECTIONS * MESSAGE_TYPES;
+
+    /// Its place in a peer's array.
+    fn index(self) -> usize {
+        match self {
+            Self::ReceiveBytes => 0,
+            Self::TransmitBytes => 1,
+            Self::Packets(dir) => 2 + dir,
+            Self::PayloadBytes(dir) => 2 + DIRECTIONS + dir,
+            Self::Messages(dir, t) => 2 + 2 * DIRECTIONS + dir * MESSAGE_TYPES + t as usize,
+        }
+    }
+}
+
+/// A counter of one device that never goes backwards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DeviceCounter {
+    /// Packets no peer could be given, by direction and reason.
+    Unattributed(usize, Unattributed),
+    Invalid(Invalid),
+    /// The device's own underlay messages (peer unknown), by direction and type.
+    Messages(usize, MessageType),
+}
 
 #[derive(Debug, Default)]
 struct PeerHistory {
@@ -81,12 +122,9 @@ struct PeerHistory {
     allowed_ips: Vec<IpNet>,
     /// WireGuard's received bytes at the last reading (did anything come from the peer?).
     rx_bytes: u64,
-    /// By id: a fixed array, not a map, as every refresh updates each of them for every peer.
-    counters: [Monotonic; PEER_COUNTER_IDS],
+    /// A fixed array, not a map, as every refresh updates each of them for every peer.
+    counters: [Monotonic; PeerCounter::COUNT],
 }
-
-/// Peer counter ids are below this.
-pub const PEER_COUNTER_IDS: usize = 20;
 
 #[derive(Debug, Default)]
 struct DeviceHistory {
@@ -98,7 +136,80 @@ struct DeviceHistory {
     /// The device's own settings at the last reading: public key, listen port, fwmark.
     settings: (Option<Key>, u16, u32),
     config_changes: HashMap<ConfigField, u64>,
-    counters: HashMap<CounterId, Monotonic>,
+    counters: HashMap<DeviceCounter, Monotonic>,
+}
+
+impl DeviceHistory {
+    /// Changes of the device's own settings since the last reading (none at the first).
+    fn settings_changes(&mut self, dev: &Device, first: bool) -> Vec<Change> {
+        let mut changed = Vec::new();
+        let settings = (dev.public_key, dev.listen_port, dev.fwmark);
+        if !first {
+            if settings.0 != self.settings.0 {
+                let value = settings.0.map(|k| format!("public key now {k}")).unwrap_or_else(|| "no key".into());
+                changed.push(Change { field: ConfigField::PrivateKey, peer: None, value });
+            }
+            if settings.1 != self.settings.1 {
+                let value = format!("{} → {}", self.settings.1, settings.1);
+                changed.push(Change { field: ConfigField::ListenPort, peer: None, value });
+            }
+            if settings.2 != self.settings.2 {
+                let value = format!("{:#x} → {:#x}", self.settings.2, settings.2);
+                changed.push(Change { field: ConfigField::Fwmark, peer: None, value });
+            }
+        }
+        self.settings = settings;
+        changed
+    }
+
+    /// Takes in one peer of a reading: added, allowed IPs changed, endpoint moved.
+    fn observe_peer(&mut self, p: &Peer, first: bool, changed: &mut Vec<Change>) {
+        // Compared in order: copied and sorted only when WireGuard's order is not.
+        let sorted;
+        let allowed: &[IpNet] = if p.allowed_ips.is_sorted() {
+            &p.allowed_ips
+        } else {
+            let mut v = p.allowed_ips.clone();
+            v.sort();
+            sorted = v;
+            &sorted
+        };
+        let ph = self.peers.entry(p.public_key).or_insert_with(|| {
+            if !first {
+                self.added += 1;
+                changed.push(Change { field: ConfigField::Peers, peer: Some(p.public_key), value: "added".into() });
+            }
+            PeerHistory {
+                endpoint: p.endpoint,
+                allowed_ips: allowed.to_vec(),
+                rx_bytes: p.rx_bytes,
+                ..Default::default()
+            }
+        });
+        if ph.allowed_ips != allowed {
+            let list: Vec<String> = allowed.iter().map(|n| n.to_string()).collect();
+            changed.push(Change { field: ConfigField::AllowedIps, peer: Some(p.public_key), value: list.join(",") });
+            ph.allowed_ips = allowed.to_vec();
+        }
+        if let (Some(old), Some(new)) = (ph.endpoint, p.endpoint) {
+            if old != new {
+                ph.endpoint_changes += 1;
+                // Roaming needs an authenticated packet from the new address, which WireGuard
+                // counts; a move while nothing came is configuration.
+                if p.rx_bytes == ph.rx_bytes {
+                    changed.push(Change {
+                        field: ConfigField::Endpoint,
+                        peer: Some(p.public_key),
+                        value: new.to_string(),
+                    });
+                }
+            }
+        }
+        if p.endpoint.is_some() {
+            ph.endpoint = p.endpoint;
+        }
+        ph.rx_bytes = p.rx_bytes;
+    }
 }
 
 /// The lifecycle of one device as of the last refresh.
@@ -125,79 +236,11 @@ impl History {
         let h = self.devices.entry(dev.name.clone()).or_default();
         let first = !h.known;
         h.known = true;
-        let mut changed = Vec::new();
-        let settings = (dev.public_key, dev.listen_port, dev.fwmark);
-        if !first {
-            if settings.0 != h.settings.0 {
-                let value = settings.0.map(|k| format!("public key now {k}")).unwrap_or_else(|| "no key".into());
-                changed.push(Change { field: ConfigField::PrivateKey, peer: None, value });
-            }
-            if settings.1 != h.settings.1 {
-                changed.push(Change {
-                    field: ConfigField::ListenPort,
-                    peer: None,
-                    value: format!("{} → {}", h.settings.1, settings.1),
-                });
-            }
-            if settings.2 != h.settings.2 {
-                changed.push(Change {
-                    field: ConfigField::Fwmark,
-                    peer: None,
-                    value: format!("{:#x} → {:#x}", h.settings.2, settings.2),
-                });
-            }
-        }
-        h.settings = settings;
+        let mut changed = h.settings_changes(dev, first);
         let mut seen = KeySet::with_capacity_and_hasher(dev.peers.len(), Default::default());
         for p in &dev.peers {
             seen.insert(p.public_key);
-            // Compared in order: copied and sorted only when WireGuard's order is not.
-            let sorted;
-            let allowed: &[IpNet] = if p.allowed_ips.is_sorted() {
-                &p.allowed_ips
-            } else {
-                let mut v = p.allowed_ips.clone();
-                v.sort();
-                sorted = v;
-                &sorted
-            };
-            let ph = h.peers.entry(p.public_key).or_insert_with(|| {
-                if !first {
-                    h.added += 1;
-                    changed.push(Change { field: ConfigField::Peers, peer: Some(p.public_key), value: "added".into() });
-                }
-                PeerHistory {
-                    endpoint: p.endpoint,
-                    allowed_ips: allowed.to_vec(),
-                    rx_bytes: p.rx_bytes,
-                    ..Default::default()
-                }
-            });
-            if ph.allowed_ips != allowed {
-                let list: Vec<String> = allowed.iter().map(|n| n.to_string()).collect();
-                changed.push(Change {
-                    field: ConfigField::AllowedIps,
-                    peer: Some(p.public_key),
-                    value: list.join(","),
-                });
-                ph.allowed_ips = allowed.to_vec();
-            }
-            if let (Some(old), Some(new)) = (ph.endpoint, p.endpoint) {
-                if old != new {
-                    ph.endpoint_changes += 1;
-                    if p.rx_bytes == ph.rx_bytes {
-                        changed.push(Change {
-                            field: ConfigField::Endpoint,
-                            peer: Some(p.public_key),
-                            value: new.to_string(),
-                        });
-                    }
-                }
-            }
-            if p.endpoint.is_some() {
-                ph.endpoint = p.endpoint;
-            }
-            ph.rx_bytes = p.rx_bytes;
+            h.observe_peer(p, first, &mut changed);
         }
         let before = h.peers.len();
         h.peers.retain(|k, _| {
@@ -223,9 +266,9 @@ impl History {
     }
 
     /// The never-falling value of a peer's counter (the peer must have been observed).
-    pub fn peer_counter(&mut self, device: &str, peer: &Key, id: CounterId, raw: u64) -> u64 {
+    pub fn peer_counter(&mut self, device: &str, peer: &Key, c: PeerCounter, raw: u64) -> u64 {
         match self.peers_of(device).as_mut().and_then(|d| d.get(peer)) {
-            Some(mut p) => p.update(id, raw),
+            Some(mut p) => p.update(c, raw),
             None => raw,
         }
     }
@@ -236,8 +279,8 @@ impl History {
     }
 
     /// The never-falling value of a device-level counter.
-    pub fn device_counter(&mut self, device: &str, id: CounterId, raw: u64) -> u64 {
-        self.devices.entry(device.to_string()).or_default().counters.entry(id).or_default().update(raw)
+    pub fn device_counter(&mut self, device: &str, c: DeviceCounter, raw: u64) -> u64 {
+        self.devices.entry(device.to_string()).or_default().counters.entry(c).or_default().update(raw)
     }
 }
 
@@ -246,25 +289,24 @@ pub struct DevicePeers<'a>(&'a mut KeyMap<PeerHistory>);
 
 impl DevicePeers<'_> {
     /// A peer's never-falling counters (the peer must have been observed).
-    pub fn get(&mut self, peer: &Key) -> Option<PeerCounters<'_>> {
-        self.0.get_mut(peer).map(|p| PeerCounters(&mut p.counters))
+    pub fn get(&mut self, peer: &Key) -> Option<NeverFalling<'_>> {
+        self.0.get_mut(peer).map(|p| NeverFalling(&mut p.counters))
     }
 }
 
-/// The counters of one peer (see [`DevicePeers::get`]).
-pub struct PeerCounters<'a>(&'a mut [Monotonic; PEER_COUNTER_IDS]);
+/// The never-falling counters of one peer (see [`DevicePeers::get`]).
+pub struct NeverFalling<'a>(&'a mut [Monotonic; PeerCounter::COUNT]);
 
-impl PeerCounters<'_> {
-    /// The never-falling value of counter `id` (below [`PEER_COUNTER_IDS`]).
-    pub fn update(&mut self, id: CounterId, raw: u64) -> u64 {
-        self.0[id as usize].update(raw)
+impl NeverFalling<'_> {
+    /// The never-falling value of counter `c`.
+    pub fn update(&mut self, c: PeerCounter, raw: u64) -> u64 {
+        self.0[c.index()].update(raw)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wireguard::Peer;
 
     fn dev(peers: &[(u8, Option<&str>)]) -> Device {
         Device {
@@ -344,16 +386,33 @@ mod tests {
         let mut h = History::default();
         let k = Key([1; 32]);
         h.observe(&dev(&[(1, None)]));
-        assert_eq!(h.peer_counter("wg0", &k, 0, 100), 100);
-        assert_eq!(h.peer_counter("wg0", &k, 0, 150), 150);
+        let rx = PeerCounter::ReceiveBytes;
+        assert_eq!(h.peer_counter("wg0", &k, rx, 100), 100);
+        assert_eq!(h.peer_counter("wg0", &k, rx, 150), 150);
         // The device was created again: WireGuard counts from zero; we continue.
-        assert_eq!(h.peer_counter("wg0", &k, 0, 20), 170);
-        assert_eq!(h.peer_counter("wg0", &k, 0, 30), 180);
+        assert_eq!(h.peer_counter("wg0", &k, rx, 20), 170);
+        assert_eq!(h.peer_counter("wg0", &k, rx, 30), 180);
+        // Another counter of the same peer is its own.
+        assert_eq!(h.peer_counter("wg0", &k, PeerCounter::Packets(1), 7), 7);
         // Removed and added again: a fresh series.
         h.observe(&dev(&[]));
         h.observe(&dev(&[(1, None)]));
-        assert_eq!(h.peer_counter("wg0", &k, 0, 5), 5);
-        assert_eq!(h.device_counter("wg0", 7, 9), 9);
-        assert_eq!(h.device_counter("wg0", 7, 1), 10);
+        assert_eq!(h.peer_counter("wg0", &k, rx, 5), 5);
+        let c = DeviceCounter::Invalid(Invalid::BadSize);
+        assert_eq!(h.device_counter("wg0", c, 9), 9);
+        assert_eq!(h.device_counter("wg0", c, 1), 10);
+        assert_eq!(h.device_counter("wg0", DeviceCounter::Invalid(Invalid::TooShort), 1), 1);
+    }
+
+    #[test]
+    fn every_peer_counter_has_its_own_place() {
+        let mut all = vec![PeerCounter::ReceiveBytes, PeerCounter::TransmitBytes];
+        for d in 0..DIRECTIONS {
+            all.extend([PeerCounter::Packets(d), PeerCounter::PayloadBytes(d)]);
+            all.extend(MessageType::ALL.map(|t| PeerCounter::Messages(d, t)));
+        }
+        let mut places: Vec<usize> = all.iter().map(|c| c.index()).collect();
+        places.sort();
+        assert_eq!(places, (0..PeerCounter::COUNT).collect::<Vec<_>>());
     }
 }

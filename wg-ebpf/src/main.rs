@@ -24,93 +24,99 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use wg_common::{
-    latency::{HistKey, HistValue, PendingEntry},
-    unattributed_index, Counter, HostBlockAt, PeerCounters, Unattributed, DEFAULT_MAX_ALLOWED_IPS,
-    DEFAULT_MAX_HIST_ENTRIES, DEFAULT_MAX_PEERS, DEFAULT_MAX_PENDING, DIR_RX, DIR_TX, HOST_BLOCK_ENTRIES, TC_NEXT,
-    UNATTRIBUTED_ENTRIES,
+    maps::{self, Key as MapKey, Value},
+    unattributed_index, Unattributed, DEFAULT_MAX_ALLOWED_IPS, DEFAULT_MAX_HIST_ENTRIES, DEFAULT_MAX_PEERS,
+    DEFAULT_MAX_PENDING, DIR_RX, DIR_TX, HOST_BLOCK_ENTRIES, TC_NEXT, UNATTRIBUTED_ENTRIES,
 };
 
 #[map(name = "HOSTS_V4")]
-static HOSTS_V4: HashMap<[u8; 4], u32> = HashMap::with_max_entries(DEFAULT_MAX_ALLOWED_IPS, BPF_F_NO_PREALLOC);
+static HOSTS_V4: HashMap<MapKey<maps::HostsV4>, Value<maps::HostsV4>> =
+    HashMap::with_max_entries(DEFAULT_MAX_ALLOWED_IPS, BPF_F_NO_PREALLOC);
 
 #[map(name = "HOST_BLOCK_V4")]
-static HOST_BLOCK_V4: Array<u32> = Array::with_max_entries(HOST_BLOCK_ENTRIES, 0);
+static HOST_BLOCK_V4: Array<Value<maps::HostBlockV4>> = Array::with_max_entries(HOST_BLOCK_ENTRIES, 0);
 
 #[map(name = "HOST_BLOCK_AT")]
-static HOST_BLOCK_AT: Array<HostBlockAt> = Array::with_max_entries(1, 0);
+static HOST_BLOCK_AT: Array<Value<maps::HostBlockAt>> = Array::with_max_entries(1, 0);
 
 #[map(name = "HOSTS_V6")]
-static HOSTS_V6: HashMap<[u8; 16], u32> = HashMap::with_max_entries(DEFAULT_MAX_ALLOWED_IPS, BPF_F_NO_PREALLOC);
+static HOSTS_V6: HashMap<MapKey<maps::HostsV6>, Value<maps::HostsV6>> =
+    HashMap::with_max_entries(DEFAULT_MAX_ALLOWED_IPS, BPF_F_NO_PREALLOC);
 
 #[map(name = "PEERS_V4")]
-static PEERS_V4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(DEFAULT_MAX_ALLOWED_IPS, 0);
+static PEERS_V4: LpmTrie<MapKey<maps::PeersV4>, Value<maps::PeersV4>> =
+    LpmTrie::with_max_entries(DEFAULT_MAX_ALLOWED_IPS, 0);
 
 #[map(name = "PEERS_V6")]
-static PEERS_V6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(DEFAULT_MAX_ALLOWED_IPS, 0);
+static PEERS_V6: LpmTrie<MapKey<maps::PeersV6>, Value<maps::PeersV6>> =
+    LpmTrie::with_max_entries(DEFAULT_MAX_ALLOWED_IPS, 0);
 
 #[map(name = "PEER_COUNTERS")]
-static PEER_COUNTERS: PerCpuArray<PeerCounters> = PerCpuArray::with_max_entries(DEFAULT_MAX_PEERS, 0);
+static PEER_COUNTERS: PerCpuArray<Value<maps::PeerCounters>> = PerCpuArray::with_max_entries(DEFAULT_MAX_PEERS, 0);
 
 #[map(name = "UNATTRIBUTED")]
-static UNATTRIBUTED: PerCpuArray<Counter> = PerCpuArray::with_max_entries(UNATTRIBUTED_ENTRIES, 0);
+static UNATTRIBUTED: PerCpuArray<Value<maps::Unattributed>> = PerCpuArray::with_max_entries(UNATTRIBUTED_ENTRIES, 0);
 
 /// Packets waiting for their answer, each at the place its key hashes to (see
 /// wg_common::latency::PendingEntry): an array lookup the verifier inlines, where a hash of a
 /// 44-byte key cost ~45 ns on every TCP segment. Mmapable, so the collector can expire
 /// questions with a compare-and-swap on the shared memory.
 #[map(name = "PENDING")]
-static PENDING: Array<PendingEntry> = Array::with_max_entries(DEFAULT_MAX_PENDING, BPF_F_MMAPABLE);
+static PENDING: Array<Value<maps::Pending>> = Array::with_max_entries(DEFAULT_MAX_PENDING, BPF_F_MMAPABLE);
 
 /// Latency histograms: (peer slot, kind, bucket) → count and sum.
 #[map(name = "LATENCY_HIST")]
-static LATENCY_HIST: PerCpuHashMap<HistKey, HistValue> =
+static LATENCY_HIST: PerCpuHashMap<MapKey<maps::LatencyHist>, Value<maps::LatencyHist>> =
     PerCpuHashMap::with_max_entries(DEFAULT_MAX_HIST_ENTRIES, BPF_F_NO_PREALLOC);
 
 /// Packets inside WireGuard, per peer and direction (see delay.rs).
 #[map(name = "DELAY_FIFO")]
-static DELAY_FIFO: HashMap<u32, wg_common::latency::Fifo> =
+static DELAY_FIFO: HashMap<MapKey<maps::DelayFifo>, Value<maps::DelayFifo>> =
     HashMap::with_max_entries(2 * DEFAULT_MAX_PEERS, BPF_F_NO_PREALLOC);
 
 /// Underlay messages per peer slot (NO_SLOT: the device's own, peer unknown).
 #[map(name = "MESSAGES")]
-static MESSAGES: PerCpuHashMap<u32, wg_common::protocol::MessageCounts> =
+static MESSAGES: PerCpuHashMap<MapKey<maps::Messages>, Value<maps::Messages>> =
     PerCpuHashMap::with_max_entries(DEFAULT_MAX_PEERS + 1, BPF_F_NO_PREALLOC);
 
 /// Datagrams to our port that are no valid message, by reason.
 #[map(name = "INVALID")]
-static INVALID: PerCpuArray<u64> = PerCpuArray::with_max_entries(wg_common::protocol::Invalid::ALL.len() as u32, 0);
+static INVALID: PerCpuArray<Value<maps::Invalid>> =
+    PerCpuArray::with_max_entries(wg_common::protocol::Invalid::ALL.len() as u32, 0);
 
 /// Indices we gave out in handshakes → the peer's slot. LRU: indices change at every
 /// handshake, so old ones fall out by themselves.
 #[map(name = "INDICES")]
-static INDICES: aya_ebpf::maps::LruHashMap<u32, u32> =
+static INDICES: aya_ebpf::maps::LruHashMap<MapKey<maps::Indices>, Value<maps::Indices>> =
     aya_ebpf::maps::LruHashMap::with_max_entries(4 * DEFAULT_MAX_PEERS, 0);
 
 /// A peer's UDP endpoint → its slot, for the underlay programs.
 #[map(name = "ENDPOINTS")]
-static ENDPOINTS: HashMap<wg_common::latency::Endpoint, u32> =
+static ENDPOINTS: HashMap<MapKey<maps::Endpoints>, Value<maps::Endpoints>> =
     HashMap::with_max_entries(DEFAULT_MAX_PEERS, BPF_F_NO_PREALLOC);
 
 /// The same endpoints at the places their hash picks (see wg_common::latency::EndpointPlace):
 /// asked first, an array lookup the verifier inlines.
 #[map(name = "ENDPOINT_PLACES")]
-static ENDPOINT_PLACES: Array<wg_common::latency::EndpointPlace> =
-    Array::with_max_entries(DEFAULT_MAX_PEERS, BPF_F_MMAPABLE);
+static ENDPOINT_PLACES: Array<Value<maps::EndpointPlaces>> = Array::with_max_entries(DEFAULT_MAX_PEERS, BPF_F_MMAPABLE);
 
 /// The device's listen port (one entry), set by the collector.
 #[map(name = "LISTEN_PORT")]
-static LISTEN_PORT: aya_ebpf::maps::Array<u32> = aya_ebpf::maps::Array::with_max_entries(1, 0);
+static LISTEN_PORT: aya_ebpf::maps::Array<Value<maps::ListenPort>> = aya_ebpf::maps::Array::with_max_entries(1, 0);
 
 /// Peer slot → public key: the collector's record, kept here so it outlives the collector.
 #[map(name = "SLOT_KEYS")]
-static SLOT_KEYS: HashMap<u32, [u8; 32]> = HashMap::with_max_entries(DEFAULT_MAX_PEERS, BPF_F_NO_PREALLOC);
+static SLOT_KEYS: HashMap<MapKey<maps::SlotKeys>, Value<maps::SlotKeys>> =
+    HashMap::with_max_entries(DEFAULT_MAX_PEERS, BPF_F_NO_PREALLOC);
 
 /// What these maps are (see wg_common::pinning), written by the collector that made them.
 #[map(name = "META")]
-static META: aya_ebpf::maps::Array<u64> = aya_ebpf::maps::Array::with_max_entries(wg_common::pinning::META_ENTRIES, 0);
+static META: aya_ebpf::maps::Array<Value<maps::Meta>> =
+    aya_ebpf::maps::Array::with_max_entries(wg_common::pinning::META_ENTRIES, 0);
 
 #[map(name = "LATENCY_STATS")]
-static LATENCY_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(wg_common::latency::stats::ENTRIES, 0);
+static LATENCY_STATS: PerCpuArray<Value<maps::LatencyStats>> =
+    PerCpuArray::with_max_entries(wg_common::latency::stats::ENTRIES, 0);
 
 #[classifier]
 pub fn wg_plain_ingress(ctx: TcContext) -> i32 {

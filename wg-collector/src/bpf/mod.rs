@@ -11,7 +11,7 @@ mod probe;
 mod slots;
 
 pub use pins::{ensure_bpffs, sweep, PinDir, PinOptions, DEFAULT_PIN_ROOT};
-pub use probe::{monotonic_ns, DeviceProbe, LatencyStats, ProbeOptions, ProgramStats};
+pub use probe::{monotonic_ns, DeviceProbe, LatencyStats, ProbeOptions, ProgramStats, Reading};
 pub use slots::SlotTable;
 
 /// The wg-ebpf object built by build.rs.

@@ -21,13 +21,13 @@ pub fn state(snap: &Snapshot, opts: &ExportOptions) -> Value {
                 .iter()
                 .map(|p| {
                     let mut rtt = Series::default();
-                    for (k, h, v) in &d.latency {
+                    for (k, h, v) in d.reading.iter().flat_map(|r| &r.latency) {
                         if *k == Some(p.public_key) && Kind::RTT.iter().any(|r| *r as u16 == h.kind) {
                             rtt.add(h.bucket, v.count, v.sum_ns);
                         }
                     }
                     device_rtt.merge(&rtt);
-                    let c = d.counters.get(&p.public_key).copied().unwrap_or_default();
+                    let c = d.reading.as_ref().and_then(|r| r.counters.get(&p.public_key)).copied().unwrap_or_default();
                     json!({
                         "public_key": p.public_key.to_base64(),
                         "name": d.names.get(&p.public_key),

@@ -134,6 +134,36 @@ fn with_line(e: &serde_yaml_ng::Error, text: &str) -> String {
     }
 }
 
+/// The TLS versions between min_version and max_version (default: 1.2 and 1.3).
+fn protocol_versions(
+    t: &TlsFile,
+    setting: &dyn Fn(&'static str, String) -> ConfigError,
+) -> Result<Vec<&'static rustls::SupportedProtocolVersion>, ConfigError> {
+    let version = |key: &'static str, v: &Option<String>, default: u8| -> Result<u8, ConfigError> {
+        match v.as_deref() {
+            None => Ok(default),
+            Some("TLS12") => Ok(12),
+            Some("TLS13") => Ok(13),
+            Some(v @ ("TLS10" | "TLS11")) => {
+                Err(setting(key, format!("{v}: not offered (rustls speaks TLS 1.2 and 1.3 only)")))
+            }
+            Some(v) => Err(setting(key, format!("{v:?}: expected TLS12 or TLS13"))),
+        }
+    };
+    let (min, max) = (
+        version("tls_server_config.min_version", &t.min_version, 12)?,
+        version("tls_server_config.max_version", &t.max_version, 13)?,
+    );
+    if min > max {
+        return Err(setting("tls_server_config.min_version", "above max_version".into()));
+    }
+    Ok([(12, &rustls::version::TLS12), (13, &rustls::version::TLS13)]
+        .into_iter()
+        .filter(|(v, _)| (min..=max).contains(v))
+        .map(|(_, p)| p)
+        .collect())
+}
+
 fn tls_config(
     t: &TlsFile,
     dir: &Path,
@@ -153,30 +183,7 @@ fn tls_config(
     let key = PrivateKeyDer::from_pem_slice(&read("tls_server_config.key_file", &t.key_file)?)
         .map_err(|e| setting("tls_server_config.key_file", format!("{}: {e}", t.key_file)))?;
 
-    let version = |key: &'static str, v: &Option<String>, default: u8| -> Result<u8, ConfigError> {
-        match v.as_deref() {
-            None => Ok(default),
-            Some("TLS12") => Ok(12),
-            Some("TLS13") => Ok(13),
-            Some(v @ ("TLS10" | "TLS11")) => {
-                Err(setting(key, format!("{v}: not offered (rustls speaks TLS 1.2 and 1.3 only)")))
-            }
-            Some(v) => Err(setting(key, format!("{v:?}: expected TLS12 or TLS13"))),
-        }
-    };
-    let (min, max) = (
-        version("tls_server_config.min_version", &t.min_version, 12)?,
-        version("tls_server_config.max_version", &t.max_version, 13)?,
-    );
-    if min > max {
-        return Err(setting("tls_server_config.min_version", "above max_version".into()));
-    }
-    let versions: Vec<&'static rustls::SupportedProtocolVersion> =
-        [(12, &rustls::version::TLS12), (13, &rustls::version::TLS13)]
-            .into_iter()
-            .filter(|(v, _)| (min..=max).contains(v))
-            .map(|(_, p)| p)
-            .collect();
+    let versions = protocol_versions(t, setting)?;
 
     let auth = t.client_auth_type.as_deref().unwrap_or("NoClientCert");
     let roots = || -> Result<Arc<RootCertStore>, ConfigError> {

@@ -101,7 +101,7 @@ fn build_info(page: &Page, s: &mut Samples) -> std::fmt::Result {
 
 /// The kernel counts run time only while bpf stats are on (`--bpf.stats`).
 fn stats_enabled(page: &Page) -> bool {
-    page.snap.devices.iter().flat_map(|d| &d.program_stats).any(|s| s.runs > 0)
+    page.snap.devices.iter().filter_map(|d| d.reading.as_ref()).flat_map(|r| &r.program_stats).any(|s| s.runs > 0)
 }
 
 fn program_stats<V: EncodeCounterValue>(
@@ -110,7 +110,7 @@ fn program_stats<V: EncodeCounterValue>(
     value: fn(&crate::bpf::ProgramStats) -> V,
 ) -> std::fmt::Result {
     for d in &page.snap.devices {
-        for st in &d.program_stats {
+        for st in d.reading.iter().flat_map(|r| &r.program_stats) {
             s.counter(&[("device", d.found.name.as_str()), ("program", st.program)], value(st))?;
         }
     }

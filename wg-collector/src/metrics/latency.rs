@@ -6,7 +6,7 @@ use wg_common::latency::Kind;
 
 use super::family::{always, Family, Group, Samples, Type};
 use super::page::{Page, PeerView};
-use crate::{bpf::LatencyStats, histogram::Series, refresh::DeviceSnapshot};
+use crate::{bpf::Reading, histogram::Series, refresh::DeviceSnapshot};
 
 /// The kinds one pair of histogram families (per peer, per device) shows, and the label
 /// that tells them apart if there are several. Indexed by the families' const parameter.
@@ -101,7 +101,7 @@ pub const GROUP: Group = Group {
             labels: DEVICE,
             per_peer: None,
             shown: always,
-            samples: |page, s| each_measuring(page, |d, _| s.gauge(&[("device", d.found.name.as_str())], d.pending as i64)),
+            samples: |page, s| each_measuring(page, |d, r| s.gauge(&[("device", d.found.name.as_str())], r.pending as i64)),
         },
         Family {
             name: "wireguard_collector_latency_pending_capacity",
@@ -111,7 +111,7 @@ pub const GROUP: Group = Group {
             per_peer: None,
             shown: always,
             samples: |page, s| {
-                each_measuring(page, |d, st| s.gauge(&[("device", d.found.name.as_str())], st.capacity as i64))
+                each_measuring(page, |d, r| s.gauge(&[("device", d.found.name.as_str())], r.latency_stats.capacity as i64))
             },
         },
         Family {
@@ -122,7 +122,8 @@ pub const GROUP: Group = Group {
             per_peer: None,
             shown: always,
             samples: |page, s| {
-                each_measuring(page, |d, st| {
+                each_measuring(page, |d, r| {
+                    let st = &r.latency_stats;
                     s.counter(&[("device", d.found.name.as_str()), ("reason", "expired")], st.expired)?;
                     s.counter(&[("device", d.found.name.as_str()), ("reason", "displaced")], st.displaced)
                 })
@@ -135,7 +136,7 @@ pub const GROUP: Group = Group {
             labels: DEVICE,
             per_peer: None,
             shown: always,
-            samples: |page, s| each_measuring(page, |d, st| s.counter(&[("device", d.found.name.as_str())], st.fifo_resync)),
+            samples: |page, s| each_measuring(page, |d, r| s.counter(&[("device", d.found.name.as_str())], r.latency_stats.fifo_resync)),
         },
         Family {
             name: "wireguard_collector_delay_fifo_overflows",
@@ -145,7 +146,7 @@ pub const GROUP: Group = Group {
             per_peer: None,
             shown: always,
             samples: |page, s| {
-                each_measuring(page, |d, st| s.counter(&[("device", d.found.name.as_str())], st.fifo_overflow))
+                each_measuring(page, |d, r| s.counter(&[("device", d.found.name.as_str())], r.latency_stats.fifo_overflow))
             },
         },
         Family {
@@ -155,7 +156,7 @@ pub const GROUP: Group = Group {
             labels: DEVICE,
             per_peer: None,
             shown: always,
-            samples: |page, s| each_measuring(page, |d, st| s.counter(&[("device", d.found.name.as_str())], st.hist_full)),
+            samples: |page, s| each_measuring(page, |d, r| s.counter(&[("device", d.found.name.as_str())], r.latency_stats.hist_full)),
         },
     ],
 };
@@ -190,7 +191,7 @@ fn peer_histograms<const K: usize>(page: &Page, s: &mut Samples) -> std::fmt::Re
 /// The device's histograms always exist, empty or not, where the programs measure.
 fn device_histograms<const K: usize>(page: &Page, s: &mut Samples) -> std::fmt::Result {
     for (d, series) in page.devices() {
-        if d.latency_stats.is_none() {
+        if d.reading.is_none() {
             continue;
         }
         for kind in KINDS[K].0 {
@@ -207,13 +208,10 @@ fn device_histograms<const K: usize>(page: &Page, s: &mut Samples) -> std::fmt::
 }
 
 /// Calls `f` for every device whose programs measure latency.
-fn each_measuring(
-    page: &Page,
-    mut f: impl FnMut(&DeviceSnapshot, &LatencyStats) -> std::fmt::Result,
-) -> std::fmt::Result {
+fn each_measuring(page: &Page, mut f: impl FnMut(&DeviceSnapshot, &Reading) -> std::fmt::Result) -> std::fmt::Result {
     for d in &page.snap.devices {
-        if let Some(st) = &d.latency_stats {
-            f(d, st)?;
+        if let Some(r) = &d.reading {
+            f(d, r)?;
         }
     }
     Ok(())

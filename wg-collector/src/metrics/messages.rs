@@ -18,7 +18,7 @@ pub const GROUP: Group = Group {
             kind: Type::Counter,
             labels: &["device", "public_key", "direction", "type"],
             per_peer: Some(|v| {
-                if v.device.messages.contains_key(&v.peer.public_key) {
+                if v.device.reading.as_ref().is_some_and(|r| r.messages.contains_key(&v.peer.public_key)) {
                     DIRECTIONS * MESSAGE_TYPES
                 } else {
                     0
@@ -36,7 +36,7 @@ pub const GROUP: Group = Group {
             shown: always,
             samples: |page, s| {
                 for d in &page.snap.devices {
-                    let Some(inv) = &d.invalid else { continue };
+                    let Some(inv) = d.reading.as_ref().map(|r| &r.invalid) else { continue };
                     for r in Invalid::ALL {
                         s.counter(&[("device", d.found.name.as_str()), ("reason", r.label())], inv[r as usize])?;
                     }
@@ -49,14 +49,15 @@ pub const GROUP: Group = Group {
 
 fn messages(page: &Page, s: &mut Samples) -> std::fmt::Result {
     for (d, rows) in page.snap.devices.iter().zip(&page.rows) {
+        let Some(r) = &d.reading else { continue };
         let dev = d.found.name.as_str();
         let peers = d
             .state
             .peers
             .iter()
             .zip(rows)
-            .filter_map(|(p, row)| Some((row.key.as_str(), d.messages.get(&p.public_key)?)));
-        let device = d.device_messages.as_ref().map(|m| ("", m));
+            .filter_map(|(p, row)| Some((row.key.as_str(), r.messages.get(&p.public_key)?)));
+        let device = std::iter::once(("", &r.device_messages));
         for (key, counts) in peers.chain(device) {
             for (dir, dname) in [(DIR_RX, "receive"), (DIR_TX, "transmit")] {
                 for t in MessageType::ALL {

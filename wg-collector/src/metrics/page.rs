@@ -107,7 +107,7 @@ impl Row {
         Row {
             key: p.public_key.to_base64(),
             name: d.names.get(&p.public_key).cloned(),
-            counters: d.counters.get(&p.public_key).copied(),
+            counters: d.reading.as_ref().and_then(|r| r.counters.get(&p.public_key)).copied(),
             endpoint_changes: d.lifecycle.endpoint_changes.get(&p.public_key).copied().unwrap_or(0),
         }
     }
@@ -133,7 +133,7 @@ impl PeerView<'_> {
 
 fn latency_series(d: &DeviceSnapshot) -> LatencySeries {
     let mut m = LatencySeries::new();
-    for (peer, k, v) in &d.latency {
+    for (peer, k, v) in d.reading.iter().flat_map(|r| &r.latency) {
         m.entry((*peer, k.kind)).or_default().add(k.bucket, v.count, v.sum_ns);
     }
     m

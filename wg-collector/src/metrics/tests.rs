@@ -52,3 +52,79 @@ fn the_redacted_trimmed_openmetrics_page_is_the_golden_one() {
         ExportOptions { redact_endpoints: true, redact_allowed_ips: true, max_series: 90, ..ExportOptions::default() };
     golden("page-redacted-trimmed.om", &page(&opts, Format { openmetrics: true, gzip: false }));
 }
+
+/// Every family the fixture's page shows is in the catalogue with its type, and every
+/// sample carries exactly the labels the catalogue says (histograms add `le`); the page
+/// shows every family of the catalogue.
+#[test]
+fn the_page_is_the_catalogue() {
+    let text = page(&ExportOptions::default(), Format { openmetrics: false, gzip: false });
+    let mut typed = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            typed.push((name.to_string(), kind.to_string()));
+            continue;
+        }
+        if line.starts_with('#') {
+            continue;
+        }
+        let series = line.rsplit_once(' ').unwrap().0;
+        let (name, labels) = series.split_once('{').unwrap_or((series, "}"));
+        let family = families()
+            .find(|f| {
+                let exposed = f.exposed_name();
+                name == exposed
+                    || (f.kind == Type::Histogram
+                        && ["_bucket", "_sum", "_count"].iter().any(|s| name == format!("{exposed}{s}")))
+            })
+            .unwrap_or_else(|| panic!("{name} is not in the catalogue"));
+        let mut keys: Vec<&str> = labels
+            .trim_end_matches('}')
+            .split("\",")
+            .filter(|l| !l.is_empty())
+            .map(|l| l.split('=').next().unwrap())
+            .collect();
+        keys.retain(|k| *k != "le");
+        assert_eq!(keys, family.labels, "labels of {line}");
+    }
+    let catalogue: Vec<(String, String)> = families().map(|f| (f.exposed_name(), f.kind.label().to_string())).collect();
+    assert_eq!(typed, catalogue, "the page's families, in order, are the catalogue's");
+}
+
+/// The README's table of families, made from the catalogue.
+fn readme_table() -> String {
+    let mut t =
+        String::from("| group | family | type | labels | what and how (its HELP text) |\n|---|---|---|---|---|\n");
+    for g in &GROUPS {
+        for f in g.families {
+            let labels: Vec<String> = f.labels.iter().map(|l| format!("`{l}`")).collect();
+            t += &format!(
+                "| {} | `{}` | {} | {} | {} |\n",
+                g.name,
+                f.exposed_name(),
+                f.kind.label(),
+                labels.join(", "),
+                f.help
+            );
+        }
+    }
+    t
+}
+
+/// The README shows the catalogue as it is; UPDATE_GOLDEN=1 writes it there.
+#[test]
+fn the_readme_table_is_the_catalogue() {
+    const START: &str = "<!-- families: made from wg-collector/src/metrics by the_readme_table_is_the_catalogue -->\n";
+    const END: &str = "<!-- end of families -->\n";
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+    let readme = std::fs::read_to_string(&path).unwrap();
+    let a = readme.find(START).expect("the README has the families' start marker") + START.len();
+    let b = readme[a..].find(END).expect("the README has the families' end marker") + a;
+    let table = readme_table();
+    if std::env::var_os("UPDATE_GOLDEN").is_some() && readme[a..b] != table {
+        std::fs::write(&path, format!("{}{table}{}", &readme[..a], &readme[b..])).unwrap();
+        return;
+    }
+    assert!(readme[a..b] == table, "README.md's table differs from the catalogue: run the test with UPDATE_GOLDEN=1");
+}

@@ -10,7 +10,7 @@ const PEER: &[&str] = &["device", "public_key"];
 
 /// A series per peer the programs count.
 fn measured(v: &PeerView) -> usize {
-    v.device.counters.contains_key(&v.peer.public_key) as usize
+    v.device.reading.as_ref().is_some_and(|r| r.counters.contains_key(&v.peer.public_key)) as usize
 }
 
 pub const GROUP: Group = Group {
@@ -75,7 +75,7 @@ fn per_peer(page: &Page, s: &mut Samples, value: fn(&wg_common::PeerCounters) ->
 
 fn unattributed(page: &Page, s: &mut Samples) -> std::fmt::Result {
     for d in &page.snap.devices {
-        let Some(u) = &d.unattributed else { continue };
+        let Some(u) = d.reading.as_ref().map(|r| &r.unattributed) else { continue };
         for (dir, dname) in [(DIR_RX, "receive"), (DIR_TX, "transmit")] {
             for r in Unattributed::ALL {
                 let labels = [("device", d.found.name.as_str()), ("direction", dname), ("reason", r.label())];

@@ -9,9 +9,9 @@ use std::{
 
 use super::Implementation;
 
-/// Where a device's state is read from.
+/// The API a device's state is read through.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Source {
+pub enum Api {
     /// Generic netlink, family "wireguard".
     Netlink,
     /// The UAPI socket of a userspace implementation.
@@ -26,7 +26,7 @@ pub struct Found {
     /// created again under the same name gets a new one.
     pub ifindex: u32,
     pub implementation: Implementation,
-    pub source: Source,
+    pub api: Api,
 }
 
 /// The directory where userspace implementations put their sockets.
@@ -43,12 +43,7 @@ pub fn discover(uapi_dir: &Path) -> Vec<Found> {
             let uevent = std::fs::read_to_string(e.path().join("uevent")).unwrap_or_default();
             if uevent.lines().any(|l| l == "DEVTYPE=wireguard") {
                 if let Some(ifindex) = ifindex(&name) {
-                    found.push(Found {
-                        name,
-                        ifindex,
-                        implementation: Implementation::Kernel,
-                        source: Source::Netlink,
-                    });
+                    found.push(Found { name, ifindex, implementation: Implementation::Kernel, api: Api::Netlink });
                 }
             }
         }
@@ -65,7 +60,7 @@ pub fn discover(uapi_dir: &Path) -> Vec<Found> {
                 continue;
             }
             let Some(implementation) = implementation_behind(&path) else { continue };
-            found.push(Found { name, ifindex, implementation, source: Source::Uapi(path) });
+            found.push(Found { name, ifindex, implementation, api: Api::Uapi(path) });
         }
     }
     found.sort_by(|a, b| a.name.cmp(&b.name));

@@ -9,59 +9,114 @@ pub mod latency;
 pub mod pinning;
 pub mod protocol;
 
-/// Map and program names, declared once for both sides.
+/// Every map, declared once for both sides: its name and the types of its keys and values
+/// (arrays are keyed by u32). The kernel declares its statics with [`maps::Key`] and
+/// [`maps::Value`] of these, the collector opens them with the same, so a layout changed on
+/// one side only does not compile.
+pub mod maps {
+    /// A map as both sides know it.
+    pub trait MapDef {
+        const NAME: &'static str;
+        type Key;
+        type Value;
+    }
+
+    /// The key type of map `M`.
+    pub type Key<M> = <M as MapDef>::Key;
+    /// The value type of map `M`.
+    pub type Value<M> = <M as MapDef>::Value;
+
+    macro_rules! maps {
+        ($($(#[$doc:meta])* $def:ident, $name:ident: $key:ty => $value:ty;)*) => {$(
+            $(#[$doc])*
+            pub enum $def {}
+            impl MapDef for $def {
+                const NAME: &'static str = stringify!($name);
+                type Key = $key;
+                type Value = $value;
+            }
+        )*};
+    }
+
+    maps! {
+        /// Hash: IPv4 host address (an allowed IP of /32) → peer slot. Looked up first: most
+        /// gateway peers have one host address, and an exact match costs a fraction of a trie
+        /// walk (a /32 is also the longest match there can be).
+        HostsV4, HOSTS_V4: [u8; 4] => u32;
+        /// Array indexed by the low 16 bits of an IPv4 host address in the /16 that
+        /// [`HostBlockAt`] names: the peer slot + 1 of that /32 allowed IP (0: none). Holds the
+        /// [`HostsV4`] entries of that /16, so the usual gateway (peers numbered from one
+        /// subnet) finds its peer with an array lookup, which the verifier inlines, instead of
+        /// a hash lookup (~30 ns here).
+        HostBlockV4, HOST_BLOCK_V4: u32 => u32;
+        /// Array of one [`crate::HostBlockAt`]: which /16 [`HostBlockV4`] holds.
+        HostBlockAt, HOST_BLOCK_AT: u32 => crate::HostBlockAt;
+        /// Hash: IPv6 host address (/128) → peer slot.
+        HostsV6, HOSTS_V6: [u8; 16] => u32;
+        /// LPM trie: IPv4 allowed IP shorter than /32 (network order) → peer slot.
+        PeersV4, PEERS_V4: [u8; 4] => u32;
+        /// LPM trie: IPv6 allowed IP shorter than /128 (network order) → peer slot.
+        PeersV6, PEERS_V6: [u8; 16] => u32;
+        /// Per-CPU array indexed by peer slot: [`crate::PeerCounters`].
+        PeerCounters, PEER_COUNTERS: u32 => crate::PeerCounters;
+        /// Per-CPU array indexed by [`crate::unattributed_index`]: [`crate::Counter`].
+        Unattributed, UNATTRIBUTED: u32 => crate::Counter;
+        /// Array (mmapable, a power of two) of [`crate::latency::PendingEntry`] indexed by
+        /// [`crate::latency::PendingKey::place`]: questions waiting for their answer.
+        Pending, PENDING: u32 => crate::latency::PendingEntry;
+        /// Per-CPU hash: [`crate::latency::HistKey`] → [`crate::latency::HistValue`].
+        LatencyHist, LATENCY_HIST: crate::latency::HistKey => crate::latency::HistValue;
+        /// Per-CPU array of u64 counters indexed by [`crate::latency::stats`].
+        LatencyStats, LATENCY_STATS: u32 => u64;
+        /// Hash: [`crate::latency::fifo_key`] → [`crate::latency::Fifo`]: packets inside WireGuard.
+        DelayFifo, DELAY_FIFO: u32 => crate::latency::Fifo;
+        /// Per-CPU hash: peer slot (or [`crate::protocol::NO_SLOT`]) → [`crate::protocol::MessageCounts`].
+        Messages, MESSAGES: u32 => crate::protocol::MessageCounts;
+        /// Per-CPU array indexed by [`crate::protocol::Invalid`]: datagrams to our port that are no
+        /// valid message.
+        Invalid, INVALID: u32 => u64;
+        /// LRU hash: an index this device picked in a handshake → the peer's slot, so messages
+        /// from an endpoint not synced yet (a roamed peer) are still the peer's.
+        Indices, INDICES: u32 => u32;
+        /// Hash: [`crate::latency::Endpoint`] → peer slot, for the underlay programs.
+        Endpoints, ENDPOINTS: crate::latency::Endpoint => u32;
+        /// Array (mmapable, a power of two) of [`crate::latency::EndpointPlace`]: the same
+        /// endpoints placed by hash, looked up before the hash.
+        EndpointPlaces, ENDPOINT_PLACES: u32 => crate::latency::EndpointPlace;
+        /// Array of one u32: the device's listen port, which marks its datagrams on the underlay.
+        ListenPort, LISTEN_PORT: u32 => u32;
+        /// Hash: peer slot → the peer's public key. Written and read by the collector only, so a
+        /// restarted collector knows which slot is whose (the programs never look at it).
+        SlotKeys, SLOT_KEYS: u32 => [u8; 32];
+        /// Array of u64 indexed by [`crate::pinning`]: what the pinned maps are.
+        Meta, META: u32 => u64;
+    }
+}
+
+/// Map and program names, as strings (the maps' come from [`maps`]).
 pub mod names {
-    /// Hash: IPv4 host address (an allowed IP of /32) → peer slot. Looked up first: most
-    /// gateway peers have one host address, and an exact match costs a fraction of a trie
-    /// walk (a /32 is also the longest match there can be).
-    pub const HOSTS_V4: &str = "HOSTS_V4";
-    /// Array indexed by the low 16 bits of an IPv4 host address in the /16 that
-    /// [`HOST_BLOCK_AT`] names: the peer slot + 1 of that /32 allowed IP (0: none). Holds the
-    /// [`HOSTS_V4`] entries of that /16, so the usual gateway (peers numbered from one
-    /// subnet) finds its peer with an array lookup, which the verifier inlines, instead of
-    /// a hash lookup (~30 ns here).
-    pub const HOST_BLOCK_V4: &str = "HOST_BLOCK_V4";
-    /// Array of one [`crate::HostBlockAt`]: which /16 [`HOST_BLOCK_V4`] holds.
-    pub const HOST_BLOCK_AT: &str = "HOST_BLOCK_AT";
-    /// Hash: IPv6 host address (/128) → peer slot.
-    pub const HOSTS_V6: &str = "HOSTS_V6";
-    /// LPM trie: IPv4 allowed IP shorter than /32 (network order) → peer slot.
-    pub const PEERS_V4: &str = "PEERS_V4";
-    /// LPM trie: IPv6 allowed IP shorter than /128 (network order) → peer slot.
-    pub const PEERS_V6: &str = "PEERS_V6";
-    /// Per-CPU array indexed by peer slot: [`crate::PeerCounters`].
-    pub const PEER_COUNTERS: &str = "PEER_COUNTERS";
-    /// Per-CPU array indexed by [`crate::unattributed_index`]: [`crate::Counter`].
-    pub const UNATTRIBUTED: &str = "UNATTRIBUTED";
-    /// Array (mmapable, a power of two) of [`crate::latency::PendingEntry`] indexed by
-    /// [`crate::latency::PendingKey::place`]: questions waiting for their answer.
-    pub const PENDING: &str = "PENDING";
-    /// Per-CPU hash: [`crate::latency::HistKey`] → [`crate::latency::HistValue`].
-    pub const LATENCY_HIST: &str = "LATENCY_HIST";
-    /// Per-CPU array of u64 counters indexed by [`crate::latency::stats`].
-    pub const LATENCY_STATS: &str = "LATENCY_STATS";
-    /// Hash: [`crate::latency::fifo_key`] → [`crate::latency::Fifo`]: packets inside WireGuard.
-    pub const DELAY_FIFO: &str = "DELAY_FIFO";
-    /// Per-CPU hash: peer slot (or [`crate::protocol::NO_SLOT`]) → [`crate::protocol::MessageCounts`].
-    pub const MESSAGES: &str = "MESSAGES";
-    /// Per-CPU array indexed by [`crate::protocol::Invalid`]: datagrams to our port that are no
-    /// valid message.
-    pub const INVALID: &str = "INVALID";
-    /// LRU hash: an index this device picked in a handshake → the peer's slot, so messages
-    /// from an endpoint not synced yet (a roamed peer) are still the peer's.
-    pub const INDICES: &str = "INDICES";
-    /// Hash: [`crate::latency::Endpoint`] → peer slot, for the underlay programs.
-    pub const ENDPOINTS: &str = "ENDPOINTS";
-    /// Array (mmapable, a power of two) of [`crate::latency::EndpointPlace`]: the same
-    /// endpoints placed by hash, looked up before the hash.
-    pub const ENDPOINT_PLACES: &str = "ENDPOINT_PLACES";
-    /// Array of one u32: the device's listen port, which marks its datagrams on the underlay.
-    pub const LISTEN_PORT: &str = "LISTEN_PORT";
-    /// Hash: peer slot → the peer's public key. Written and read by the collector only, so a
-    /// restarted collector knows which slot is whose (the programs never look at it).
-    pub const SLOT_KEYS: &str = "SLOT_KEYS";
-    /// Array of u64 indexed by [`crate::pinning`]: what the pinned maps are.
-    pub const META: &str = "META";
+    use super::maps::{self, MapDef};
+
+    pub const HOSTS_V4: &str = maps::HostsV4::NAME;
+    pub const HOST_BLOCK_V4: &str = maps::HostBlockV4::NAME;
+    pub const HOST_BLOCK_AT: &str = maps::HostBlockAt::NAME;
+    pub const HOSTS_V6: &str = maps::HostsV6::NAME;
+    pub const PEERS_V4: &str = maps::PeersV4::NAME;
+    pub const PEERS_V6: &str = maps::PeersV6::NAME;
+    pub const PEER_COUNTERS: &str = maps::PeerCounters::NAME;
+    pub const UNATTRIBUTED: &str = maps::Unattributed::NAME;
+    pub const PENDING: &str = maps::Pending::NAME;
+    pub const LATENCY_HIST: &str = maps::LatencyHist::NAME;
+    pub const LATENCY_STATS: &str = maps::LatencyStats::NAME;
+    pub const DELAY_FIFO: &str = maps::DelayFifo::NAME;
+    pub const MESSAGES: &str = maps::Messages::NAME;
+    pub const INVALID: &str = maps::Invalid::NAME;
+    pub const INDICES: &str = maps::Indices::NAME;
+    pub const ENDPOINTS: &str = maps::Endpoints::NAME;
+    pub const ENDPOINT_PLACES: &str = maps::EndpointPlaces::NAME;
+    pub const LISTEN_PORT: &str = maps::ListenPort::NAME;
+    pub const SLOT_KEYS: &str = maps::SlotKeys::NAME;
+    pub const META: &str = maps::Meta::NAME;
     /// The maps pinned per device, so a collector restart or upgrade keeps counting: all
     /// state. (The programs' logs and read-only settings are made anew at each load.)
     pub const PINNED: [&str; 20] = [
@@ -147,7 +202,7 @@ pub struct PeerCounters {
 
 /// Why a packet on the WireGuard interface could not be given to a peer.
 #[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Unattributed {
     /// An IP packet whose address is in no peer's allowed IPs.
     NoPeer = 0,

@@ -6,7 +6,7 @@ pub const NO_SLOT: u32 = u32::MAX;
 /// Message types as counted: the four of the protocol, with data split into data proper and
 /// keepalives (a data message with no plaintext: exactly 32 bytes).
 #[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum MessageType {
     HandshakeInitiation = 0,
     HandshakeResponse = 1,
@@ -41,7 +41,7 @@ pub struct MessageCounts {
 
 /// Why a datagram to the WireGuard port is no valid message.
 #[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Invalid {
     /// Shorter than the 4-byte message type.
     TooShort = 0,

@@ -1,0 +1,94 @@
+//! The last step of a refresh: what follows from a device's reading and the collector's
+//! memory of earlier ones: peers added and removed, configuration changes (logged),
+//! counters that never go backwards, live sessions, address pools and names.
+
+use std::time::Duration;
+
+use ipnet::IpNet;
+use wg_common::{protocol::MessageType, Unattributed};
+
+use super::snapshot::DeviceSnapshot;
+use crate::{
+    bpf::Reading,
+    history::{DeviceCounter, History, PeerCounter},
+    interfaces,
+    names::Names,
+    pool,
+    wireguard::{discovery::Found, Device},
+};
+
+/// A handshake younger than this means a live session (REJECT_AFTER_TIME).
+const ACTIVE_WITHIN: Duration = Duration::from_secs(180);
+
+/// The device's snapshot; `now` is the time since the Unix epoch.
+pub fn derive(
+    history: &mut History,
+    names: &Names,
+    found: Found,
+    mut state: Device,
+    mut reading: Option<Reading>,
+    now: Duration,
+) -> DeviceSnapshot {
+    let lifecycle = history.observe(&state);
+    for c in &lifecycle.changed {
+        match c.peer {
+            Some(peer) => {
+                tracing::warn!(device = %found.name, field = %c.field.label(), %peer, "configuration changed: {}", c.value)
+            }
+            None => {
+                tracing::warn!(device = %found.name, field = %c.field.label(), "configuration changed: {}", c.value)
+            }
+        }
+    }
+    never_falling(history, &mut state, reading.as_mut());
+    let active =
+        state.peers.iter().filter(|p| p.last_handshake.is_some_and(|t| now.saturating_sub(t) < ACTIVE_WITHIN)).count();
+    let used: Vec<IpNet> = state.peers.iter().flat_map(|p| p.allowed_ips.iter().copied()).collect();
+    let pools = pool::pools(&interfaces::addresses_of(&found.name), &used);
+    let names =
+        state.peers.iter().filter_map(|p| Some((p.public_key, names.get(&p.public_key)?.to_string()))).collect();
+    DeviceSnapshot { found, state, reading, lifecycle, active, pools, names }
+}
+
+/// Rewrites the counters as values that never go backwards within this process (see
+/// history.rs). The device was observed just before.
+fn never_falling(h: &mut History, state: &mut Device, mut reading: Option<&mut Reading>) {
+    let dev = state.name.clone();
+    if let Some(mut peers) = h.peers_of(&dev) {
+        for p in &mut state.peers {
+            let Some(mut c) = peers.get(&p.public_key) else { continue };
+            p.rx_bytes = c.update(PeerCounter::ReceiveBytes, p.rx_bytes);
+            p.tx_bytes = c.update(PeerCounter::TransmitBytes, p.tx_bytes);
+            let Some(r) = reading.as_deref_mut() else { continue };
+            if let Some(pc) = r.counters.get_mut(&p.public_key) {
+                for (d, dc) in pc.dir.iter_mut().enumerate() {
+                    dc.packets = c.update(PeerCounter::Packets(d), dc.packets);
+                    dc.bytes = c.update(PeerCounter::PayloadBytes(d), dc.bytes);
+                }
+            }
+            if let Some(m) = r.messages.get_mut(&p.public_key) {
+                for (d, row) in m.counts.iter_mut().enumerate() {
+                    for t in MessageType::ALL {
+                        row[t as usize] = c.update(PeerCounter::Messages(d, t), row[t as usize]);
+                    }
+                }
+            }
+        }
+    }
+    let Some(r) = reading else { return };
+    for (d, row) in r.unattributed.iter_mut().enumerate() {
+        for reason in Unattributed::ALL {
+            let cell = &mut row[reason as usize];
+            cell.packets = h.device_counter(&dev, DeviceCounter::Unattributed(d, reason), cell.packets);
+        }
+    }
+    for reason in wg_common::protocol::Invalid::ALL {
+        let n = &mut r.invalid[reason as usize];
+        *n = h.device_counter(&dev, DeviceCounter::Invalid(reason), *n);
+    }
+    for (d, row) in r.device_messages.counts.iter_mut().enumerate() {
+        for t in MessageType::ALL {
+            row[t as usize] = h.device_counter(&dev, DeviceCounter::Messages(d, t), row[t as usize]);
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! What one refresh saw: the one contract between reading and serving. The page, the state
+//! API and the tests read nothing else.
+
+use std::time::{Duration, Instant};
+
+use crate::{
+    bpf::Reading,
+    history::Lifecycle,
+    links::LinkState,
+    pool::Pool,
+    wireguard::{discovery::Found, Device, KeyMap},
+};
+
+/// Where an error or a duration comes from, as the `source` label says it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ErrorSource {
+    Netlink,
+    Uapi,
+    Bpf,
+}
+
+impl ErrorSource {
+    pub const ALL: [ErrorSource; 3] = [Self::Netlink, Self::Uapi, Self::Bpf];
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Netlink => "netlink",
+            Self::Uapi => "uapi",
+            Self::Bpf => "bpf",
+        }
+    }
+}
+
+/// What one refresh saw of one device.
+#[derive(Clone)]
+pub struct DeviceSnapshot {
+    pub found: Found,
+    /// WireGuard's own state, its counters made never-falling.
+    pub state: Device,
+    /// What the programs counted and measured, counters made never-falling; None when they
+    /// are not attached or could not be read.
+    pub reading: Option<Reading>,
+    /// Peers added and removed since start, endpoint changes per peer.
+    pub lifecycle: Lifecycle,
+    /// Peers whose last handshake is younger than 180 s.
+    pub active: usize,
+    /// Address pools of the interface's own subnets: IPv4, IPv6.
+    pub pools: (Option<Pool>, Option<Pool>),
+    /// Friendly names of the peers that have one.
+    pub names: KeyMap<String>,
+}
+
+/// What one refresh saw.
+#[derive(Clone)]
+pub struct Snapshot {
+    /// When the refresh began reading.
+    pub began: Instant,
+    pub devices: Vec<DeviceSnapshot>,
+    /// Time spent per source in this refresh.
+    pub durations: Vec<(ErrorSource, Duration)>,
+    /// Errors per source since start.
+    pub errors: Vec<(ErrorSource, u64)>,
+    /// Link state of every device seen since start, gone ones included (down).
+    pub links: Vec<(String, LinkState)>,
+}
