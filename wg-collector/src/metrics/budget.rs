@@ -7,7 +7,7 @@ use super::{
 };
 use crate::{
     refresh::{DeviceSnapshot, Snapshot},
-    wireguard::Peer,
+    wireguard::{KeySet, Peer},
 };
 
 /// Series one peer brings to the page.
@@ -25,10 +25,12 @@ pub fn total(snap: &Snapshot, latency: &[LatencySeries], opts: &ExportOptions) -
         .sum()
 }
 
-/// Drops peers past the series limit from the snapshot; returns how many per device.
-pub fn limit(snap: &mut Snapshot, latency: &[LatencySeries], opts: &ExportOptions) -> Vec<(String, usize)> {
+/// Drops peers past the series limit from the snapshot; returns how many per device, and
+/// which.
+pub fn limit(snap: &mut Snapshot, latency: &[LatencySeries], opts: &ExportOptions) -> (Vec<(String, usize)>, KeySet) {
+    let mut left_out = KeySet::default();
     if opts.max_series == 0 {
-        return Vec::new();
+        return (Vec::new(), left_out);
     }
     let mut budget = opts.max_series;
     let mut omitted = Vec::new();
@@ -43,6 +45,7 @@ pub fn limit(snap: &mut Snapshot, latency: &[LatencySeries], opts: &ExportOption
             } else {
                 budget = 0;
                 dropped += 1;
+                left_out.insert(p.public_key);
             }
         }
         d.state.peers = keep;
@@ -57,5 +60,5 @@ pub fn limit(snap: &mut Snapshot, latency: &[LatencySeries], opts: &ExportOption
             "series limit reached (--metrics.max-series): peers left out of this scrape"
         );
     }
-    omitted
+    (omitted, left_out)
 }

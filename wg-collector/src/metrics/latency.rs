@@ -178,7 +178,7 @@ fn peer_histograms<const K: usize>(page: &Page, s: &mut Samples) -> std::fmt::Re
     for (d, series) in page.devices() {
         for ((peer, kind), h) in series {
             let (Some(peer), Some(kind)) = (peer, Kind::from_u16(*kind)) else { continue };
-            if !KINDS[K].0.contains(&kind) {
+            if !KINDS[K].0.contains(&kind) || page.left_out.contains(peer) {
                 continue;
             }
             let base = vec![("device", d.found.name.clone()), ("public_key", peer.to_base64())];

@@ -10,7 +10,7 @@ use super::budget;
 use crate::{
     histogram::{Buckets, Series},
     refresh::{DeviceSnapshot, Snapshot},
-    wireguard::{Key, Peer},
+    wireguard::{Key, KeySet, Peer},
 };
 
 /// What the page shows, beyond what there is.
@@ -48,6 +48,8 @@ pub struct Page {
     pub snap: Arc<Snapshot>,
     /// Peers left out per device.
     pub omitted: Vec<(String, usize)>,
+    /// The keys of the peers left out (their latency samples stay in the device's totals).
+    pub left_out: KeySet,
     /// Per device, per peer, in the reading's order.
     pub rows: Vec<Vec<Row>>,
     /// Per device.
@@ -64,16 +66,17 @@ impl std::fmt::Debug for Page {
 impl Page {
     pub fn new(snap: Arc<Snapshot>, opts: &ExportOptions) -> Self {
         let latency: Vec<LatencySeries> = snap.devices.iter().map(latency_series).collect();
-        let (snap, omitted) = if opts.max_series == 0 || budget::total(&snap, &latency, opts) <= opts.max_series {
-            (snap, Vec::new())
-        } else {
-            // Over the limit (rare): a copy of this scrape's snapshot, trimmed.
-            let mut trimmed = Snapshot::clone(&snap);
-            let omitted = budget::limit(&mut trimmed, &latency, opts);
-            (Arc::new(trimmed), omitted)
-        };
+        let (snap, omitted, left_out) =
+            if opts.max_series == 0 || budget::total(&snap, &latency, opts) <= opts.max_series {
+                (snap, Vec::new(), KeySet::default())
+            } else {
+                // Over the limit (rare): a copy of this scrape's snapshot, trimmed.
+                let mut trimmed = Snapshot::clone(&snap);
+                let (omitted, left_out) = budget::limit(&mut trimmed, &latency, opts);
+                (Arc::new(trimmed), omitted, left_out)
+            };
         let rows = snap.devices.iter().map(|d| d.state.peers.iter().map(|p| Row::of(d, p)).collect()).collect();
-        Self { snap, omitted, rows, latency, opts: opts.clone() }
+        Self { snap, omitted, left_out, rows, latency, opts: opts.clone() }
     }
 
     /// Every peer with its row and the labels all per-peer families start with.

@@ -128,3 +128,33 @@ fn the_readme_table_is_the_catalogue() {
     }
     assert!(readme[a..b] == table, "README.md's table differs from the catalogue: run the test with UPDATE_GOLDEN=1");
 }
+
+/// With --metrics.max-series, the per-peer samples of the page (those with a public key)
+/// stay within the budget, peers are left out whole, and the omitted count says how many.
+#[test]
+fn a_trimmed_page_stays_within_its_budget() {
+    // The device's own key is on wireguard_device_info; the device's messages have an empty one.
+    let per_peer_samples = |text: &str| {
+        let peer = |l: &&str| l.contains("public_key=\"") && !l.contains("public_key=\"\"");
+        text.lines().filter(|l| !l.starts_with('#') && !l.starts_with("wireguard_device_info")).filter(peer).count()
+    };
+    let full = per_peer_samples(&page(&ExportOptions::default(), Format { openmetrics: false, gzip: false }));
+    let snap = fixture::snapshot();
+    let peers: usize = snap.devices.iter().map(|d| d.state.peers.len()).sum();
+    for budget in [1, 6, 40, 81, 82, 90, 120, 125, full - 1, full] {
+        let opts = ExportOptions { max_series: budget, ..ExportOptions::default() };
+        let text = page(&opts, Format { openmetrics: false, gzip: false });
+        let shown = per_peer_samples(&text);
+        assert!(shown <= budget, "budget {budget}: {shown} per-peer samples");
+        let omitted: usize = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("wireguard_collector_peers_omitted{"))
+            .map(|l| l.rsplit_once(' ').unwrap().1.parse::<usize>().unwrap())
+            .sum();
+        let on_page = text.lines().filter(|l| l.starts_with("wireguard_peer_info{")).count();
+        assert_eq!(on_page + omitted, peers, "budget {budget}");
+        if budget == full {
+            assert_eq!((shown, omitted), (full, 0));
+        }
+    }
+}
