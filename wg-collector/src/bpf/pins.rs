@@ -60,19 +60,19 @@ impl PinDir {
     pub fn prepare(&self, sizes: &[(&str, u32)]) -> Result<bool> {
         std::fs::create_dir_all(&self.path)
             .with_context(|| format!("creating pin directory {}", self.path.display()))?;
-        if !self.map(names::META).exists() {
-            // A directory without META is a load that did not finish: start it afresh.
-            self.clear()?;
-            return Ok(false);
-        }
-        match self.check(sizes) {
-            Ok(()) => Ok(true),
-            Err(why) if self.replace => {
+        let found = if self.map(names::META).exists() { Found::Sealed(self.check(sizes)) } else { Found::Unsealed };
+        match adoption(found, self.replace) {
+            Adoption::Adopt => Ok(true),
+            Adoption::Fresh => {
+                self.clear()?;
+                Ok(false)
+            }
+            Adoption::Replace(why) => {
                 tracing::warn!(pins = %self.path.display(), "replacing pinned maps (their counters start from zero): {why:#}");
                 self.clear()?;
                 Ok(false)
             }
-            Err(why) => Err(why.context(format!(
+            Adoption::Refuse(why) => Err(why.context(format!(
                 "cannot adopt the maps pinned in {} (start with --bpf.replace-pinned to replace them; their counters then start from zero)",
                 self.path.display()
             ))),
@@ -131,6 +131,36 @@ impl PinDir {
     }
 }
 
+/// What a pin directory holds.
+enum Found {
+    /// No META: nothing, or a load that did not finish.
+    Unsealed,
+    /// Sealed maps, and whether they fit this build and these sizes.
+    Sealed(Result<()>),
+}
+
+/// What to do with what a pin directory holds.
+#[derive(Debug)]
+enum Adoption {
+    /// Adopt the maps: the counts go on.
+    Adopt,
+    /// Start afresh (nothing to lose).
+    Fresh,
+    /// Maps that do not fit, replaced as asked (--bpf.replace-pinned).
+    Replace(anyhow::Error),
+    /// Maps that do not fit, kept: the device is refused.
+    Refuse(anyhow::Error),
+}
+
+fn adoption(found: Found, replace: bool) -> Adoption {
+    match found {
+        Found::Unsealed => Adoption::Fresh,
+        Found::Sealed(Ok(())) => Adoption::Adopt,
+        Found::Sealed(Err(why)) if replace => Adoption::Replace(why),
+        Found::Sealed(Err(why)) => Adoption::Refuse(why),
+    }
+}
+
 /// Makes sure `root` is a directory on bpffs. When it lies under /sys/fs/bpf and nothing is
 /// mounted there, mounts bpffs there (as systemd does at boot); elsewhere it must be mounted
 /// already.
@@ -185,4 +215,22 @@ fn mount_bpffs(p: &Path) -> Result<()> {
         return Err(anyhow!(io::Error::last_os_error()));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_maps_that_fit_are_adopted_others_refused_unless_replacing() {
+        let misfit = || Found::Sealed(Err(anyhow::anyhow!("map PENDING has 1024 entries, 65536 were asked for")));
+        assert!(matches!(adoption(Found::Sealed(Ok(())), false), Adoption::Adopt));
+        assert!(matches!(adoption(Found::Sealed(Ok(())), true), Adoption::Adopt), "fitting maps are never replaced");
+        assert!(matches!(adoption(Found::Unsealed, false), Adoption::Fresh));
+        assert!(matches!(adoption(misfit(), true), Adoption::Replace(_)));
+        match adoption(misfit(), false) {
+            Adoption::Refuse(why) => assert!(why.to_string().contains("PENDING has 1024 entries")),
+            other => panic!("{other:?}"),
+        }
+    }
 }
