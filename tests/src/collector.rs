@@ -28,6 +28,8 @@ pub struct Collector {
     /// A bpffs of this collector's own, its --bpf.pin-path: it outlives restarts and is
     /// unmounted (which detaches what is pinned there) when the collector is dropped.
     pub pins: Option<PathBuf>,
+    /// Its limit on open files (soft and hard), if the test sets one.
+    nofile: Option<u64>,
 }
 
 /// Where test collectors mount their bpffs: /run, which `ip netns exec` leaves as it is (it
@@ -67,9 +69,19 @@ impl Collector {
         Self::start_with_log(ns, args, "info")
     }
 
+    /// Like [`start`](Self::start), under a limit of `nofile` open files (soft and hard, as
+    /// systemd's LimitNOFILE= sets them).
+    pub fn start_limited(ns: &str, args: &[&str], nofile: u64) -> Result<Self> {
+        Self::start_inner(ns, args, "info", Some(nofile))
+    }
+
     /// Like [`start`](Self::start), with RUST_LOG set to `filter`. Unless `args` say
     /// otherwise, it pins into a bpffs of its own.
     pub fn start_with_log(ns: &str, args: &[&str], filter: &str) -> Result<Self> {
+        Self::start_inner(ns, args, filter, None)
+    }
+
+    fn start_inner(ns: &str, args: &[&str], filter: &str, nofile: Option<u64>) -> Result<Self> {
         // An interface (wg0:9586) is scraped from elsewhere: the test knows its addresses.
         let addr: SocketAddr = args
             .windows(2)
@@ -89,16 +101,38 @@ impl Collector {
         };
         let path =
             args.windows(2).find(|w| w[0] == "--web.telemetry-path").map_or("/metrics", |w| w[1].as_str()).to_string();
-        let child = Self::spawn(ns, addr, &args, filter, &log)?;
-        let mut c = Collector { child, ns: ns.to_string(), addr, path, log, args, filter: filter.to_string(), pins };
+        let child = Self::spawn(ns, addr, &args, filter, &log, nofile)?;
+        let mut c =
+            Collector { child, ns: ns.to_string(), addr, path, log, args, filter: filter.to_string(), pins, nofile };
         c.wait_serving(0)?;
         Ok(c)
     }
 
-    fn spawn(ns: &str, addr: SocketAddr, args: &[String], filter: &str, log: &std::path::Path) -> Result<Child> {
+    fn spawn(
+        ns: &str,
+        addr: SocketAddr,
+        args: &[String],
+        filter: &str,
+        log: &std::path::Path,
+        nofile: Option<u64>,
+    ) -> Result<Child> {
         let out = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
         let bin = binary()?;
-        Ok(netns::cmd(ns, bin.to_str().unwrap())
+        let mut cmd = netns::cmd(ns, bin.to_str().unwrap());
+        if let Some(n) = nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit only, between fork and exec; ip netns exec passes it on.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit { rlim_cur: n, rlim_max: n };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        Ok(cmd
             .args(if args.iter().any(|a| a == "--poll-interval") { vec![] } else { vec!["--poll-interval", "0.2"] })
             .args(if args.iter().any(|a| a == "--web.listen-address") {
                 vec![]
@@ -138,7 +172,7 @@ impl Collector {
     pub fn restart(&mut self) -> Result<()> {
         let served = self.log_text().matches("serving metrics").count();
         self.stop();
-        self.child = Self::spawn(&self.ns, self.addr, &self.args, &self.filter, &self.log)?;
+        self.child = Self::spawn(&self.ns, self.addr, &self.args, &self.filter, &self.log, self.nofile)?;
         self.wait_serving(served)
     }
 

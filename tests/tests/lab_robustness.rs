@@ -282,6 +282,10 @@ fn a_crowd_of_scrapers_gets_no_errors_and_does_not_hold_up_the_sync() {
     assert!(synced < Duration::from_secs(1), "{synced:?}");
     assert!(!out.contains("Socket errors"), "{out}");
     assert!(!out.contains("Non-2xx"), "{out}");
+    // 200 connections from one address are within the default caps: none refused.
+    let m = c.scrape().unwrap();
+    let refused: f64 = m.find("wireguard_collector_http_connections_refused_total", &[]).map(|s| s.value).sum();
+    assert_eq!(refused, 0.0, "{}", m.text);
     let requests: f64 = out
         .lines()
         .find(|l| l.contains("requests in"))

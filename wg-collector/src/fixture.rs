@@ -17,6 +17,7 @@ use wg_common::{
 use crate::{
     bpf::{LatencyStats, ProgramStats, Reading},
     history::{ConfigField, Lifecycle},
+    http::conn::ConnCounts,
     links::LinkState,
     pool::Pool,
     refresh::{DeviceSnapshot, ErrorSource, Snapshot},
@@ -164,6 +165,11 @@ fn unmeasured() -> DeviceSnapshot {
         pools: (None, None),
         names: KeyMap::default(),
     }
+}
+
+/// The metrics endpoint's connection counts.
+pub fn conns() -> ConnCounts {
+    ConnCounts { open: 3, refused: [4, 844], ended: [256, 1, 2, 5], accept_errors: 0 }
 }
 
 /// The whole reading; `began` is now (the page's reading age is then near 0).

@@ -13,6 +13,7 @@ pub mod interfaces;
 pub mod links;
 pub mod metrics;
 pub mod names;
+pub mod open_files;
 pub mod pool;
 pub mod privileges;
 pub mod refresh;

@@ -11,18 +11,19 @@ use wg_collector::{
         serve::{serve, Shared},
     },
     names::Names,
-    privileges,
+    open_files, privileges,
     refresh::Monitor,
 };
 
 fn main() -> ExitCode {
-    // Each scrape builds a page of ~1.3 KB per peer (13 MB at 10k peers). glibc raises its
-    // mmap threshold to the largest block freed, so from the second scrape on such pages
-    // would come from the heap and stay in RSS; a fixed threshold hands them back at once.
+    // Each scrape builds a page of ~1.3 KB per peer (13 MB at 10k peers), one piece per
+    // family (~0.1-2 MB each at 10k). glibc raises its mmap threshold to the largest block
+    // freed, so from the second scrape on such pieces would come from the heap and stay in
+    // RSS; a fixed threshold of 128 KiB hands them back at once.
     // Two arenas: the blocking pool's threads need not each keep a heap of their own.
     // SAFETY: mallopt only sets allocator parameters; called before any thread starts.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 << 10);
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
     // Colours only on a terminal: journald and log files get plain text.
@@ -106,6 +107,28 @@ fn prepare(config: &Config) -> Result<Prepared> {
         }
     };
     let may_be_open = web.insecure || listen.is_loopback();
+    let caps = match open_files::raise() {
+        Ok((before, now)) => {
+            if now != before {
+                tracing::info!(from = before, to = now, "raised the soft limit on open files to the hard limit");
+            }
+            let caps = open_files::fit(web.caps, now);
+            if caps != web.caps {
+                tracing::warn!(
+                    limit = now,
+                    max_connections = caps.total,
+                    max_connections_per_client = caps.per_client,
+                    "lowered the connection caps to fit the open-files limit (LimitNOFILE=), {} kept for the collector",
+                    open_files::RESERVED
+                );
+            }
+            caps
+        }
+        Err(e) => {
+            tracing::warn!("open-files limit not read: {e}; connection caps as asked");
+            web.caps
+        }
+    };
     let names = Names::load(config.names.clone())?;
     let pins = pin_options(&config.pin)?;
     let stats = if config.bpf_stats {
@@ -114,7 +137,8 @@ fn prepare(config: &Config) -> Result<Prepared> {
         None
     };
     privileges::drop_unneeded()?;
-    Ok(Prepared { _stats: stats, web: Shared::new(settings, web.files.clone(), may_be_open), listen, names, pins })
+    let web = Shared::new(settings, web.files.clone(), may_be_open, caps);
+    Ok(Prepared { _stats: stats, web, listen, names, pins })
 }
 
 /// Where to pin, with bpffs mounted (which needs CAP_SYS_ADMIN, so before the drop). The
@@ -180,7 +204,7 @@ async fn run(config: Config, prepared: Prepared) -> Result<()> {
 
     let path = &config.web.telemetry_path;
     let app = router(path, web.clone(), monitor, config.export, config.scrape_max_age);
-    let listeners = Listeners::open(&listen).await?;
+    let listeners = Listeners::open(&listen, web.gate.clone()).await?;
     let tls = web.current().tls.is_some();
     tracing::info!(address = %listen, path = %path, tls, authentication = web.current().authenticates(), "serving metrics");
     web.clone().watch();

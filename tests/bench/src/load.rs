@@ -28,7 +28,7 @@ fn ms(v: &str) -> Option<f64> {
 
 pub fn run(quick: bool) -> Result<()> {
     let (peers, secs) = if quick { (100, 3) } else { (1000, 30) };
-    std::env::set_var("WG_COLLECTOR_BIN", std::fs::canonicalize("target/release/wg-collector")?);
+    std::env::set_var("WG_COLLECTOR_BIN", crate::collector_binary()?);
     let lab = lab_with_peers(peers)?;
     let c = Collector::start(&lab.a.ns, &[])?;
     let wrk = netns::cmd(&lab.a.ns, "wrk")

@@ -189,6 +189,12 @@ fn main() -> Result<()> {
         return soak::run(m?);
     }
     let quick = args.iter().any(|a| a == "--quick");
+    if args.iter().any(|a| a == "--scrape-only") {
+        // For work on the scrape path: the collector's scrape table alone, without the
+        // exporter (compare two builds with WG_BENCH_COLLECTOR).
+        println!("## Scrape at scale ({})\n", collector_binary()?.display());
+        return scale::run(quick, false);
+    }
     println!("## eBPF cost per packet and hook\n");
     ebpf_costs(quick)?;
     if args.iter().any(|a| a == "--ebpf-only") {
@@ -196,12 +202,18 @@ fn main() -> Result<()> {
         return Ok(());
     }
     println!("\n## Scrape at scale\n");
-    scale::run(quick)?;
+    scale::run(quick, true)?;
     println!("\n## Tunnel throughput with and without our programs\n");
     throughput::run(quick)?;
     println!("\n## Load: 200 concurrent scrapers\n");
     load::run(quick)?;
     Ok(())
+}
+
+/// The release collector the benchmarks run: $WG_BENCH_COLLECTOR, or this workspace's.
+pub fn collector_binary() -> Result<std::path::PathBuf> {
+    let path = std::env::var_os("WG_BENCH_COLLECTOR").unwrap_or_else(|| "target/release/wg-collector".into());
+    Ok(std::fs::canonicalize(&path)?)
 }
 
 fn ebpf_costs(quick: bool) -> Result<()> {

@@ -111,10 +111,11 @@ fn ms(v: &[f64], q: f64) -> f64 {
     quantile(v.to_vec(), q) * 1e3
 }
 
-pub fn run(quick: bool) -> Result<()> {
+/// `exporter`: measure prometheus_wireguard_exporter beside it (`--scrape-only` does not).
+pub fn run(quick: bool, exporter: bool) -> Result<()> {
     let (counts, reps): (&[usize], usize) = if quick { (&[1, 100], 3) } else { (&[1, 1000, 10_000, 50_000], 7) };
-    std::env::set_var("WG_COLLECTOR_BIN", std::fs::canonicalize("target/release/wg-collector")?);
-    let have_exporter = tool("prometheus_wireguard_exporter").is_ok();
+    std::env::set_var("WG_COLLECTOR_BIN", crate::collector_binary()?);
+    let have_exporter = exporter && tool("prometheus_wireguard_exporter").is_ok();
     println!("| peers | collector scrape median | p99 | gzip median | with --scrape.max-age 1: median | p99 | page | RSS | exporter scrape median | p99 | page | ratio (exporter / collector) |");
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut freshness = Vec::new();

@@ -25,7 +25,7 @@ fn fds(pid: u32) -> usize {
 }
 
 pub fn run(minutes: u64) -> Result<()> {
-    std::env::set_var("WG_COLLECTOR_BIN", std::fs::canonicalize("target/release/wg-collector")?);
+    std::env::set_var("WG_COLLECTOR_BIN", crate::collector_binary()?);
     let lab = Lab::new(Implementation::WireguardGo)?;
     let c = Collector::start(&lab.a.ns, &[])?;
     let pid = c.pid();

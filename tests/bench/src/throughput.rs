@@ -59,7 +59,7 @@ fn iperf(lab: &Lab, t: Traffic, secs: u32) -> Result<f64> {
 
 pub fn run(quick: bool) -> Result<()> {
     let (reps, secs) = if quick { (1, 1) } else { (7, 5) };
-    std::env::set_var("WG_COLLECTOR_BIN", std::fs::canonicalize("target/release/wg-collector")?);
+    std::env::set_var("WG_COLLECTOR_BIN", crate::collector_binary()?);
     let mut costs = Vec::new();
     println!("| implementation | traffic | no programs | all our programs | ratio |");
     println!("|---|---|---:|---:|---:|");

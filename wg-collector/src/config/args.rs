@@ -1,13 +1,18 @@
 //! The command line as clap reads it. Every flag is declared here, once; [`super::Config`]
 //! checks them and turns them into what the parts of the collector take.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 use clap::Parser;
 use wg_common::{DEFAULT_MAX_ALLOWED_IPS, DEFAULT_MAX_HIST_ENTRIES, DEFAULT_MAX_PEERS, DEFAULT_MAX_PENDING};
 
 use crate::{
-    histogram::Buckets, http::listen::ListenAddress, metrics::DEFAULT_MAX_SERIES,
+    histogram::Buckets,
+    http::{
+        conn::{parse_duration, DEFAULT_CAPS},
+        listen::ListenAddress,
+    },
+    metrics::DEFAULT_MAX_SERIES,
     wireguard::discovery::DEFAULT_UAPI_DIR,
 };
 
@@ -36,6 +41,26 @@ pub struct Args {
     /// Path under which metrics are served.
     #[arg(long = "web.telemetry-path", default_value = "/metrics")]
     pub telemetry_path: String,
+    /// Time a client has to send a request's headers (from connecting, or from the first
+    /// byte of a later request), and to finish a TLS handshake [default: 10s; or
+    /// http_server_config.read_header_timeout in --web.config.file].
+    #[arg(long = "web.read-header-timeout", value_name = "DURATION", value_parser = parse_duration)]
+    pub read_header_timeout: Option<Duration>,
+    /// Time a kept-alive connection may wait for its next request [default: 2m; or
+    /// http_server_config.idle_timeout].
+    #[arg(long = "web.idle-timeout", value_name = "DURATION", value_parser = parse_duration)]
+    pub idle_timeout: Option<Duration>,
+    /// Time a write of the answer may make no progress (a client that stopped reading)
+    /// [default: 1m; or http_server_config.write_timeout].
+    #[arg(long = "web.write-timeout", value_name = "DURATION", value_parser = parse_duration)]
+    pub write_timeout: Option<Duration>,
+    /// Connections open at once, from all clients; more are closed at once (lowered at start
+    /// to what the open-files limit leaves).
+    #[arg(long = "web.max-connections", default_value_t = DEFAULT_CAPS.total)]
+    pub max_connections: usize,
+    /// Connections open at once from one client address; more are closed at once.
+    #[arg(long = "web.max-connections-per-client", default_value_t = DEFAULT_CAPS.per_client)]
+    pub max_connections_per_client: usize,
     /// Only watch this device (repeat for several; default: every WireGuard device).
     #[arg(long = "device", value_name = "NAME")]
     pub devices: Vec<String>,

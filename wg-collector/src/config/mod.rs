@@ -11,7 +11,11 @@ use thiserror::Error;
 
 use crate::{
     bpf::ProbeOptions,
-    http::{listen::ListenAddress, serve::SettingsFiles},
+    http::{
+        conn::{Caps, TimeoutSettings},
+        listen::ListenAddress,
+        serve::SettingsFiles,
+    },
     metrics::ExportOptions,
     names::NameSources,
     refresh,
@@ -42,6 +46,9 @@ pub struct WebOptions {
     pub files: SettingsFiles,
     pub insecure: bool,
     pub telemetry_path: String,
+    /// Connections at once, as the flags ask (main lowers the total to fit the open-files
+    /// limit).
+    pub caps: Caps,
 }
 
 /// What the flags say of pinning; bpffs is mounted (or found missing) at start.
@@ -105,13 +112,32 @@ impl TryFrom<Args> for Config {
         if !a.max_pending.is_power_of_two() {
             return Err(refuse("--latency.max-pending", a.max_pending, "must be a power of two (65536, 131072, ...)"));
         }
+        if a.max_connections == 0 {
+            return Err(refuse("--web.max-connections", a.max_connections, "must be at least 1"));
+        }
+        if a.max_connections_per_client == 0 || a.max_connections_per_client > a.max_connections {
+            return Err(refuse(
+                "--web.max-connections-per-client",
+                a.max_connections_per_client,
+                "must be between 1 and --web.max-connections",
+            ));
+        }
         let redact = |what: &str| a.redact.iter().any(|r| r == what || r == "all");
         Ok(Config {
             web: WebOptions {
                 listen: a.listen_address,
-                files: SettingsFiles { web_config: a.web_config, token_file: a.bearer_token_file },
+                files: SettingsFiles {
+                    web_config: a.web_config,
+                    token_file: a.bearer_token_file,
+                    timeout_flags: TimeoutSettings {
+                        read_header: a.read_header_timeout,
+                        idle: a.idle_timeout,
+                        write: a.write_timeout,
+                    },
+                },
                 insecure: a.insecure,
                 telemetry_path: a.telemetry_path,
+                caps: Caps { total: a.max_connections, per_client: a.max_connections_per_client },
             },
             refresh: refresh::Options {
                 uapi_dir: a.uapi_dir,

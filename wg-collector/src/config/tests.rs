@@ -37,6 +37,42 @@ fn defaults() {
     assert!(!c.export.redact_endpoints && !c.export.redact_allowed_ips);
     assert_eq!(c.pin, PinRequest::default());
     assert!(!c.unpin && !c.bpf_stats);
+    assert_eq!(c.web.files.timeout_flags, TimeoutSettings::default(), "unset: the file's, else the defaults");
+    assert_eq!(c.web.caps, crate::http::conn::DEFAULT_CAPS);
+}
+
+#[test]
+fn connection_timeouts_and_caps() {
+    let c = config(&[
+        "--web.read-header-timeout",
+        "3s",
+        "--web.idle-timeout",
+        "1m30s",
+        "--web.write-timeout",
+        "45",
+        "--web.max-connections",
+        "100",
+        "--web.max-connections-per-client",
+        "10",
+    ])
+    .unwrap();
+    assert_eq!(
+        c.web.files.timeout_flags,
+        TimeoutSettings {
+            read_header: Some(Duration::from_secs(3)),
+            idle: Some(Duration::from_secs(90)),
+            write: Some(Duration::from_secs(45))
+        }
+    );
+    assert_eq!(c.web.caps, Caps { total: 100, per_client: 10 });
+    let err = refused(&["--web.read-header-timeout", "soon"]);
+    assert!(err.contains("--web.read-header-timeout") && err.contains("not a duration"), "{err}");
+    assert!(refused(&["--web.idle-timeout", "0s"]).contains("above zero"));
+    assert_eq!(refused(&["--web.max-connections", "0"]), "--web.max-connections 0: must be at least 1");
+    assert_eq!(
+        refused(&["--web.max-connections", "10", "--web.max-connections-per-client", "11"]),
+        "--web.max-connections-per-client 11: must be between 1 and --web.max-connections"
+    );
 }
 
 #[test]

@@ -11,6 +11,10 @@
 //!   max_version: TLS13
 //! basic_auth_users:
 //!   prometheus: $2y$10$...                         # bcrypt hashes (htpasswd -B)
+//! http_server_config:                              # this collector's; flags win over them
+//!   read_header_timeout: 10s
+//!   idle_timeout: 2m
+//!   write_timeout: 1m
 //! ```
 //!
 //! A key this collector does not implement is refused, not ignored: a setting that silently
@@ -24,6 +28,8 @@ use rustls::{
     RootCertStore, ServerConfig,
 };
 use serde::Deserialize;
+
+use super::conn::{parse_duration, TimeoutSettings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -40,6 +46,17 @@ pub enum ConfigError {
 struct File {
     tls_server_config: Option<TlsFile>,
     basic_auth_users: Option<HashMap<String, String>>,
+    http_server_config: Option<HttpFile>,
+}
+
+/// exporter-toolkit's http_server_config takes `http2` and `headers`, which this collector
+/// does not implement (refused, as every unknown key); the timeouts are ours.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HttpFile {
+    read_header_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    write_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -62,6 +79,8 @@ pub struct WebConfig {
     pub client_certs_required: bool,
     /// User → bcrypt hash.
     pub basic_auth_users: HashMap<String, String>,
+    /// The timeouts http_server_config sets.
+    pub timeouts: TimeoutSettings,
 }
 
 impl std::fmt::Debug for WebConfig {
@@ -113,7 +132,16 @@ impl WebConfig {
                 (Some(Arc::new(cfg)), required)
             }
         };
-        Ok(Self { tls, client_certs_required, basic_auth_users: users })
+        let http = file.http_server_config.unwrap_or_default();
+        let duration = |key: &'static str, v: Option<String>| {
+            v.map(|v| parse_duration(&v).map_err(|e| setting(key, e))).transpose()
+        };
+        let timeouts = TimeoutSettings {
+            read_header: duration("http_server_config.read_header_timeout", http.read_header_timeout)?,
+            idle: duration("http_server_config.idle_timeout", http.idle_timeout)?,
+            write: duration("http_server_config.write_timeout", http.write_timeout)?,
+        };
+        Ok(Self { tls, client_certs_required, basic_auth_users: users, timeouts })
     }
 }
 

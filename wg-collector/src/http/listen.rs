@@ -3,7 +3,7 @@
 //! bound to it (SO_BINDTODEVICE: a packet for the same address arriving on another interface
 //! is refused) and follow its addresses as they are added and removed.
 
-use std::{collections::HashMap, fmt, net::SocketAddr, str::FromStr, time::Duration};
+use std::{collections::HashMap, fmt, net::SocketAddr, str::FromStr, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result};
 use tokio::{
@@ -12,6 +12,7 @@ use tokio::{
     task::JoinHandle,
 };
 
+use super::conn::Gate;
 use crate::interfaces;
 
 /// `--web.listen-address`.
@@ -69,14 +70,15 @@ pub struct Listeners {
 impl Listeners {
     /// Binds a socket address at once (an error if it cannot), or starts following an
     /// interface (which may have no address yet).
-    pub async fn open(addr: &ListenAddress) -> Result<Self> {
+    /// Failed accepts are counted in `gate`.
+    pub async fn open(addr: &ListenAddress, gate: Arc<Gate>) -> Result<Self> {
         let (tx, rx) = mpsc::channel(64);
         let task = match addr {
             ListenAddress::Socket(a) => {
                 let l = TcpListener::bind(a).await.with_context(|| format!("listening on {a}"))?;
-                tokio::spawn(accept(l, tx))
+                tokio::spawn(accept(l, tx, gate))
             }
-            ListenAddress::Interface { name, port } => tokio::spawn(follow(name.clone(), *port, tx)),
+            ListenAddress::Interface { name, port } => tokio::spawn(follow(name.clone(), *port, tx, gate)),
         };
         Ok(Self { rx, _tasks: vec![task] })
     }
@@ -86,7 +88,7 @@ impl Listeners {
     }
 }
 
-async fn accept(l: TcpListener, tx: mpsc::Sender<(TcpStream, SocketAddr)>) {
+async fn accept(l: TcpListener, tx: mpsc::Sender<(TcpStream, SocketAddr)>, gate: Arc<Gate>) {
     loop {
         match l.accept().await {
             Ok(c) => {
@@ -95,6 +97,8 @@ async fn accept(l: TcpListener, tx: mpsc::Sender<(TcpStream, SocketAddr)>) {
                 }
             }
             Err(e) => {
+                // Out of descriptors (EMFILE) keeps failing until one is freed: back off.
+                gate.accept_failed();
                 tracing::warn!("accept: {e}");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -106,7 +110,7 @@ async fn accept(l: TcpListener, tx: mpsc::Sender<(TcpStream, SocketAddr)>) {
 const FOLLOW_EVERY: Duration = Duration::from_millis(500);
 
 /// Keeps one listening socket per address of interface `name`.
-async fn follow(name: String, port: u16, tx: mpsc::Sender<(TcpStream, SocketAddr)>) {
+async fn follow(name: String, port: u16, tx: mpsc::Sender<(TcpStream, SocketAddr)>, gate: Arc<Gate>) {
     let mut bound: HashMap<SocketAddr, JoinHandle<()>> = HashMap::new();
     let mut warned = false;
     loop {
@@ -136,7 +140,7 @@ async fn follow(name: String, port: u16, tx: mpsc::Sender<(TcpStream, SocketAddr
             match bind_to(&name, a) {
                 Ok(l) => {
                     tracing::info!(interface = %name, address = %a, "listening");
-                    bound.insert(a, tokio::spawn(accept(l, tx.clone())));
+                    bound.insert(a, tokio::spawn(accept(l, tx.clone(), gate.clone())));
                 }
                 // The address may be tentative or just removed: the next look retries.
                 Err(e) => tracing::debug!(interface = %name, address = %a, "not listening yet: {e:#}"),

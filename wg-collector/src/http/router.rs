@@ -19,10 +19,11 @@ use axum::{
 
 use super::{
     api,
+    conn::Gate,
     serve::{authenticate, Shared},
 };
 use crate::{
-    metrics::{encode, ExportOptions, Format, Page},
+    metrics::{encode, Encoded, ExportOptions, Format, Page},
     refresh::{Monitor, Snapshot},
 };
 
@@ -44,7 +45,13 @@ pub fn router(
     export: ExportOptions,
     max_age: Duration,
 ) -> Router {
-    let source = MetricsState { monitor: monitor.clone(), export: export.clone(), max_age, pages: Arc::default() };
+    let source = MetricsState {
+        monitor: monitor.clone(),
+        export: export.clone(),
+        max_age,
+        gate: web.gate.clone(),
+        pages: Arc::default(),
+    };
     let page = LIVE_PAGE.replace("href=\"metrics\"", &format!("href=\"{}\"", telemetry_path.trim_start_matches('/')));
     let state = move || {
         let (monitor, export) = (monitor.clone(), export.clone());
@@ -70,6 +77,7 @@ struct MetricsState {
     monitor: Arc<Monitor>,
     export: ExportOptions,
     max_age: Duration,
+    gate: Arc<Gate>,
     pages: Arc<Pages>,
 }
 
@@ -80,10 +88,10 @@ struct MetricsState {
 #[derive(Default)]
 struct Pages(Mutex<Vec<SharedPage>>);
 
-type SharedPage = (Weak<Snapshot>, Format, Weak<OnceLock<Option<Bytes>>>);
+type SharedPage = (Weak<Snapshot>, Format, Weak<OnceLock<Option<Encoded>>>);
 
 impl Pages {
-    fn get(&self, snap: &Arc<Snapshot>, format: Format, encode: impl FnOnce() -> Option<Bytes>) -> Option<Bytes> {
+    fn get(&self, snap: &Arc<Snapshot>, format: Format, encode: impl FnOnce() -> Option<Encoded>) -> Option<Encoded> {
         let page = {
             let mut pages = self.0.lock().unwrap_or_else(|e| e.into_inner());
             pages.retain(|(_, _, p)| p.strong_count() > 0);
@@ -113,14 +121,16 @@ async fn metrics(State(source): State<MetricsState>, headers: HeaderMap) -> Resp
     // Reading WireGuard and the maps is blocking work: keep it off the async workers.
     let encoded = tokio::task::spawn_blocking(move || {
         let snap = source.monitor.latest(source.max_age);
-        source.pages.get(&snap, format, || encode(Page::new(snap.clone(), &source.export), format).ok())
+        source
+            .pages
+            .get(&snap, format, || encode(Page::new(snap.clone(), &source.export, source.gate.counts()), format).ok())
     })
     .await;
     let Format { openmetrics, gzip } = format;
     match encoded {
         Ok(Some(body)) => {
             let ct = if openmetrics { OPENMETRICS } else { PROMETHEUS_TEXT };
-            let mut r = ([(header::CONTENT_TYPE, ct)], Body::from(body)).into_response();
+            let mut r = ([(header::CONTENT_TYPE, ct)], Body::new(Chunks(body.0.into()))).into_response();
             if gzip {
                 r.headers_mut().insert(header::CONTENT_ENCODING, header::HeaderValue::from_static("gzip"));
             }
@@ -128,5 +138,28 @@ async fn metrics(State(source): State<MetricsState>, headers: HeaderMap) -> Resp
             r
         }
         _ => (StatusCode::INTERNAL_SERVER_ERROR, "encoding metrics failed\n").into_response(),
+    }
+}
+
+/// A page's pieces as a response body, sent in order without joining them.
+struct Chunks(std::collections::VecDeque<Bytes>);
+
+impl axum::body::HttpBody for Chunks {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(|b| Ok(hyper::body::Frame::data(b))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.0.iter().map(|b| b.len() as u64).sum())
     }
 }

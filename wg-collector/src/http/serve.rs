@@ -27,6 +27,7 @@ use tower::ServiceExt;
 use super::{
     auth::{Auth, Limiter, Verdict},
     config::WebConfig,
+    conn::{Caps, Ended, Gate, TimeoutSettings, Timeouts, Watch, Watched},
     tokens,
 };
 
@@ -36,6 +37,8 @@ pub struct Settings {
     pub auth: Arc<Auth>,
     /// Clients must present a verified certificate (that alone is authentication).
     pub client_certs_required: bool,
+    /// What a connection may take (flags over the web configuration file over defaults).
+    pub timeouts: Timeouts,
 }
 
 impl Settings {
@@ -50,13 +53,20 @@ impl Settings {
 pub struct SettingsFiles {
     pub web_config: Option<PathBuf>,
     pub token_file: Option<PathBuf>,
+    /// The timeouts the flags set: they win over the file's.
+    pub timeout_flags: TimeoutSettings,
 }
 
 impl SettingsFiles {
     pub fn load(&self) -> Result<Settings> {
         let web = match &self.web_config {
             Some(p) => WebConfig::load(p)?,
-            None => WebConfig { tls: None, client_certs_required: false, basic_auth_users: Default::default() },
+            None => WebConfig {
+                tls: None,
+                client_certs_required: false,
+                basic_auth_users: Default::default(),
+                timeouts: TimeoutSettings::default(),
+            },
         };
         let tokens = match &self.token_file {
             Some(p) => tokens::load(p)?,
@@ -66,6 +76,7 @@ impl SettingsFiles {
             tls: web.tls.map(TlsAcceptor::from),
             auth: Arc::new(Auth::new(web.basic_auth_users, &tokens)),
             client_certs_required: web.client_certs_required,
+            timeouts: self.timeout_flags.over(web.timeouts),
         })
     }
 
@@ -85,11 +96,19 @@ pub struct Shared {
     /// Whether the listener may serve without authentication (loopback, or --web.insecure).
     may_be_open: bool,
     limiter: Limiter,
+    /// Connections admitted within the caps, and the counts of those refused and ended.
+    pub gate: Arc<Gate>,
 }
 
 impl Shared {
-    pub fn new(settings: Settings, files: SettingsFiles, may_be_open: bool) -> Arc<Self> {
-        Arc::new(Self { current: RwLock::new(Arc::new(settings)), files, may_be_open, limiter: Limiter::default() })
+    pub fn new(settings: Settings, files: SettingsFiles, may_be_open: bool, caps: Caps) -> Arc<Self> {
+        Arc::new(Self {
+            current: RwLock::new(Arc::new(settings)),
+            files,
+            may_be_open,
+            limiter: Limiter::default(),
+            gate: Gate::new(caps),
+        })
     }
 
     pub fn current(&self) -> Arc<Settings> {
@@ -168,7 +187,8 @@ pub async fn authenticate(State(shared): State<Arc<Shared>>, req: Request, next:
     }
 }
 
-/// Serves `router` on `listeners` until `shutdown` resolves, with TLS when the settings say so.
+/// Serves `router` on `listeners` until `shutdown` resolves, with TLS when the settings say
+/// so, each connection within the caps and deadlines of conn.rs.
 pub async fn serve(
     mut listeners: Listeners,
     router: Router,
@@ -184,29 +204,89 @@ pub async fn serve(
                 None => anyhow::bail!("every listener ended"),
             },
         };
-        let router = router.clone();
+        // Over a cap: closed at once (dropped), counted.
+        let Ok(place) = shared.gate.admit(remote.ip()) else { continue };
+        let (router, gate) = (router.clone(), shared.gate.clone());
         // Each connection takes the settings in force when it arrives.
-        let tls = shared.current().tls.clone();
+        let settings = shared.current();
+        let (tls, timeouts) = (settings.tls.clone(), settings.timeouts);
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(ClientAddr(remote));
-                router.clone().oneshot(req.map(Body::new))
-            });
-            let http = hyper::server::conn::http1::Builder::new();
-            let result = match tls {
-                Some(acceptor) => match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => http.serve_connection(TokioIo::new(stream), svc).await,
+            let _place = place;
+            let watch = Watch::new();
+            let io: Box<dyn Io> = match tls {
+                None => Box::new(tcp),
+                Some(acceptor) => match tokio::time::timeout(timeouts.read_header, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => Box::new(stream),
                     Ok(Err(e)) => {
                         tracing::debug!(client = %remote, "TLS handshake failed: {e}");
                         return;
                     }
-                    Err(_) => return,
+                    Err(_) => {
+                        gate.ended(Ended::TlsHandshakeTimeout);
+                        return;
+                    }
                 },
-                None => http.serve_connection(TokioIo::new(tcp), svc).await,
             };
-            if let Err(e) = result {
-                tracing::debug!(client = %remote, "connection: {e}");
+            let on_request = watch.clone();
+            let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                on_request.serving();
+                req.extensions_mut().insert(ClientAddr(remote));
+                let (router, watch) = (router.clone(), on_request.clone());
+                async move {
+                    let resp = router.oneshot(req.map(Body::new)).await?;
+                    // The next request's wait starts when this answer's body is written.
+                    Ok::<_, std::convert::Infallible>(resp.map(|b| Body::new(Answer { body: b, watch })))
+                }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(Watched::new(io, watch.clone())), svc);
+            tokio::select! {
+                result = conn => {
+                    if let Err(e) = result {
+                        tracing::debug!(client = %remote, "connection: {e}");
+                    }
+                }
+                why = watch.missed(timeouts) => {
+                    tracing::debug!(client = %remote, reason = why.label(), "connection closed");
+                    gate.ended(why);
+                }
             }
         });
+    }
+}
+
+/// A connection's stream, plain or TLS.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+/// An answer's body, which tells the connection's watch when it has been written (dropped).
+struct Answer {
+    body: Body,
+    watch: Arc<Watch>,
+}
+
+impl axum::body::HttpBody for Answer {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        self.watch.answered();
     }
 }

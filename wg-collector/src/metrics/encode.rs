@@ -1,7 +1,8 @@
-//! A page in the format a scraper asked for: each group of families encoded (and gzipped,
-//! if asked) on a thread of its own, the pieces joined in the catalogue's order. At 10k
-//! peers and more the encoding is most of a scrape, and prometheus-client encodes one
-//! registry on one thread.
+//! A page in the format a scraper asked for: its families encoded (and gzipped, if asked)
+//! by a few threads that take the next family as they finish one, the pieces joined in the
+//! catalogue's order. At 10k peers and more the encoding is most of a scrape, and
+//! prometheus-client encodes one registry on one thread; taking families as they come keeps
+//! the threads evenly busy whatever a page holds.
 
 use std::sync::{
     atomic::{AtomicUsize, Ordering},
@@ -11,7 +12,7 @@ use std::sync::{
 use bytes::Bytes;
 use prometheus_client::{collector::Collector, encoding, encoding::DescriptorEncoder, registry::Registry};
 
-use super::{family::Group, Page, GROUPS};
+use super::{family::Family, Page, GROUPS};
 use crate::gzip;
 
 /// The format a scraper asked for.
@@ -21,34 +22,53 @@ pub struct Format {
     pub gzip: bool,
 }
 
-/// The size of each group's last text, so the next one is encoded into a buffer that need
-/// not grow.
-static LAST_SIZE: [AtomicUsize; GROUPS.len()] = [const { AtomicUsize::new(16 * 1024) }; GROUPS.len()];
+/// How many families the catalogue has.
+const FAMILIES: usize = {
+    let (mut n, mut g) = (0, 0);
+    while g < GROUPS.len() {
+        n += GROUPS[g].families.len();
+        g += 1;
+    }
+    n
+};
 
-/// One group of one page, as a Collector for a registry of its own.
+/// The size of each family's last text, so the next one is encoded into a buffer that need
+/// not grow.
+static LAST_SIZE: [AtomicUsize; FAMILIES] = [const { AtomicUsize::new(256) }; FAMILIES];
+
+/// Threads encoding one page (the first is the scrape's own).
+const THREADS: usize = 4;
+
+/// One family of one page, as a Collector for a registry of its own.
 #[derive(Debug)]
-struct GroupOf {
+struct FamilyOf {
     page: Arc<Page>,
-    group: usize,
+    family: &'static Family,
 }
 
-impl Collector for GroupOf {
-    fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
-        let Group { families, .. } = &GROUPS[self.group];
-        families.iter().try_for_each(|f| f.encode(&self.page, &mut enc))
+impl std::fmt::Debug for Family {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name)
     }
 }
 
-/// One group's text, and its gzip piece if asked for; `last` ends the page.
-fn encode_group(
-    page: Arc<Page>,
-    group: usize,
+impl Collector for FamilyOf {
+    fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
+        self.family.encode(&self.page, &mut enc)
+    }
+}
+
+/// One family's text, and its gzip piece if asked for; `last` ends the page.
+fn encode_family(
+    page: &Arc<Page>,
+    i: usize,
+    family: &'static Family,
     format: Format,
-) -> Result<(String, Option<gzip::Piece>), std::fmt::Error> {
-    let last = group == GROUPS.len() - 1;
+) -> Result<Piece, std::fmt::Error> {
+    let last = i == FAMILIES - 1;
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(GroupOf { page, group }));
-    let mut text = String::with_capacity(LAST_SIZE[group].load(Ordering::Relaxed) * 9 / 8);
+    registry.register_collector(Box::new(FamilyOf { page: page.clone(), family }));
+    let mut text = String::with_capacity(LAST_SIZE[i].load(Ordering::Relaxed) * 9 / 8);
     if format.openmetrics {
         encoding::text::encode_registry(&mut text, &registry)?;
         if last {
@@ -57,31 +77,67 @@ fn encode_group(
     } else {
         encoding::prometheus_text::encode(&mut text, &registry)?;
     }
-    LAST_SIZE[group].store(text.len(), Ordering::Relaxed);
-    let piece =
-        if format.gzip { Some(gzip::deflate(text.as_bytes(), last).map_err(|_| std::fmt::Error)?) } else { None };
-    Ok((text, piece))
+    LAST_SIZE[i].store(text.len(), Ordering::Relaxed);
+    if format.gzip {
+        return Ok(Piece::Gzip(gzip::deflate(text.as_bytes(), last).map_err(|_| std::fmt::Error)?));
+    }
+    Ok(Piece::Text(text))
+}
+
+enum Piece {
+    Text(String),
+    Gzip(gzip::Piece),
+}
+
+/// An encoded page: its pieces in order, sent as they are (joining them would copy the whole
+/// page once more: 13 MB at 10k peers).
+#[derive(Clone, Debug, Default)]
+pub struct Encoded(pub Vec<Bytes>);
+
+impl Encoded {
+    pub fn len(&self) -> usize {
+        self.0.iter().map(Bytes::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The page in one piece (for tests).
+    pub fn to_vec(&self) -> Vec<u8> {
+        self.0.concat()
+    }
 }
 
 /// The whole page.
-pub fn encode(page: Page, format: Format) -> Result<Bytes, std::fmt::Error> {
+pub fn encode(page: Page, format: Format) -> Result<Encoded, std::fmt::Error> {
     let page = Arc::new(page);
-    let parts = std::thread::scope(|scope| {
-        let threads: Vec<_> = (1..GROUPS.len())
-            .map(|g| (g, page.clone()))
-            .map(|(g, p)| scope.spawn(move || encode_group(p, g, format)))
-            .collect();
-        let first = encode_group(page.clone(), 0, format);
-        std::iter::once(first)
-            .chain(threads.into_iter().map(|t| t.join().map_err(|_| std::fmt::Error)?))
-            .collect::<Result<Vec<_>, _>>()
+    let families: Vec<&'static Family> = super::families().collect();
+    let next = AtomicUsize::new(0);
+    // Each thread: (family index, piece) for the families it took.
+    let work = || -> Result<Vec<(usize, Piece)>, std::fmt::Error> {
+        let mut done = Vec::new();
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(f) = families.get(i) else { return Ok(done) };
+            done.push((i, encode_family(&page, i, f, format)?));
+        }
+    };
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, THREADS);
+    let mut pieces: Vec<(usize, Piece)> = std::thread::scope(|scope| {
+        let others: Vec<_> = (1..threads).map(|_| scope.spawn(work)).collect();
+        let mut all = work()?;
+        for t in others {
+            all.extend(t.join().map_err(|_| std::fmt::Error)??);
+        }
+        Ok::<_, std::fmt::Error>(all)
     })?;
+    pieces.sort_unstable_by_key(|(i, _)| *i);
     if format.gzip {
-        return Ok(Bytes::from(gzip::member(parts.into_iter().filter_map(|(_, piece)| piece).collect())));
+        let gz = pieces.into_iter().filter_map(|(_, p)| if let Piece::Gzip(g) = p { Some(g) } else { None });
+        return Ok(Encoded(vec![Bytes::from(gzip::member(gz.collect()))]));
     }
-    let mut body = String::with_capacity(parts.iter().map(|(t, _)| t.len()).sum());
-    for (text, _) in parts {
-        body.push_str(&text);
-    }
-    Ok(Bytes::from(body))
+    let texts =
+        pieces.into_iter().filter_map(|(_, p)| if let Piece::Text(t) = p { Some(Bytes::from(t)) } else { None });
+    Ok(Encoded(texts.collect()))
 }

@@ -9,19 +9,20 @@ mod collector;
 mod device;
 mod encode;
 mod family;
+mod http;
 mod latency;
 mod messages;
 mod page;
 mod peer;
 mod traffic;
 
-pub use encode::{encode, Format};
+pub use encode::{encode, Encoded, Format};
 pub use family::{Family, Group, Type};
 pub use page::{ExportOptions, Page, DEFAULT_MAX_SERIES};
 
 /// Every family of the page, in the page's order.
-pub const GROUPS: [Group; 6] =
-    [device::GROUP, peer::GROUP, traffic::GROUP, latency::GROUP, messages::GROUP, collector::GROUP];
+pub const GROUPS: [Group; 7] =
+    [device::GROUP, peer::GROUP, traffic::GROUP, latency::GROUP, messages::GROUP, collector::GROUP, http::GROUP];
 
 /// Every family, in the page's order.
 pub fn families() -> impl Iterator<Item = &'static Family> {

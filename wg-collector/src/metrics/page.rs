@@ -9,6 +9,7 @@ use wg_common::PeerCounters;
 use super::budget;
 use crate::{
     histogram::{Buckets, Series},
+    http::conn::ConnCounts,
     refresh::{DeviceSnapshot, Snapshot},
     wireguard::{Key, KeySet, Peer},
 };
@@ -55,6 +56,8 @@ pub struct Page {
     /// Per device.
     pub latency: Vec<LatencySeries>,
     pub opts: ExportOptions,
+    /// The metrics endpoint's connections as of this scrape.
+    pub conns: ConnCounts,
 }
 
 impl std::fmt::Debug for Page {
@@ -64,7 +67,7 @@ impl std::fmt::Debug for Page {
 }
 
 impl Page {
-    pub fn new(snap: Arc<Snapshot>, opts: &ExportOptions) -> Self {
+    pub fn new(snap: Arc<Snapshot>, opts: &ExportOptions, conns: ConnCounts) -> Self {
         let latency: Vec<LatencySeries> = snap.devices.iter().map(latency_series).collect();
         let (snap, omitted, left_out) =
             if opts.max_series == 0 || budget::total(&snap, &latency, opts) <= opts.max_series {
@@ -76,7 +79,7 @@ impl Page {
                 (Arc::new(trimmed), omitted, left_out)
             };
         let rows = snap.devices.iter().map(|d| d.state.peers.iter().map(|p| Row::of(d, p)).collect()).collect();
-        Self { snap, omitted, left_out, rows, latency, opts: opts.clone() }
+        Self { snap, omitted, left_out, rows, latency, opts: opts.clone(), conns }
     }
 
     /// Every peer with its row and the labels all per-peer families start with.

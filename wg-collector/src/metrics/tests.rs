@@ -8,10 +8,10 @@ use crate::fixture;
 /// The page of the fixture's reading; the reading's age (a clock) is the one value
 /// written as AGE.
 fn page(opts: &ExportOptions, format: Format) -> String {
-    let body = encode(Page::new(fixture::snapshot(), opts), format).unwrap();
+    let body = encode(Page::new(fixture::snapshot(), opts, fixture::conns()), format).unwrap();
     let text = if format.gzip {
         let mut s = String::new();
-        flate2::read::MultiGzDecoder::new(&body[..]).read_to_string(&mut s).unwrap();
+        flate2::read::MultiGzDecoder::new(&body.to_vec()[..]).read_to_string(&mut s).unwrap();
         s
     } else {
         String::from_utf8(body.to_vec()).unwrap()
