@@ -288,6 +288,28 @@ impl Lab {
         Ok(())
     }
 
+    /// Stops the side's userspace daemon (SIGSTOP) until the guard resumes it or drops:
+    /// meanwhile packets wait inside WireGuard, for a time the test knows.
+    pub fn pause(&self, name: char) -> Result<Paused> {
+        let pid = self.side(name).daemon.as_ref().context("no userspace daemon to pause")?.id() as i32;
+        // SAFETY: a signal to our own child.
+        if unsafe { libc::kill(pid, libc::SIGSTOP) } != 0 {
+            bail!("SIGSTOP {pid}: {}", std::io::Error::last_os_error());
+        }
+        // The signal stops the threads asynchronously: wait until every one is stopped, so no
+        // packet sent from now on is read before the resume.
+        let stopped = || {
+            std::fs::read_dir(format!("/proc/{pid}/task")).is_ok_and(|tasks| {
+                tasks.flatten().all(|t| {
+                    let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+                    stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('T'))
+                })
+            })
+        };
+        wait_until(Duration::from_secs(2), stopped).context("the daemon did not stop")?;
+        Ok(Paused { pid, resumed: false })
+    }
+
     /// Pings from a to b until the tunnel answers (first handshake done).
     pub fn wait_tunnel(&self) -> Result<()> {
         let target = self.b.tunnel_v4.to_string();
@@ -440,6 +462,33 @@ pub fn key_hex(base64_key: &str) -> String {
     k.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// `read()` once it gives the same value twice in a row, 100 ms apart: counters that were
+/// still moving (the last segments of a connection's teardown, datagrams still in a queue)
+/// have come to rest, so two of them read at different moments can be compared exactly.
+pub fn settled<T: PartialEq + std::fmt::Debug>(mut read: impl FnMut() -> T) -> Result<T> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut last = read();
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = read();
+        if now == last {
+            return Ok(now);
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("still moving after 10 s: {last:?} then {now:?}");
+        }
+        last = now;
+    }
+}
+
+/// Held by tests that load the machine (bulk transfers, floods, crowds of scrapers), so that
+/// two of them never run at once: each one's exact comparisons then do not depend on what
+/// another runs beside it. Tests of one binary run on threads of one process.
+pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    static LOAD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOAD.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Random bytes from the kernel.
 pub fn random_bytes<const N: usize>() -> [u8; N] {
     let mut k = [0u8; N];
@@ -479,4 +528,28 @@ pub fn tool(name: &str) -> Result<String> {
         .find(|p| p.is_file())
         .map(|p| p.display().to_string())
         .with_context(|| format!("{name} not found (cargo xtask setup installs it)"))
+}
+
+/// A daemon stopped by [`Lab::pause`]; continued by [`Paused::resume`] or on drop.
+pub struct Paused {
+    pid: i32,
+    resumed: bool,
+}
+
+impl Paused {
+    /// Continues the daemon (SIGCONT); returns when the signal was sent.
+    pub fn resume(&mut self) -> std::time::Instant {
+        // SAFETY: a signal to our own child.
+        unsafe { libc::kill(self.pid, libc::SIGCONT) };
+        self.resumed = true;
+        std::time::Instant::now()
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        if !self.resumed {
+            self.resume();
+        }
+    }
 }

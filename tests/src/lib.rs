@@ -13,6 +13,7 @@ pub mod prometheus;
 pub mod relay;
 pub mod scrape;
 pub mod tcp_ping;
+pub mod vm;
 
 pub use collector::Collector;
 pub use lab::{Implementation, Lab, Side};

@@ -3,7 +3,10 @@
 
 use std::{process::Stdio, time::Duration};
 
-use wg_tests::{lab::wait_until, netns, Collector, Implementation, Lab, Metrics};
+use wg_tests::{
+    lab::{settled, wait_until},
+    netns, Collector, Implementation, Lab, Metrics,
+};
 
 /// Everything one peer's series say, read from one scrape.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -130,17 +133,20 @@ fn bulk_transfer_is_counted_exactly(imp: Implementation) {
     })
     .unwrap();
 
+    let _load = wg_tests::lab::exclusive();
     let before = view(&c, &lab);
-    // Let the scrape's own loopback TCP connection finish closing before reading SNMP.
-    std::thread::sleep(Duration::from_millis(200));
-    let snmp = |f| lab.snmp('a', "Tcp", f).unwrap();
-    let (out0, re0, in0) = (snmp("OutSegs"), snmp("RetransSegs"), snmp("InSegs"));
+    // The scrape's own loopback TCP connection counts in SNMP too: read once it has closed.
+    let snmp = || {
+        let f = |f| lab.snmp('a', "Tcp", f).unwrap();
+        (f("OutSegs"), f("RetransSegs"), f("InSegs"))
+    };
+    let (out0, re0, in0) = settled(snmp).unwrap();
     lab.exec('a', "iperf3", &["-c", &b, "-n", "30M", "-l", "64K"]).unwrap();
-    // The last segments of the connections' teardown (the ACK of the server's FIN) may
-    // leave after iperf3 exits: let them go before reading either side of the comparison.
-    std::thread::sleep(Duration::from_millis(300));
-    let (out1, re1, in1) = (snmp("OutSegs"), snmp("RetransSegs"), snmp("InSegs"));
-    let d = view(&c, &lab).minus(before);
+    // The last segments of the connections' teardown (the ACK of the server's FIN) may leave
+    // after iperf3 exits: read both sides once they have come to rest (SNMP first, as a scrape
+    // adds loopback segments to it but none to the tunnel's counters).
+    let (out1, re1, in1) = settled(snmp).unwrap();
+    let d = settled(|| view(&c, &lab)).unwrap().minus(before);
     let _ = server.wait();
 
     let sent = (out1 - out0) + (re1 - re0);

@@ -15,7 +15,10 @@ use blake2::{
     digest::{consts::U16, Mac},
     Blake2s256, Blake2sMac, Digest,
 };
-use wg_tests::{lab::wait_until, netns, Collector, Implementation, Lab, Metrics};
+use wg_tests::{
+    lab::{settled, wait_until},
+    netns, Collector, Implementation, Lab, Metrics,
+};
 
 const MSG: &str = "wireguard_messages_total";
 
@@ -83,11 +86,11 @@ fn cookie_replies_under_load_are_counted() {
     let target: SocketAddr = format!("{}:51820", lab.b.underlay).parse().unwrap();
     let sock = netns::within(&lab.a.ns, move || Ok(UdpSocket::bind(format!("{}:40000", "10.200.0.1"))?)).unwrap();
     sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let _load = wg_tests::lab::exclusive();
     let before = c.scrape().unwrap();
     // What b's kernel sent: UDP datagrams out of b's namespace. The tunnel is idle, so during
     // the flood they are the cookie replies (sent one per datagram, no GSO).
-    std::thread::sleep(Duration::from_millis(200));
-    let out0 = lab.snmp('b', "Udp", "OutDatagrams").unwrap();
+    let out0 = settled(|| lab.snmp('b', "Udp", "OutDatagrams").unwrap()).unwrap();
 
     // Read cookie replies while flooding.
     let (stop, cookies) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
@@ -112,13 +115,18 @@ fn cookie_replies_under_load_are_counted() {
             sent += 1;
         }
     }
-    std::thread::sleep(Duration::from_millis(500));
+    // Until b has answered what is still queued, and the answers are in.
+    let sent_by_b = (settled(|| lab.snmp('b', "Udp", "OutDatagrams").unwrap()).unwrap() - out0) as f64;
+    settled(|| cookies.load(Ordering::Relaxed)).unwrap();
     stop.store(true, Ordering::Relaxed);
     reader.join().unwrap();
     let got = cookies.load(Ordering::Relaxed) as f64;
-    let sent_by_b = (lab.snmp('b', "Udp", "OutDatagrams").unwrap() - out0) as f64;
-
-    let m = c.scrape().unwrap();
+    let mut m = c.scrape().unwrap();
+    settled(|| {
+        m = c.scrape().unwrap();
+        msg(&m, dev, "", "transmit", "cookie_reply")
+    })
+    .unwrap();
     let counted = msg(&m, dev, "", "transmit", "cookie_reply") - msg(&before, dev, "", "transmit", "cookie_reply");
     let initiations =
         msg(&m, dev, "", "receive", "handshake_initiation") - msg(&before, dev, "", "receive", "handshake_initiation");
@@ -278,5 +286,15 @@ fn cardinality_flags_leave_out_what_they_name() {
     let omitted = m.get("wireguard_collector_peers_omitted", &[("device", lab.a.iface.as_str())]).unwrap();
     let shown = m.find("wireguard_peer_info", &[]).count() as f64;
     assert!(omitted > 0.0 && shown + omitted == 21.0, "{shown} shown, {omitted} omitted");
+    // The page holds at most 100 per-peer series, and as many as whole peers fill: every
+    // added peer brings exactly 10 (info, endpoint changes, 2 byte counters, 2 handshake
+    // gauges, 4 packet and payload counters), so the next one would not have fit.
+    let per_peer = m
+        .samples
+        .iter()
+        .filter(|s| s.name != "wireguard_device_info")
+        .filter(|s| s.labels.iter().any(|(k, v)| k == "public_key" && !v.is_empty()))
+        .count();
+    assert!(per_peer > 90 && per_peer <= 100, "{per_peer} per-peer series for a budget of 100");
     wait_until(Duration::from_secs(2), || c.log_text().contains("series limit reached")).unwrap();
 }

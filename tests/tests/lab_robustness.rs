@@ -12,7 +12,7 @@ use std::{
 };
 
 use wg_tests::{
-    lab::{key_hex, random_bytes, random_public_key},
+    lab::{key_hex, random_bytes, random_public_key, settled},
     netns,
     prometheus::Prometheus,
     Collector, Implementation, Lab, Metrics,
@@ -205,8 +205,9 @@ fn junk_at_full_speed_is_counted_and_the_tunnel_counts_stay_exact() {
                 .map(|s| s.value)
                 .sum::<f64>()
     };
-    std::thread::sleep(Duration::from_millis(300));
-    let (before, udp0, rx0, tx0) = (c.scrape().unwrap(), udp(), stat("rx_packets"), stat("tx_packets"));
+    let _load = wg_tests::lab::exclusive();
+    let (udp0, rx0, tx0) = settled(|| (udp(), stat("rx_packets"), stat("tx_packets"))).unwrap();
+    let before = c.scrape().unwrap();
 
     // Full speed from a for 3 s, while a pings through the tunnel (ping may lose some to the
     // flood; what counts is that our counts match the kernel's).
@@ -230,8 +231,14 @@ fn junk_at_full_speed_is_counted_and_the_tunnel_counts_stay_exact() {
     });
     let (sent, secs) = sent.unwrap();
     let _ = pinger.join();
-    std::thread::sleep(Duration::from_millis(500));
-    let m = c.scrape().unwrap();
+    // Until the queues have drained: the kernel's counters and ours at rest.
+    settled(|| (udp(), stat("rx_packets"), stat("tx_packets"))).unwrap();
+    let mut m = c.scrape().unwrap();
+    settled(|| {
+        m = c.scrape().unwrap();
+        (seen(&m), plain(&m, "receive"), plain(&m, "transmit"))
+    })
+    .unwrap();
     assert!(c.log_text().matches("ERROR").count() == 0);
 
     // What reached the port, datagram for datagram, is what the UDP layer took in.
@@ -254,6 +261,7 @@ fn junk_at_full_speed_is_counted_and_the_tunnel_counts_stay_exact() {
 /// the maps within a poll interval or two (the scrape crowd does not hold up the map sync).
 #[test]
 fn a_crowd_of_scrapers_gets_no_errors_and_does_not_hold_up_the_sync() {
+    let _load = wg_tests::lab::exclusive();
     let lab = Lab::new(Implementation::WireguardGo).unwrap();
     let c = Collector::start(&lab.a.ns, &[]).unwrap();
     let body: String = (0..200)

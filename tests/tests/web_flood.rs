@@ -147,6 +147,7 @@ fn counter(m: &Metrics, name: &str, reason: &str) -> f64 {
 
 #[test]
 fn half_open_requests_from_one_address_do_not_silence_the_endpoint() {
+    let _load = wg_tests::lab::exclusive();
     let lab = Lab::new(Implementation::WireguardGo).unwrap();
     let c = Collector::start_limited(&lab.a.ns, &["--web.read-header-timeout", "3s"], 1024).unwrap();
     // 1,024 open files, 512 kept for the collector: at most 512 connections, 256 per client.
@@ -171,6 +172,7 @@ fn half_open_requests_from_one_address_do_not_silence_the_endpoint() {
 /// another address answers throughout.
 #[test]
 fn half_done_tls_handshakes_do_not_silence_the_endpoint() {
+    let _load = wg_tests::lab::exclusive();
     let lab = Lab::new(Implementation::WireguardGo).unwrap();
     let dir = std::env::temp_dir().join(format!("wg-flood-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -21,6 +21,14 @@ pub struct Outcome {
     pub crashed: bool,
 }
 
+impl Outcome {
+    /// A crash, or a run that executed no input at all (a target that does not start, a
+    /// corpus that cannot be read): either way nothing was shown.
+    pub fn failed(&self) -> bool {
+        self.crashed || self.runs == 0
+    }
+}
+
 /// cargo-fuzz with the flags libFuzzer's instrumentation needs: -Z flags of Debian's stable
 /// rustc, allowed by RUSTC_BOOTSTRAP (as the eBPF build does, ../shared/docs/toolchain.md).
 fn cargo_fuzz() -> Command {
@@ -60,7 +68,13 @@ pub fn run(seconds: u64) -> Result<Vec<Outcome>> {
         println!(
             "fuzz {target}: {runs} runs in {:.0} s, {}",
             t0.elapsed().as_secs_f64(),
-            if crashed { "CRASHED" } else { "no crash" }
+            if crashed {
+                "CRASHED"
+            } else if runs == 0 {
+                "RAN NO INPUT"
+            } else {
+                "no crash"
+            }
         );
         out.push(Outcome { target, seconds: t0.elapsed().as_secs_f64(), runs, crashed });
     }
@@ -90,4 +104,17 @@ pub fn table(outcomes: &[Outcome], seconds: u64) -> String {
 fn tail(s: &str, lines: usize) -> String {
     let v: Vec<&str> = s.lines().collect();
     v[v.len().saturating_sub(lines)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Outcome;
+
+    #[test]
+    fn a_target_that_ran_no_input_fails() {
+        let o = |runs, crashed| Outcome { target: "uapi", seconds: 5.0, runs, crashed };
+        assert!(!o(1000, false).failed());
+        assert!(o(1000, true).failed());
+        assert!(o(0, false).failed(), "0 inputs passed before");
+    }
 }

@@ -126,8 +126,8 @@ fn main() -> Result<()> {
             // A few seconds of each fuzz target, so none of them rots.
             let (passed, failed) = match fuzz::run(5) {
                 Ok(outcomes) => {
-                    let crashed = outcomes.iter().filter(|o| o.crashed).count() as u64;
-                    (passed + outcomes.len() as u64 - crashed, failed + crashed)
+                    let bad = outcomes.iter().filter(|o| o.failed()).count() as u64;
+                    (passed + outcomes.len() as u64 - bad, failed + bad)
                 }
                 Err(e) => {
                     eprintln!("fuzz smoke run failed: {e:#}");
@@ -164,6 +164,9 @@ fn main() -> Result<()> {
             std::fs::write("fuzz/RESULTS.md", &table)?;
             if outcomes.iter().any(|o| o.crashed) {
                 bail!("a fuzz target crashed; its input is in fuzz/artifacts/");
+            }
+            if outcomes.iter().any(|o| o.runs == 0) {
+                bail!("a fuzz target ran no input");
             }
             Ok(())
         }

@@ -42,6 +42,12 @@ pub fn run() -> Result<()> {
     let initrd = initramfs(&kernel_dir, &version)?;
     let vmlinuz = kernel_dir.join(format!("boot/vmlinuz-{version}"));
     println!("vmtest: booting {version} under qemu (TCG); prepared in {:.1} s", t0.elapsed().as_secs_f64());
+    boot(&vmlinuz, &initrd)
+}
+
+/// Boots the guest and judges its verdict (see wg_tests::vm): qemu's pass status and the
+/// guest's summary of every check passed; qemu's own complaints are shown on failure.
+fn boot(vmlinuz: &Path, initrd: &Path) -> Result<()> {
     let t1 = Instant::now();
     let out = Command::new("timeout")
         .args([
@@ -61,9 +67,9 @@ pub fn run() -> Result<()> {
             "none",
         ])
         .arg("-kernel")
-        .arg(&vmlinuz)
+        .arg(vmlinuz)
         .arg("-initrd")
-        .arg(&initrd)
+        .arg(initrd)
         .args(["-append", "console=ttyS0 panic=-1 quiet", "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
         .stdin(Stdio::null())
         .output()
@@ -74,10 +80,7 @@ pub fn run() -> Result<()> {
     }
     let code = out.status.code();
     println!("vmtest: guest ran {:.1} s; qemu exit status {code:?}", t1.elapsed().as_secs_f64());
-    if code != Some(1) {
-        bail!("the kernel-WireGuard suite failed in the guest (qemu status {code:?}; 1 = passed)");
-    }
-    Ok(())
+    wg_tests::vm::verdict(code, &text, &String::from_utf8_lossy(&out.stderr)).map_err(anyhow::Error::msg)
 }
 
 /// Debian's current cloud kernel, extracted under target/vm (downloaded once).
@@ -237,4 +240,18 @@ fn sh(c: &mut Command) -> Result<()> {
         bail!("{c:?} failed ({s})");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A VM that cannot boot is no pass: qemu exits 1 for a kernel it cannot load, which the
+    /// old verdict took for the guest's pass.
+    #[test]
+    fn a_vm_that_cannot_boot_fails() {
+        let err = boot(Path::new("/nonexistent/vmlinuz"), Path::new("/nonexistent/initrd")).unwrap_err().to_string();
+        assert!(err.contains("qemu status Some(1)"), "{err}");
+        assert!(err.contains("qemu said:") && err.contains("/nonexistent/vmlinuz"), "{err}");
+    }
 }
