@@ -58,13 +58,13 @@ impl Collector for FamilyOf {
     }
 }
 
-/// One family's text, and its gzip piece if asked for; `last` ends the page.
+/// One family's text; `last` ends the page.
 fn encode_family(
     page: &Arc<Page>,
     i: usize,
     family: &'static Family,
     format: Format,
-) -> Result<Piece, std::fmt::Error> {
+) -> Result<String, std::fmt::Error> {
     let last = i == FAMILIES - 1;
     let mut registry = Registry::default();
     registry.register_collector(Box::new(FamilyOf { page: page.clone(), family }));
@@ -78,15 +78,49 @@ fn encode_family(
         encoding::prometheus_text::encode(&mut text, &registry)?;
     }
     LAST_SIZE[i].store(text.len(), Ordering::Relaxed);
-    if format.gzip {
-        return Ok(Piece::Gzip(gzip::deflate(text.as_bytes(), last).map_err(|_| std::fmt::Error)?));
-    }
-    Ok(Piece::Text(text))
+    Ok(text)
 }
 
-enum Piece {
-    Text(String),
-    Gzip(gzip::Piece),
+/// Runs `work` on `threads` threads (the first is this one) and gathers what they return.
+fn on_threads<T: Send>(
+    threads: usize,
+    work: impl Fn() -> Result<Vec<T>, std::fmt::Error> + Sync,
+) -> Result<Vec<T>, std::fmt::Error> {
+    std::thread::scope(|scope| {
+        let others: Vec<_> = (1..threads).map(|_| scope.spawn(&work)).collect();
+        let mut all = work()?;
+        for t in others {
+            all.extend(t.join().map_err(|_| std::fmt::Error)??);
+        }
+        Ok(all)
+    })
+}
+
+/// The texts gzipped as one member: cut into `threads` runs of about equal size, in order,
+/// each compressed by a thread of its own.
+fn gzip_texts(texts: &[String], threads: usize) -> Result<Bytes, std::fmt::Error> {
+    let total: usize = texts.iter().map(String::len).sum();
+    let mut runs: Vec<Vec<&[u8]>> = vec![Vec::new()];
+    let mut size = 0;
+    for t in texts {
+        if size >= total.div_ceil(threads) * runs.len() && runs.len() < threads {
+            runs.push(Vec::new());
+        }
+        size += t.len();
+        runs.last_mut().expect("one run at least").push(t.as_bytes());
+    }
+    let count = runs.len();
+    let next = AtomicUsize::new(0);
+    let mut pieces = on_threads(threads, || {
+        let mut done = Vec::new();
+        loop {
+            let r = next.fetch_add(1, Ordering::Relaxed);
+            let Some(run) = runs.get(r) else { return Ok(done) };
+            done.push((r, gzip::deflate_all(run, r + 1 == count).map_err(|_| std::fmt::Error)?));
+        }
+    })?;
+    pieces.sort_unstable_by_key(|(r, _)| *r);
+    Ok(Bytes::from(gzip::member(pieces.into_iter().map(|(_, p)| p).collect())))
 }
 
 /// An encoded page: its pieces in order, sent as they are (joining them would copy the whole
@@ -113,31 +147,21 @@ impl Encoded {
 pub fn encode(page: Page, format: Format) -> Result<Encoded, std::fmt::Error> {
     let page = Arc::new(page);
     let families: Vec<&'static Family> = super::families().collect();
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, THREADS);
     let next = AtomicUsize::new(0);
-    // Each thread: (family index, piece) for the families it took.
-    let work = || -> Result<Vec<(usize, Piece)>, std::fmt::Error> {
+    // Each thread takes the next family as it finishes one: (family index, its text).
+    let mut texts = on_threads(threads, || {
         let mut done = Vec::new();
         loop {
             let i = next.fetch_add(1, Ordering::Relaxed);
             let Some(f) = families.get(i) else { return Ok(done) };
             done.push((i, encode_family(&page, i, f, format)?));
         }
-    };
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, THREADS);
-    let mut pieces: Vec<(usize, Piece)> = std::thread::scope(|scope| {
-        let others: Vec<_> = (1..threads).map(|_| scope.spawn(work)).collect();
-        let mut all = work()?;
-        for t in others {
-            all.extend(t.join().map_err(|_| std::fmt::Error)??);
-        }
-        Ok::<_, std::fmt::Error>(all)
     })?;
-    pieces.sort_unstable_by_key(|(i, _)| *i);
+    texts.sort_unstable_by_key(|(i, _)| *i);
+    let texts: Vec<String> = texts.into_iter().map(|(_, t)| t).collect();
     if format.gzip {
-        let gz = pieces.into_iter().filter_map(|(_, p)| if let Piece::Gzip(g) = p { Some(g) } else { None });
-        return Ok(Encoded(vec![Bytes::from(gzip::member(gz.collect()))]));
+        return Ok(Encoded(vec![gzip_texts(&texts, threads)?]));
     }
-    let texts =
-        pieces.into_iter().filter_map(|(_, p)| if let Piece::Text(t) = p { Some(Bytes::from(t)) } else { None });
-    Ok(Encoded(texts.collect()))
+    Ok(Encoded(texts.into_iter().map(Bytes::from).collect()))
 }
