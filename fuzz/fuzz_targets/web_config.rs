@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use wg_collector::web::{config::WebConfig, listen::ListenAddress};
+use wg_collector::http::{config::WebConfig, listen::ListenAddress};
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);

@@ -17,11 +17,9 @@ pub const GROUP: Group = Group {
             per_peer: None,
             shown: always,
             samples: |page, s| {
-                for d in &page.snap.devices {
-                    let n = page.omitted.iter().find(|(name, _)| *name == d.found.name).map_or(0, |(_, n)| *n);
-                    s.gauge(&[("device", d.found.name.as_str())], n as i64)?;
-                }
-                Ok(())
+                s.device_gauges(page, |d| {
+                    page.omitted.iter().find(|(name, _)| *name == d.found.name).map_or(0, |(_, n)| *n as i64)
+                })
             },
         },
         Family {

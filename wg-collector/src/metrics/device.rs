@@ -67,12 +67,7 @@ pub const GROUP: Group = Group {
             labels: &["device"],
             per_peer: None,
             shown: always,
-            samples: |page, s| {
-                for d in &page.snap.devices {
-                    s.gauge(&[("device", d.found.name.as_str())], d.state.peers.len() as i64)?;
-                }
-                Ok(())
-            },
+            samples: |page, s| s.device_gauges(page, |d| d.state.peers.len() as i64),
         },
         Family {
             name: "wireguard_peers_active",
@@ -81,12 +76,7 @@ pub const GROUP: Group = Group {
             labels: &["device"],
             per_peer: None,
             shown: always,
-            samples: |page, s| {
-                for d in &page.snap.devices {
-                    s.gauge(&[("device", d.found.name.as_str())], d.active as i64)?;
-                }
-                Ok(())
-            },
+            samples: |page, s| s.device_gauges(page, |d| d.active as i64),
         },
         Family {
             name: "wireguard_peers_added",
@@ -95,12 +85,7 @@ pub const GROUP: Group = Group {
             labels: &["device"],
             per_peer: None,
             shown: always,
-            samples: |page, s| {
-                for d in &page.snap.devices {
-                    s.counter(&[("device", d.found.name.as_str())], d.lifecycle.added)?;
-                }
-                Ok(())
-            },
+            samples: |page, s| s.device_counters(page, |d| d.lifecycle.added),
         },
         Family {
             name: "wireguard_peers_removed",
@@ -109,12 +94,7 @@ pub const GROUP: Group = Group {
             labels: &["device"],
             per_peer: None,
             shown: always,
-            samples: |page, s| {
-                for d in &page.snap.devices {
-                    s.counter(&[("device", d.found.name.as_str())], d.lifecycle.removed)?;
-                }
-                Ok(())
-            },
+            samples: |page, s| s.device_counters(page, |d| d.lifecycle.removed),
         },
         Family {
             name: "wireguard_address_pool_size",

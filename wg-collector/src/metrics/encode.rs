@@ -81,19 +81,32 @@ fn encode_family(
     Ok(text)
 }
 
-/// Runs `work` on `threads` threads (the first is this one) and gathers what they return.
-fn on_threads<T: Send>(
+/// `f` of every item, by `threads` threads (the first is this one) that each take the next
+/// item as they finish one; the results in the items' order.
+fn shared_out<I: Sync, T: Send>(
+    items: &[I],
     threads: usize,
-    work: impl Fn() -> Result<Vec<T>, std::fmt::Error> + Sync,
+    f: impl Fn(usize, &I) -> Result<T, std::fmt::Error> + Sync,
 ) -> Result<Vec<T>, std::fmt::Error> {
-    std::thread::scope(|scope| {
-        let others: Vec<_> = (1..threads).map(|_| scope.spawn(&work)).collect();
+    let next = AtomicUsize::new(0);
+    let work = || -> Result<Vec<(usize, T)>, std::fmt::Error> {
+        let mut done = Vec::new();
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(item) = items.get(i) else { return Ok(done) };
+            done.push((i, f(i, item)?));
+        }
+    };
+    let mut all = std::thread::scope(|scope| {
+        let others: Vec<_> = (1..threads).map(|_| scope.spawn(work)).collect();
         let mut all = work()?;
         for t in others {
             all.extend(t.join().map_err(|_| std::fmt::Error)??);
         }
-        Ok(all)
-    })
+        Ok::<_, std::fmt::Error>(all)
+    })?;
+    all.sort_unstable_by_key(|(i, _)| *i);
+    Ok(all.into_iter().map(|(_, t)| t).collect())
 }
 
 /// The texts gzipped as one member: cut into `threads` runs of about equal size, in order,
@@ -110,17 +123,9 @@ fn gzip_texts(texts: &[String], threads: usize) -> Result<Bytes, std::fmt::Error
         runs.last_mut().expect("one run at least").push(t.as_bytes());
     }
     let count = runs.len();
-    let next = AtomicUsize::new(0);
-    let mut pieces = on_threads(threads, || {
-        let mut done = Vec::new();
-        loop {
-            let r = next.fetch_add(1, Ordering::Relaxed);
-            let Some(run) = runs.get(r) else { return Ok(done) };
-            done.push((r, gzip::deflate_all(run, r + 1 == count).map_err(|_| std::fmt::Error)?));
-        }
-    })?;
-    pieces.sort_unstable_by_key(|(r, _)| *r);
-    Ok(Bytes::from(gzip::member(pieces.into_iter().map(|(_, p)| p).collect())))
+    let pieces =
+        shared_out(&runs, threads, |r, run| gzip::deflate_all(run, r + 1 == count).map_err(|_| std::fmt::Error))?;
+    Ok(Bytes::from(gzip::member(pieces)))
 }
 
 /// An encoded page: its pieces in order, sent as they are (joining them would copy the whole
@@ -148,18 +153,7 @@ pub fn encode(page: Page, format: Format) -> Result<Encoded, std::fmt::Error> {
     let page = Arc::new(page);
     let families: Vec<&'static Family> = super::families().collect();
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, THREADS);
-    let next = AtomicUsize::new(0);
-    // Each thread takes the next family as it finishes one: (family index, its text).
-    let mut texts = on_threads(threads, || {
-        let mut done = Vec::new();
-        loop {
-            let i = next.fetch_add(1, Ordering::Relaxed);
-            let Some(f) = families.get(i) else { return Ok(done) };
-            done.push((i, encode_family(&page, i, f, format)?));
-        }
-    })?;
-    texts.sort_unstable_by_key(|(i, _)| *i);
-    let texts: Vec<String> = texts.into_iter().map(|(_, t)| t).collect();
+    let texts = shared_out(&families, threads, |i, f| encode_family(&page, i, f, format))?;
     if format.gzip {
         return Ok(Encoded(vec![gzip_texts(&texts, threads)?]));
     }

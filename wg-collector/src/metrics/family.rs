@@ -7,8 +7,8 @@ use prometheus_client::{
     metrics::MetricType,
 };
 
-use super::page::{Page, PeerView};
-use crate::histogram::Series;
+use super::page::{Page, PeerView, Row};
+use crate::{histogram::Series, refresh::DeviceSnapshot, wireguard::Peer};
 
 /// The Prometheus type of a family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,6 +94,30 @@ impl Samples<'_> {
 
     pub fn gauge(&mut self, labels: &impl EncodeLabelSet, v: impl EncodeGaugeValue) -> std::fmt::Result {
         self.0.encode_family(labels)?.encode_gauge(&v)
+    }
+
+    /// One gauge per device, labelled with it.
+    pub fn device_gauges(&mut self, page: &Page, value: impl Fn(&DeviceSnapshot) -> i64) -> std::fmt::Result {
+        for d in &page.snap.devices {
+            self.gauge(&[("device", d.found.name.as_str())], value(d))?;
+        }
+        Ok(())
+    }
+
+    /// One counter per device, labelled with it.
+    pub fn device_counters(&mut self, page: &Page, value: impl Fn(&DeviceSnapshot) -> u64) -> std::fmt::Result {
+        for d in &page.snap.devices {
+            self.counter(&[("device", d.found.name.as_str())], value(d))?;
+        }
+        Ok(())
+    }
+
+    /// One counter per peer on the page, labelled with its device and key.
+    pub fn peer_counters(&mut self, page: &Page, value: impl Fn(&Peer, &Row) -> u64) -> std::fmt::Result {
+        for (p, row, labels) in page.peers() {
+            self.counter(&labels, value(p, row))?;
+        }
+        Ok(())
     }
 
     pub fn histogram(&mut self, labels: &impl EncodeLabelSet, s: &Series, page: &Page) -> std::fmt::Result {

@@ -41,12 +41,7 @@ pub const GROUP: Group = Group {
             labels: PEER,
             per_peer: Some(one),
             shown: always,
-            samples: |page, s| {
-                for (_, row, labels) in page.peers() {
-                    s.counter(&labels, row.endpoint_changes)?;
-                }
-                Ok(())
-            },
+            samples: |page, s| s.peer_counters(page, |_, row| row.endpoint_changes),
         },
         Family {
             name: "wireguard_peer_receive_bytes",
@@ -55,12 +50,7 @@ pub const GROUP: Group = Group {
             labels: PEER,
             per_peer: Some(one),
             shown: always,
-            samples: |page, s| {
-                for (p, _, labels) in page.peers() {
-                    s.counter(&labels, p.rx_bytes)?;
-                }
-                Ok(())
-            },
+            samples: |page, s| s.peer_counters(page, |p, _| p.rx_bytes),
         },
         Family {
             name: "wireguard_peer_transmit_bytes",
@@ -69,12 +59,7 @@ pub const GROUP: Group = Group {
             labels: PEER,
             per_peer: Some(one),
             shown: always,
-            samples: |page, s| {
-                for (p, _, labels) in page.peers() {
-                    s.counter(&labels, p.tx_bytes)?;
-                }
-                Ok(())
-            },
+            samples: |page, s| s.peer_counters(page, |p, _| p.tx_bytes),
         },
         Family {
             name: "wireguard_peer_last_handshake_seconds",
