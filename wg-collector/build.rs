@@ -13,6 +13,25 @@ fn main() {
     for p in ["src", "Cargo.toml", "Cargo.lock", ".cargo/config.toml", "common/src", "common/Cargo.toml"] {
         println!("cargo:rerun-if-changed={}", ebpf_dir.join(p).display());
     }
+    // --version names the commit it was built from (a release built outside git: "unknown").
+    let git = manifest.parent().unwrap().join(".git");
+    println!("cargo:rerun-if-changed={}", git.join("HEAD").display());
+    // The branch HEAD names moves with each commit.
+    if let Some(branch) = std::fs::read_to_string(git.join("HEAD"))
+        .ok()
+        .and_then(|h| h.strip_prefix("ref: ").map(|r| r.trim().to_string()))
+    {
+        println!("cargo:rerun-if-changed={}", git.join(branch).display());
+    }
+    let commit = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(&manifest)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=WG_COLLECTOR_COMMIT={commit}");
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").unwrap());
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
 

@@ -64,3 +64,15 @@ fn refuses_an_open_non_loopback_listener_and_weak_tokens() {
     assert!(err.contains("line 1: a well-known default token"), "{err}");
     assert!(empty.contains("no token in it"), "{empty}");
 }
+
+#[test]
+fn version_names_the_commit_and_the_map_layout() {
+    let out = Command::new(binary().unwrap()).arg("--version").output().unwrap();
+    assert!(out.status.success());
+    let v = String::from_utf8_lossy(&out.stdout);
+    let layout = format!("eBPF map layout {:#x}", wg_common::pinning::layout());
+    assert!(
+        v.starts_with(&format!("wg-collector {} (commit ", env!("CARGO_PKG_VERSION"))) && v.contains(&layout),
+        "{v}"
+    );
+}

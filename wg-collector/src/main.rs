@@ -1,7 +1,6 @@
 use std::{process::ExitCode, sync::Arc};
 
 use anyhow::{bail, Context, Result};
-use clap::Parser;
 use wg_collector::{
     bpf::{ensure_bpffs, sweep, PinDir, PinOptions, DEFAULT_PIN_ROOT},
     config::{Args, Config, PinRequest},
@@ -31,7 +30,7 @@ fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let config = match Config::try_from(Args::parse()) {
+    let config = match Config::try_from(Args::parse_with_version()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("wg-collector: {e}");

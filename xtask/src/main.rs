@@ -3,6 +3,7 @@
 
 mod bench;
 mod demo;
+mod dist;
 mod fuzz;
 mod lint;
 mod setup;
@@ -26,6 +27,8 @@ struct Cli {
 enum Task {
     /// Install what building and testing need (Debian packages, bpf-linker, boringtun, cargo-fuzz); idempotent.
     Setup,
+    /// The release binary for any x86_64 Linux, statically linked, in target/dist/.
+    Dist,
     /// Build the eBPF programs and the collector.
     Build {
         #[arg(long)]
@@ -108,6 +111,12 @@ fn main() -> Result<()> {
                     (p, f + 1)
                 }
             });
+            // The static release binary, so it cannot rot.
+            let dist = dist::run();
+            if let Err(e) = &dist {
+                eprintln!("dist failed: {e:#}");
+            }
+            let (passed, failed) = if dist.is_ok() { (passed + 1, failed) } else { (passed, failed + 1) };
             // Kernel WireGuard, in a qemu guest (setup installed qemu).
             let vm = vm::run();
             if let Err(e) = &vm {
@@ -134,12 +143,16 @@ fn main() -> Result<()> {
                     (passed, failed + 1)
                 }
             };
-            println!("\nxtask test: {passed} passed, {failed} failed (cargo test, rustfmt and clippy, the kernel-WireGuard VM, bench --quick, the demo and 5 s of each fuzz target)");
+            println!("\nxtask test: {passed} passed, {failed} failed (cargo test, rustfmt and clippy, the static binary, the kernel-WireGuard VM, bench --quick, the demo and 5 s of each fuzz target)");
             demo?;
             if failed > 0 {
                 bail!("{failed} tests failed");
             }
             Ok(())
+        }
+        Task::Dist => {
+            setup::run()?;
+            dist::run().map(|_| ())
         }
         Task::Lint => {
             let failed: Vec<&str> = lint::run().into_iter().filter(|(_, r)| r.is_err()).map(|(n, _)| n).collect();

@@ -3,7 +3,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use wg_common::{DEFAULT_MAX_ALLOWED_IPS, DEFAULT_MAX_HIST_ENTRIES, DEFAULT_MAX_PEERS, DEFAULT_MAX_PENDING};
 
 use crate::{
@@ -141,4 +141,26 @@ pub struct Args {
     /// and exit. For uninstalling.
     #[arg(long = "bpf.unpin", conflicts_with = "no_pin")]
     pub unpin: bool,
+}
+
+/// What `--version` prints: the version, the commit it was built from, and the layout of the
+/// maps it pins (two builds with the same layout adopt each other's pins).
+pub fn version() -> &'static str {
+    static VERSION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    VERSION.get_or_init(|| {
+        format!(
+            "{} (commit {}, eBPF map layout {:#x})",
+            env!("CARGO_PKG_VERSION"),
+            env!("WG_COLLECTOR_COMMIT"),
+            wg_common::pinning::layout()
+        )
+    })
+}
+
+impl Args {
+    /// The command line, with [`version`] for `--version`; exits on bad flags, as clap does.
+    pub fn parse_with_version() -> Self {
+        let matches = Self::command().version(version()).get_matches();
+        Self::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    }
 }

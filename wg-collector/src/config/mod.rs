@@ -6,7 +6,7 @@ mod args;
 
 use std::{path::PathBuf, time::Duration};
 
-pub use args::Args;
+pub use args::{version, Args};
 use thiserror::Error;
 
 use crate::{

@@ -18,6 +18,15 @@ fn refused(flags: &[&str]) -> String {
 }
 
 #[test]
+fn version_names_the_commit_and_the_map_layout() {
+    let v = version();
+    assert!(v.starts_with(env!("CARGO_PKG_VERSION")), "{v}");
+    assert!(v.contains(&format!("eBPF map layout {:#x}", wg_common::pinning::layout())), "{v}");
+    let commit = v.split("commit ").nth(1).and_then(|r| r.split(',').next()).unwrap();
+    assert!(commit == "unknown" || (commit.len() == 12 && commit.chars().all(|c| c.is_ascii_hexdigit())), "{v}");
+}
+
+#[test]
 fn defaults() {
     let c = config(&[]).unwrap();
     assert_eq!(c.web.listen, None);
