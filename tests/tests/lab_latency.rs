@@ -15,15 +15,17 @@ use wg_tests::{
 /// Where the histogram's median may lie around the probe's median `truth`, as (lowest,
 /// highest). Through the relay (20 ms and more of round trip) the probes' own overhead is
 /// negligible and the bound is the histogram's resolution: ±5 %, under one kernel bucket
-/// (6.25 %), as the quantile interpolates inside the bucket. On the direct path (~0.3 ms)
+/// (6.25 %), as the quantile interpolates inside the bucket. On the direct path (0.5–1 ms)
 /// the probes' times also hold this host's own socket path, which the hooks on the WireGuard
-/// interface do not see (tens of µs: up to ~25 % here), so the histogram may lie up to 30 %
-/// below, and no more than one bucket and a little above. Half or double never passes.
-fn bounds(truth: f64, direct: bool) -> (f64, f64) {
-    if direct {
-        (truth * 0.70, truth * 1.10)
-    } else {
-        (truth * 0.95, truth * 1.05)
+/// interface do not see: for ping and the timed round trips up to ~25 % (so the histogram may
+/// lie 30 % below); for connect() also the socket's creation and the wakeup of the connecting
+/// thread, up to ~0.35 ms of a ~1 ms connect on a loaded 2-core CI run (68 % seen there), so
+/// 45 % below. Above, no more than one bucket and a little. Half or double never passes.
+fn bounds(truth: f64, direct: bool, method: &str) -> (f64, f64) {
+    match (direct, method) {
+        (false, _) => (truth * 0.95, truth * 1.05),
+        (true, "tcp_syn") => (truth * 0.55, truth * 1.10),
+        (true, _) => (truth * 0.70, truth * 1.10),
     }
 }
 
@@ -58,10 +60,10 @@ fn check(m: &Metrics, lab: &Lab, method: &str, probe: &[Duration], direct: bool,
         probe_mean * 1e3
     );
     assert!(n >= samples.0 && n <= samples.1, "{method}: {n} samples, expected {samples:?}");
-    let (low, high) = bounds(truth, direct);
+    let (low, high) = bounds(truth, direct, method);
     assert!(got >= low && got <= high, "{method}: histogram median {got} s, probe {truth} s: outside [{low}, {high}]");
     if samples.0 == samples.1 {
-        let (low, high) = bounds(probe_mean, direct);
+        let (low, high) = bounds(probe_mean, direct, method);
         assert!(
             mean >= low && mean <= high,
             "{method}: histogram mean {mean} s, probe {probe_mean} s: outside [{low}, {high}]"
@@ -148,7 +150,7 @@ fn handshake_round_trips_match_the_injected_delay() {
             .unwrap_or_else(|| panic!("no {role} samples:\n{}", m.text));
         println!("handshake {role}: median {:.3} ms over {n}, ping median {:.3} ms", got * 1e3, truth * 1e3);
         assert_eq!(n, 3.0, "{role}");
-        let (low, high) = bounds(truth, false);
+        let (low, high) = bounds(truth, false, role);
         assert!(got >= low && got <= high, "{role}: {got} s vs ping's {truth} s: outside [{low}, {high}]");
     }
 }
