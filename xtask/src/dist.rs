@@ -1,15 +1,54 @@
-//! `cargo xtask dist`: the release binary for any x86_64 Linux, statically linked (glibc's
-//! static libraries, `+crt-static`; the eBPF object is embedded already), in target/dist/.
-//! Checked: ldd finds no shared library, and `--version` runs and names the commit.
+//! `cargo xtask dist`: what an operator installs, in target/dist/, each checked as it is
+//! made: the release binary for any x86_64 Linux, statically linked (glibc's static
+//! libraries, `+crt-static`; the eBPF object is embedded already: ldd must find no shared
+//! library, `--version` must name the commit), the .deb and the .rpm around it
+//! (package.rs), and the OCI image (image.rs).
 
-use std::{path::PathBuf, process::Command, time::Instant};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Instant,
+};
 
 use anyhow::{bail, Context, Result};
 
-const TARGET: &str = "x86_64-unknown-linux-gnu";
+pub const TARGET: &str = "x86_64-unknown-linux-gnu";
 
-/// Builds and checks the binary; returns its path.
+/// Builds and checks everything; prints each artifact's size and build time. Returns the
+/// .deb (the boot test installs it).
 pub fn run() -> Result<PathBuf> {
+    let t = Instant::now();
+    let binary = binary()?;
+    let built = t.elapsed();
+    crate::package::docs()?;
+    let t = Instant::now();
+    let deb = crate::package::deb(&binary)?;
+    let deb_time = t.elapsed();
+    let t = Instant::now();
+    let rpm = crate::package::rpm(&binary)?;
+    let rpm_time = t.elapsed();
+    let t = Instant::now();
+    let image = crate::image::build(&binary)?;
+    let image_time = t.elapsed();
+    println!("dist: made and checked, in target/dist/:");
+    for (what, path, took) in
+        [("binary", &binary, built), (".deb", &deb, deb_time), (".rpm", &rpm, rpm_time), ("image", &image, image_time)]
+    {
+        println!("  {what:7} {:50} {:>6.1} MiB {:>6.1} s", file_name(path), mib(path), took.as_secs_f64());
+    }
+    Ok(deb)
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+fn mib(p: &Path) -> f64 {
+    std::fs::metadata(p).map(|m| m.len() as f64 / (1 << 20) as f64).unwrap_or(0.0)
+}
+
+/// Builds and checks the static binary; returns its path in target/dist.
+fn binary() -> Result<PathBuf> {
     let t0 = Instant::now();
     // With --target, RUSTFLAGS reach only the target's code, not build scripts and proc macros
     // (which must stay dynamic to load); wg-collector's build.rs clears it for the eBPF build.
@@ -26,6 +65,8 @@ pub fn run() -> Result<PathBuf> {
             "wg-collector",
         ])
         .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        // Symbols stripped (10.9 to 9.2 MiB): nothing a user reads; panics still name file and line.
+        .env("CARGO_PROFILE_RELEASE_STRIP", "symbols")
         .status()
         .context("running cargo")?;
     if !status.success() {
@@ -58,7 +99,7 @@ pub fn run() -> Result<PathBuf> {
     Ok(dest)
 }
 
-fn output(c: &mut Command) -> Result<String> {
+pub fn output(c: &mut Command) -> Result<String> {
     let o = c.output().with_context(|| format!("running {c:?}"))?;
     if !o.status.success() {
         bail!("{c:?} failed: {}", String::from_utf8_lossy(&o.stderr));

@@ -5,7 +5,9 @@ mod bench;
 mod demo;
 mod dist;
 mod fuzz;
+mod image;
 mod lint;
+mod package;
 mod setup;
 mod test;
 mod vm;
@@ -27,8 +29,13 @@ struct Cli {
 enum Task {
     /// Install what building and testing need (Debian packages, bpf-linker, boringtun, cargo-fuzz); idempotent.
     Setup,
-    /// The release binary for any x86_64 Linux, statically linked, in target/dist/.
-    Dist,
+    /// What an operator installs, in target/dist/: the static binary, the .deb, the .rpm
+    /// and the OCI image, each checked.
+    Dist {
+        /// Then run the image with podman against a lab and read exact counts (as `test` does).
+        #[arg(long)]
+        run_image: bool,
+    },
     /// Build the eBPF programs and the collector.
     Build {
         #[arg(long)]
@@ -111,8 +118,9 @@ fn main() -> Result<()> {
                     (p, f + 1)
                 }
             });
-            // The static release binary, so it cannot rot.
-            let dist = dist::run();
+            // The static binary, the packages and the image, so they cannot rot; the image
+            // then runs against a lab.
+            let dist = dist::run().and_then(|_| image::run_against_lab());
             if let Err(e) = &dist {
                 eprintln!("dist failed: {e:#}");
             }
@@ -150,9 +158,13 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        Task::Dist => {
+        Task::Dist { run_image } => {
             setup::run()?;
-            dist::run().map(|_| ())
+            dist::run()?;
+            if run_image {
+                image::run_against_lab()?;
+            }
+            Ok(())
         }
         Task::Lint => {
             let failed: Vec<&str> = lint::run().into_iter().filter(|(_, r)| r.is_err()).map(|(n, _)| n).collect();

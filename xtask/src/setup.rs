@@ -35,11 +35,20 @@ const PACKAGES: &[&str] = &[
     "cpio",
     "kmod",
     "xz-utils",
+    // cargo xtask dist: lintian checks the .deb, rpm lists the .rpm, buildah builds the
+    // image and podman (with runc) runs it.
+    "lintian",
+    "rpm",
+    "buildah",
+    "podman",
+    "runc",
 ];
 
 const BPF_LINKER: &str = "0.13.0";
 const BORINGTUN: &str = "0.7.1";
 const CARGO_FUZZ: &str = "0.13.2";
+const CARGO_DEB: &str = "3.8.0";
+const CARGO_GENERATE_RPM: &str = "0.21.1";
 
 pub fn run() -> Result<()> {
     let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
@@ -75,6 +84,13 @@ pub fn run() -> Result<()> {
     if !has_version("cargo-fuzz", CARGO_FUZZ) {
         eprintln!("setup: building cargo-fuzz {CARGO_FUZZ} (about a minute; cargo xtask fuzz)");
         sh(cargo().args(["install", "cargo-fuzz", "--locked", "--version", CARGO_FUZZ]))?;
+    }
+    // The packagers (cargo xtask dist): the .deb and .rpm from wg-collector/Cargo.toml's metadata.
+    for (krate, version) in [("cargo-deb", CARGO_DEB), ("cargo-generate-rpm", CARGO_GENERATE_RPM)] {
+        if !has_version(krate, version) {
+            eprintln!("setup: building {krate} {version} (about a minute)");
+            sh(cargo().args(["install", krate, "--locked", "--version", version]))?;
+        }
     }
     Ok(())
 }
