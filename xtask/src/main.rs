@@ -2,10 +2,12 @@
 //! `setup` first, so a fresh Debian 12 machine needs nothing but cargo and root.
 
 mod bench;
+mod boot;
 mod demo;
 mod dist;
 mod fuzz;
 mod image;
+mod kernels;
 mod lint;
 mod package;
 mod setup;
@@ -51,8 +53,18 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
-    /// Kernel WireGuard in a qemu guest: the kernel-WireGuard suite (tests/src/bin/vm-suite.rs).
-    Vmtest,
+    /// Kernel WireGuard in qemu guests: the kernel-WireGuard suite (tests/src/bin/vm-suite.rs)
+    /// on Debian's cloud kernels, or with --boot the .deb under systemd on Debian 13.
+    Vmtest {
+        /// Kernels to run the suite on: 5.10, 6.1, 6.12 or all (repeatable) [default: what
+        /// CI runs, vm::CI_KERNELS].
+        #[arg(long, value_parser = parse_kernels)]
+        kernel: Vec<Vec<kernels::Kernel>>,
+        /// Instead: boot Debian 13 with systemd, install the .deb, run the shipped unit
+        /// (tests/src/bin/boot-suite.rs).
+        #[arg(long, conflicts_with = "kernel")]
+        boot: bool,
+    },
     /// Run the collector for --minutes under churn, scrapes and pings; RSS and file
     /// descriptors must stay flat. Writes the soak section of BENCHMARKS.md.
     Soak {
@@ -118,41 +130,43 @@ fn main() -> Result<()> {
                     (p, f + 1)
                 }
             });
-            // The static binary, the packages and the image, so they cannot rot; the image
-            // then runs against a lab.
-            let dist = dist::run().and_then(|_| image::run_against_lab());
-            if let Err(e) = &dist {
-                eprintln!("dist failed: {e:#}");
-            }
-            let (passed, failed) = if dist.is_ok() { (passed + 1, failed) } else { (passed, failed + 1) };
-            // Kernel WireGuard, in a qemu guest (setup installed qemu).
-            let vm = vm::run();
-            if let Err(e) = &vm {
-                eprintln!("vmtest failed: {e:#}");
-            }
-            let (passed, failed) = if vm.is_ok() { (passed + 1, failed) } else { (passed, failed + 1) };
-            // The benchmark's smoke mode, so it cannot rot.
-            let bench = bench::run(true);
-            if let Err(e) = &bench {
-                eprintln!("bench --quick failed: {e:#}");
-            }
-            let (passed, failed) = if bench.is_ok() { (passed + 1, failed) } else { (passed, failed + 1) };
-            // The README's demo, briefly, so it cannot rot.
-            let demo = demo::run(Implementation::WireguardGo, Some(3), "127.0.0.1:0".parse()?);
-            let (passed, failed) = if demo.is_ok() { (passed + 1, failed) } else { (passed, failed + 1) };
-            // A few seconds of each fuzz target, so none of them rots.
-            let (passed, failed) = match fuzz::run(5) {
-                Ok(outcomes) => {
-                    let bad = outcomes.iter().filter(|o| o.failed()).count() as u64;
-                    (passed + outcomes.len() as u64 - bad, failed + bad)
-                }
+            let (mut passed, mut failed) = (passed, failed);
+            let mut tally = |what: &str, r: Result<()>| match r {
+                Ok(()) => passed += 1,
                 Err(e) => {
-                    eprintln!("fuzz smoke run failed: {e:#}");
-                    (passed, failed + 1)
+                    eprintln!("{what} failed: {e:#}");
+                    failed += 1;
                 }
             };
-            println!("\nxtask test: {passed} passed, {failed} failed (cargo test, rustfmt and clippy, the static binary, the kernel-WireGuard VM, bench --quick, the demo and 5 s of each fuzz target)");
-            demo?;
+            // The static binary, the packages and the image, so they cannot rot; the image
+            // then runs against a lab, the .deb under systemd in a Debian 13 guest.
+            let deb = dist::run();
+            tally("dist", deb.as_ref().map(|_| ()).map_err(|e| anyhow::anyhow!("{e:#}")));
+            tally("the image in podman", image::run_against_lab());
+            tally("vmtest --boot", deb.and_then(|deb| boot::run(&deb)));
+            // Kernel WireGuard, in qemu guests on the kernels CI covers.
+            tally("vmtest", vm::run(vm::CI_KERNELS));
+            // The benchmark's smoke mode, so it cannot rot.
+            tally("bench --quick", bench::run(true));
+            // The README's demo, briefly, so it cannot rot.
+            tally("the demo", demo::run(Implementation::WireguardGo, Some(3), "127.0.0.1:0".parse()?));
+            // A few seconds of each fuzz target, so none of them rots.
+            match fuzz::run(5) {
+                Ok(outcomes) => {
+                    for o in &outcomes {
+                        tally(
+                            &format!("fuzz target {}", o.target),
+                            if o.failed() {
+                                Err(anyhow::anyhow!("{} runs, crashed: {}", o.runs, o.crashed))
+                            } else {
+                                Ok(())
+                            },
+                        );
+                    }
+                }
+                Err(e) => tally("the fuzz smoke run", Err(e)),
+            }
+            println!("\nxtask test: {passed} passed, {failed} failed (cargo test, rustfmt and clippy, dist and the image in podman, the .deb booted under systemd, the kernel-WireGuard VMs, bench --quick, the demo and 5 s of each fuzz target)");
             if failed > 0 {
                 bail!("{failed} tests failed");
             }
@@ -173,9 +187,14 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        Task::Vmtest => {
+        Task::Vmtest { kernel, boot } => {
             setup::run()?;
-            vm::run()
+            if boot {
+                let deb = dist::run()?;
+                return boot::run(&deb);
+            }
+            let kernels: Vec<kernels::Kernel> = kernel.into_iter().flatten().collect();
+            vm::run(if kernels.is_empty() { vm::CI_KERNELS } else { &kernels })
         }
         Task::Soak { minutes } => {
             setup::run()?;
@@ -209,6 +228,14 @@ fn main() -> Result<()> {
             demo::run(implementation.into(), seconds, listen)
         }
     }
+}
+
+/// `--kernel 6.12` or `--kernel all`.
+fn parse_kernels(s: &str) -> Result<Vec<kernels::Kernel>, String> {
+    if s == "all" {
+        return Ok(kernels::Kernel::ALL.to_vec());
+    }
+    kernels::Kernel::from_str(s, false).map(|k| vec![k]).map_err(|_| format!("{s:?}: one of 5.10, 6.1, 6.12, all"))
 }
 
 pub(crate) fn workspace_root() -> std::path::PathBuf {

@@ -42,6 +42,8 @@ const PACKAGES: &[&str] = &[
     "buildah",
     "podman",
     "runc",
+    // cargo xtask vmtest --boot: a Debian 13 root for the systemd boot test.
+    "mmdebstrap",
 ];
 
 const BPF_LINKER: &str = "0.13.0";

@@ -7,70 +7,68 @@
 //! exits qemu with 0, which fails).
 
 use std::{
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::Instant,
 };
 
 use anyhow::{bail, Context, Result};
+use wg_tests::vm::{Suite, KERNEL};
 
-const WORK: &str = "target/vm";
-/// The modules the guest loads, and what WireGuard depends on (resolved by depmod).
-const MODULES: &[&str] = &[
-    "wireguard",
-    "libchacha20poly1305",
-    "chacha-x86_64",
-    "poly1305-x86_64",
-    "ip6_udp_tunnel",
-    "udp_tunnel",
-    "curve25519-x86_64",
-    "libcurve25519-generic",
-    "libchacha",
-    "veth",
-    "sch_ingress",
-    "cls_bpf",
-];
+use crate::kernels::{self, Kernel};
+
+pub const WORK: &str = "target/vm";
+/// The modules the guests load; what they depend on comes from the kernel's modules.dep.
+pub const MODULES: &[&str] = &["wireguard", "veth", "sch_ingress", "cls_bpf"];
+/// The kernels `cargo xtask test` (CI) runs the suite on: the oldest supported and Debian
+/// 13's; the others on demand (`--kernel all`).
+pub const CI_KERNELS: &[Kernel] = &[Kernel::V6_1, Kernel::V6_12];
 /// Host tools the lab runs in the guest (with their shared libraries).
 const TOOLS: &[&str] = &["/usr/sbin/ip", "/usr/bin/wg", "/usr/bin/ping"];
 
-pub fn run() -> Result<()> {
-    let t0 = Instant::now();
+/// Runs the kernel-WireGuard suite on each kernel; every one is booted even when an earlier
+/// one failed, and a line per kernel says how it went.
+pub fn run(kernels: &[Kernel]) -> Result<()> {
     crate::cargo(&["build", "--release", "--package", "wg-collector", "--bin", "wg-collector"])?;
     crate::cargo(&["build", "--release", "--package", "wg-tests", "--bin", "vm-suite"])?;
     std::fs::create_dir_all(WORK)?;
-    let (kernel_dir, version) = kernel()?;
-    let initrd = initramfs(&kernel_dir, &version)?;
-    let vmlinuz = kernel_dir.join(format!("boot/vmlinuz-{version}"));
-    println!("vmtest: booting {version} under qemu (TCG); prepared in {:.1} s", t0.elapsed().as_secs_f64());
-    boot(&vmlinuz, &initrd)
+    let mut outcomes = Vec::new();
+    for &k in kernels {
+        let t0 = Instant::now();
+        let outcome = (|| {
+            let (kernel_dir, version) = kernels::fetch(k)?;
+            let initrd = initramfs(&kernel_dir, &version)?;
+            println!("vmtest: booting {version} under qemu (TCG); prepared in {:.1} s", t0.elapsed().as_secs_f64());
+            boot(&kernel_dir.join(format!("boot/vmlinuz-{version}")), &initrd, KERNEL, "1G", "quiet")
+        })();
+        if let Err(e) = &outcome {
+            eprintln!("vmtest {}: {e:#}", k.label());
+        }
+        outcomes.push((k, outcome.is_ok(), t0.elapsed()));
+    }
+    for (k, ok, took) in &outcomes {
+        println!("vmtest: {:18} {} ({:.0} s)", k.label(), if *ok { "passed" } else { "FAILED" }, took.as_secs_f64());
+    }
+    if outcomes.iter().any(|(_, ok, _)| !ok) {
+        bail!("the kernel-WireGuard suite failed on a kernel (above)");
+    }
+    Ok(())
 }
 
-/// Boots the guest and judges its verdict (see wg_tests::vm): qemu's pass status and the
-/// guest's summary of every check passed; qemu's own complaints are shown on failure.
-fn boot(vmlinuz: &Path, initrd: &Path) -> Result<()> {
+/// Boots the guest and judges the suite's verdict (see wg_tests::vm): qemu's pass status
+/// and the guest's summary of every check passed; qemu's own complaints are shown on failure.
+pub fn boot(vmlinuz: &Path, initrd: &Path, suite: Suite, memory: &str, append: &str) -> Result<()> {
     let t1 = Instant::now();
     let out = Command::new("timeout")
-        .args([
-            "900",
-            "qemu-system-x86_64",
-            "-accel",
-            "tcg",
-            "-cpu",
-            "max",
-            "-m",
-            "1G",
-            "-smp",
-            "2",
-            "-nographic",
-            "-no-reboot",
-            "-nic",
-            "none",
-        ])
+        .args(["900", "qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-m", memory, "-smp", "2"])
+        .args(["-nographic", "-no-reboot", "-nic", "none"])
         .arg("-kernel")
         .arg(vmlinuz)
         .arg("-initrd")
         .arg(initrd)
-        .args(["-append", "console=ttyS0 panic=-1 quiet", "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
+        .args(["-append", &format!("console=ttyS0 panic=-1 {append}")])
+        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
         .stdin(Stdio::null())
         .output()
         .context("running qemu-system-x86_64 (cargo xtask setup installs it)")?;
@@ -80,34 +78,71 @@ fn boot(vmlinuz: &Path, initrd: &Path) -> Result<()> {
     }
     let code = out.status.code();
     println!("vmtest: guest ran {:.1} s; qemu exit status {code:?}", t1.elapsed().as_secs_f64());
-    wg_tests::vm::verdict(code, &text, &String::from_utf8_lossy(&out.stderr)).map_err(anyhow::Error::msg)
+    suite.verdict(code, &text, &String::from_utf8_lossy(&out.stderr)).map_err(anyhow::Error::msg)
 }
 
-/// Debian's current cloud kernel, extracted under target/vm (downloaded once).
-fn kernel() -> Result<(PathBuf, String)> {
-    let deps = output(Command::new("apt-cache").args(["depends", "linux-image-cloud-amd64"]))?;
-    let pkg = deps
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Depends: ").filter(|p| p.starts_with("linux-image-")))
-        .context("apt-cache does not name the cloud kernel's image package (run apt-get update)")?
-        .to_string();
-    let dir = Path::new(WORK).join(&pkg);
-    if !dir.join("boot").exists() {
-        let _ = std::fs::remove_dir_all(&dir);
-        sh(Command::new("apt-get").args(["download", "-q", &pkg]).current_dir(WORK))?;
-        let deb = std::fs::read_dir(WORK)?
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&format!("{pkg}_"))))
-            .context("the downloaded kernel package")?;
-        sh(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&dir))?;
-        std::fs::remove_file(deb)?;
+/// Copies [`MODULES`] and what they need (modules.dep) from the extracted kernel package into
+/// `root`'s module folder, decompressed (busybox modprobe reads no .xz), and runs depmod there.
+pub fn install_modules(kernel: &Path, version: &str, root: &Path) -> Result<()> {
+    let base = ["usr/lib/modules", "lib/modules"]
+        .iter()
+        .map(|b| kernel.join(b).join(version))
+        .find(|d| d.join("modules.dep").exists())
+        .with_context(|| format!("no modules.dep for {version} in {}", kernel.display()))?;
+    let dep = std::fs::read_to_string(base.join("modules.dep"))?;
+    let builtin = std::fs::read_to_string(base.join("modules.builtin")).unwrap_or_default();
+    let mut by_name = BTreeMap::new();
+    for line in dep.lines() {
+        let Some((path, deps)) = line.split_once(':') else { continue };
+        by_name.insert(
+            module_name(path),
+            (path.to_string(), deps.split_whitespace().map(str::to_string).collect::<Vec<_>>()),
+        );
     }
-    let version = std::fs::read_dir(dir.join("boot"))?
-        .flatten()
-        .find_map(|e| e.file_name().to_string_lossy().strip_prefix("vmlinuz-").map(str::to_string))
-        .context("no vmlinuz in the kernel package")?;
-    Ok((dir, version))
+    let mut wanted: Vec<String> = Vec::new();
+    for m in MODULES {
+        if by_name.contains_key(*m) {
+            wanted.push(m.to_string());
+        } else if !builtin.lines().any(|l| module_name(l) == *m) {
+            bail!("{version} has no module {m}, built in or loadable");
+        }
+    }
+    let mut paths = BTreeSet::new();
+    while let Some(m) = wanted.pop() {
+        let (path, deps) =
+            by_name.get(&m).with_context(|| format!("modules.dep of {version} names {m} but not its file"))?;
+        if paths.insert(path.clone()) {
+            wanted.extend(deps.iter().map(|d| module_name(d)));
+        }
+    }
+    let dest_base = root.join("lib/modules").join(version);
+    for rel in &paths {
+        let from = base.join(rel);
+        let to = dest_base.join(rel.trim_end_matches(".xz").trim_end_matches(".zst"));
+        std::fs::create_dir_all(to.parent().unwrap())?;
+        if rel.ends_with(".xz") {
+            // Bytes, not text: a lossy UTF-8 conversion would corrupt the module.
+            let xz = Command::new("xz").arg("-dc").arg(&from).output()?;
+            if !xz.status.success() {
+                bail!("xz -dc {} failed: {}", from.display(), String::from_utf8_lossy(&xz.stderr));
+            }
+            std::fs::write(&to, xz.stdout)?;
+        } else {
+            std::fs::copy(&from, &to).with_context(|| format!("copying {}", from.display()))?;
+        }
+    }
+    for f in ["modules.builtin", "modules.builtin.modinfo", "modules.order"] {
+        let _ = std::fs::copy(base.join(f), dest_base.join(f));
+    }
+    sh(Command::new("depmod").arg("-b").arg(root).arg(version))?;
+    println!("vmtest: {} modules for {version} ({})", paths.len(), MODULES.join(", "));
+    Ok(())
+}
+
+/// "kernel/net/wireguard/wireguard.ko.xz" -> "wireguard"; modprobe treats - and _ alike.
+fn module_name(path: &str) -> String {
+    let file = path.rsplit('/').next().unwrap_or(path);
+    file.split(".ko").next().unwrap_or(file).replace('-', "_")
 }
 
 /// Builds the guest's root file system and packs it (gzip'd newc cpio).
@@ -126,29 +161,7 @@ fn initramfs(kernel: &Path, version: &str) -> Result<PathBuf> {
     for tool in TOOLS {
         with_libraries(Path::new(tool), &root.join(tool.trim_start_matches('/')), &root)?;
     }
-    // The modules, where modprobe looks for them, and their dependency list.
-    let moddir = kernel.join("lib/modules").join(version);
-    let mut found = 0;
-    for entry in walk(&moddir)? {
-        let name = entry.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let stem = name.trim_end_matches(".xz").trim_end_matches(".ko");
-        if MODULES.contains(&stem) {
-            let rel = entry.strip_prefix(kernel)?;
-            let dest = root.join(rel);
-            std::fs::create_dir_all(dest.parent().unwrap())?;
-            if name.ends_with(".xz") {
-                let data = output(Command::new("xz").arg("-dc").arg(&entry))?;
-                std::fs::write(dest.with_extension(""), data)?;
-            } else {
-                std::fs::copy(&entry, &dest)?;
-            }
-            found += 1;
-        }
-    }
-    if found < MODULES.len() {
-        bail!("found {found} of the {} modules the guest needs in {}", MODULES.len(), moddir.display());
-    }
-    sh(Command::new("depmod").arg("-b").arg(&root).arg(version))?;
+    install_modules(kernel, version, &root)?;
     let init = root.join("init");
     std::fs::write(&init, INIT)?;
     set_mode(&init, 0o755)?;
@@ -204,29 +217,13 @@ fn copy(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
-fn walk(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d)?.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    Ok(out)
-}
-
 fn set_mode(p: &Path, mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))?;
     Ok(())
 }
 
-fn output(c: &mut Command) -> Result<String> {
+pub fn output(c: &mut Command) -> Result<String> {
     let o = c.output().with_context(|| format!("running {c:?}"))?;
     if !o.status.success() {
         bail!("{c:?} failed: {}", String::from_utf8_lossy(&o.stderr));
@@ -234,7 +231,7 @@ fn output(c: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&o.stdout).into_owned())
 }
 
-fn sh(c: &mut Command) -> Result<()> {
+pub fn sh(c: &mut Command) -> Result<()> {
     let s = c.status().with_context(|| format!("running {c:?}"))?;
     if !s.success() {
         bail!("{c:?} failed ({s})");
@@ -250,7 +247,9 @@ mod tests {
     /// old verdict took for the guest's pass.
     #[test]
     fn a_vm_that_cannot_boot_fails() {
-        let err = boot(Path::new("/nonexistent/vmlinuz"), Path::new("/nonexistent/initrd")).unwrap_err().to_string();
+        let err = boot(Path::new("/nonexistent/vmlinuz"), Path::new("/nonexistent/initrd"), KERNEL, "1G", "quiet")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("qemu status Some(1)"), "{err}");
         assert!(err.contains("qemu said:") && err.contains("/nonexistent/vmlinuz"), "{err}");
     }

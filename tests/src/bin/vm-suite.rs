@@ -3,52 +3,20 @@
 //! kernel devices, and the same exact-count assertions; it ends by telling qemu its verdict
 //! through the isa-debug-exit port.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use wg_tests::{Collector, Implementation, Lab, Metrics};
-
-/// A named check of the suite.
-type Check = (&'static str, fn() -> Result<()>);
+use wg_tests::{vm::KERNEL, Collector, Implementation, Lab, Metrics};
 
 fn main() {
-    // As many as wg_tests::vm::CHECKS: the host requires a summary counting exactly these.
-    let checks: [Check; wg_tests::vm::CHECKS] = [
+    KERNEL.run(&[
         ("netlink state: device, peer, handshake time", state_over_netlink),
         ("ping -c 100: exact packets, payload and WireGuard bytes", ping_counts),
         ("500+ peers over a multipart dump; added and removed", many_peers),
         ("latency, handshake and encap/decap samples", latency),
         ("a forced handshake counted exactly", forced_handshake),
         ("a device deleted and created again", device_recreated),
-    ];
-    let (mut passed, mut failed) = (0, 0);
-    for (name, check) in checks {
-        let t0 = Instant::now();
-        match check() {
-            Ok(()) => {
-                passed += 1;
-                println!("vm-suite: ok   {name} ({:.1} s)", t0.elapsed().as_secs_f64());
-            }
-            Err(e) => {
-                failed += 1;
-                println!("vm-suite: FAIL {name}: {e:#}");
-            }
-        }
-    }
-    println!("vm-suite: {passed} passed, {failed} failed");
-    exit_qemu(if failed == 0 { wg_tests::vm::PASS } else { wg_tests::vm::FAIL });
-}
-
-/// qemu's isa-debug-exit device: writing V to port 0xf4 ends qemu with status 2V+1 (see
-/// wg_tests::vm).
-fn exit_qemu(v: u8) {
-    // SAFETY: ioperm and an out instruction on the debug-exit port; only in the guest.
-    unsafe {
-        if libc::ioperm(0xf4, 4, 1) == 0 {
-            core::arch::asm!("out dx, al", in("dx") 0xf4u16, in("al") v);
-        }
-    }
-    std::process::exit(v as i32);
+    ])
 }
 
 /// Runs `f` with a collector in the lab's namespace a; a failure carries the collector's log.
@@ -56,8 +24,9 @@ fn with_collector(lab: &mut Lab, args: &[&str], f: impl FnOnce(&mut Lab, &Collec
     let c = Collector::start(&lab.a.ns, args)?;
     f(lab, &c).map_err(|e| {
         let log = c.log_text();
-        // The first warning, whole (a verifier log runs over many lines), or nothing.
-        let first = log.find("WARN").map(|i| {
+        // The first warning about loading or attaching (else the first), whole: a verifier
+        // log runs over many lines.
+        let first = log.find("WARN wg_collector::refresh").or_else(|| log.find("WARN")).map(|i| {
             let rest = &log[i..];
             let end = rest[1..].find("WARN").map_or(rest.len(), |j| j + 1);
             let lines: Vec<&str> = rest[..end].lines().collect();
