@@ -22,11 +22,20 @@ pub struct Suite {
 
 /// Kernel WireGuard under our own init (tests/src/bin/vm-suite.rs).
 pub const KERNEL: Suite = Suite { name: "vm-suite", checks: 6 };
+/// On kernels the programs cannot run on (before 5.12): the collector's refusal.
+pub const REFUSED: Suite = Suite { name: "vm-refusal", checks: 1 };
 /// The .deb and its unit under systemd on Debian 13 (tests/src/bin/boot-suite.rs).
 pub const BOOT: Suite = Suite { name: "boot-suite", checks: 7 };
 
 /// A named check of a suite.
 pub type Check = (&'static str, fn() -> anyhow::Result<()>);
+
+/// Whether the running kernel is older than `major.minor` (from /proc/sys/kernel/osrelease).
+pub fn kernel_before(major: u32, minor: u32) -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release.split(|c: char| !c.is_ascii_digit()).filter_map(|p| p.parse::<u32>().ok());
+    matches!((parts.next(), parts.next()), (Some(a), Some(b)) if (a, b) < (major, minor))
+}
 
 /// qemu's exit status for a value written to the debug-exit port.
 pub const fn qemu_status(value: u8) -> i32 {

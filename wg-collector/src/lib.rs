@@ -11,6 +11,7 @@ pub mod history;
 pub mod http;
 pub mod interfaces;
 pub mod links;
+pub mod memlock;
 pub mod metrics;
 pub mod names;
 pub mod open_files;

@@ -9,6 +9,7 @@ use wg_collector::{
         router::router,
         serve::{serve, Shared},
     },
+    memlock,
     names::Names,
     open_files, privileges,
     refresh::Monitor,
@@ -89,6 +90,9 @@ fn prepare(config: &Config) -> Result<Prepared> {
         let list: Vec<String> = missing.iter().map(|(c, why)| format!("{c} (to {why})")).collect();
         bail!("missing privileges: {}; run as root or grant these capabilities", list.join(", "));
     }
+    if let Some(m) = wg_collector::bpf::kernel::missing() {
+        bail!("{m}");
+    }
     let web = &config.web;
     let settings = web.files.load()?;
     let authenticated = settings.authenticates();
@@ -128,6 +132,13 @@ fn prepare(config: &Config) -> Result<Prepared> {
             web.caps
         }
     };
+    match memlock::raise() {
+        memlock::Memlock::Limited { bytes, kernel } => tracing::warn!(
+            "kernel {kernel} charges eBPF maps to the locked-memory limit (kernels before 5.11), which is {bytes} bytes and could not be lifted: maps may fail with EPERM; set LimitMEMLOCK=infinity (ulimit -l unlimited)"
+        ),
+        memlock::Memlock::Unlimited => tracing::debug!("locked-memory limit lifted (kernel before 5.11)"),
+        memlock::Memlock::NotCharged => {}
+    }
     let names = Names::load(config.names.clone())?;
     let pins = pin_options(&config.pin)?;
     let stats = if config.bpf_stats {

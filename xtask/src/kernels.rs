@@ -19,7 +19,7 @@ const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 /// The kernels gateways run that Debian ships as cloud kernels (with WireGuard as a module).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Kernel {
-    /// Debian 11 (bullseye): 5.10, the oldest we support.
+    /// Debian 11 (bullseye): 5.10, which the collector refuses (no BPF_XCHG).
     #[value(name = "5.10")]
     V5_10,
     /// Debian 12 (bookworm): 6.1.
@@ -39,6 +39,12 @@ impl Kernel {
             Kernel::V6_1 => "bookworm",
             Kernel::V6_12 => "trixie",
         }
+    }
+
+    /// Whether the programs run on it (the atomic instructions came in 5.12); the collector
+    /// refuses the others at start.
+    pub fn runs_programs(self) -> bool {
+        self != Kernel::V5_10
     }
 
     pub fn label(self) -> &'static str {

@@ -6,9 +6,15 @@
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use wg_tests::{vm::KERNEL, Collector, Implementation, Lab, Metrics};
+use wg_tests::{
+    vm::{KERNEL, REFUSED},
+    Collector, Implementation, Lab, Metrics,
+};
 
 fn main() {
+    if wg_tests::vm::kernel_before(5, 12) {
+        REFUSED.run(&[("refused at start, in one line naming BPF_XCHG and Linux 5.12", refused)]);
+    }
     KERNEL.run(&[
         ("netlink state: device, peer, handshake time", state_over_netlink),
         ("ping -c 100: exact packets, payload and WireGuard bytes", ping_counts),
@@ -223,4 +229,20 @@ fn device_recreated() -> Result<()> {
         ensure!(get(&m, "wireguard_peer_transmit_packets_total", &labels)? - tx0 == 20.0);
         Ok(())
     })
+}
+
+/// A kernel without the atomic instructions: the collector exits at once with one line that
+/// names them and the first Linux that has them, and no verifier output.
+fn refused() -> Result<()> {
+    let bin = wg_tests::collector::binary()?;
+    let out = std::process::Command::new("timeout").arg("20").arg(&bin).args(["--bpf.no-pin"]).output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("vm-refusal: exit {:?}, stderr:\n{stderr}", out.status.code());
+    ensure!(out.status.code() == Some(1), "exit status {:?}, want 1 (124: still running)", out.status.code());
+    // main() prints a fatal error as "wg-collector: ..." (tracing's lines carry a time stamp).
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("wg-collector: ")).collect();
+    ensure!(errors.len() == 1, "want one error line: {errors:?}");
+    ensure!(errors[0].contains("BPF_XCHG") && errors[0].contains("needs Linux 5.12 or later"), "{}", errors[0]);
+    ensure!(!stderr.contains("erifier"), "a verifier dump");
+    Ok(())
 }

@@ -4,6 +4,7 @@
 mod batch;
 mod endpoint_places;
 mod host_block;
+pub mod kernel;
 mod mapped;
 mod pending;
 mod pins;
