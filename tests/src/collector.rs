@@ -229,6 +229,11 @@ impl Collector {
         }
     }
 
+    /// The bpffs directory it pins into (its own, unless the test gave --bpf.pin-path).
+    pub fn pin_path(&self) -> Option<&std::path::Path> {
+        self.pins.as_deref()
+    }
+
     /// The collector's process id (`ip netns exec` execs into it).
     pub fn pid(&self) -> u32 {
         self.child.id()

@@ -21,7 +21,7 @@ pub struct Suite {
 }
 
 /// Kernel WireGuard under our own init (tests/src/bin/vm-suite.rs).
-pub const KERNEL: Suite = Suite { name: "vm-suite", checks: 6 };
+pub const KERNEL: Suite = Suite { name: "vm-suite", checks: 8 };
 /// On kernels the programs cannot run on (before 5.12): the collector's refusal.
 pub const REFUSED: Suite = Suite { name: "vm-refusal", checks: 1 };
 /// The .deb and its unit under systemd on Debian 13 (tests/src/bin/boot-suite.rs).
@@ -113,8 +113,8 @@ mod tests {
             .verdict(Some(1), &good, "qemu: could not load kernel")
             .unwrap_err()
             .contains("could not load kernel"));
-        assert!(KERNEL.verdict(Some(33), "vm-suite: 5 passed, 0 failed\n", "").is_err(), "a check missing");
-        assert!(KERNEL.verdict(Some(33), "vm-suite: 6 passed, 1 failed\n", "").is_err());
+        assert!(KERNEL.verdict(Some(33), "vm-suite: 7 passed, 0 failed\n", "").is_err(), "a check missing");
+        assert!(KERNEL.verdict(Some(33), "vm-suite: 8 passed, 1 failed\n", "").is_err());
         assert!(KERNEL.verdict(Some(35), &good, "").is_err());
         assert!(KERNEL.verdict(None, &good, "").is_err(), "killed by the timeout");
         assert!(KERNEL.verdict(Some(0), &good, "").is_err(), "a panic or poweroff exits 0");

@@ -181,6 +181,20 @@ fn unpin(config: &Config) -> Result<()> {
             println!("unpinned {d} under {}", pins.root.display());
         }
     }
+    // Filters attached through netlink (kernels before 6.6) hold their programs without pins:
+    // they go by name, from the devices asked for or from every interface (underlays too).
+    let ifaces: Vec<String> = if devices.is_empty() {
+        let all = std::fs::read_dir("/sys/class/net").context("listing /sys/class/net")?;
+        all.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect()
+    } else {
+        devices.clone()
+    };
+    for iface in ifaces {
+        let n = wg_collector::bpf::detach_clsact(&iface);
+        if n > 0 {
+            println!("detached {n} clsact program(s) from {iface}");
+        }
+    }
     Ok(())
 }
 

@@ -79,6 +79,7 @@ pub fn run(deb: &Path) -> Result<()> {
         "2G",
         "rdinit=/lib/systemd/systemd systemd.show_status=error quiet",
     )
+    .map(drop)
 }
 
 /// The Debian root for `release`, made once (mmdebstrap) and kept in target/vm; a root made

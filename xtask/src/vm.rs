@@ -25,7 +25,7 @@ pub const MODULES: &[&str] = &["wireguard", "veth", "sch_ingress", "cls_bpf"];
 /// the refusal, 6.1 the oldest that runs the programs, 6.12 Debian 13's.
 pub const CI_KERNELS: &[Kernel] = &Kernel::ALL;
 /// Host tools the lab runs in the guest (with their shared libraries).
-const TOOLS: &[&str] = &["/usr/sbin/ip", "/usr/bin/wg", "/usr/bin/ping"];
+const TOOLS: &[&str] = &["/usr/sbin/ip", "/usr/bin/wg", "/usr/bin/ping", "/usr/sbin/tc"];
 
 /// Runs the kernel-WireGuard suite on each kernel; every one is booted even when an earlier
 /// one failed, and a line per kernel says how it went.
@@ -33,7 +33,7 @@ pub fn run(kernels: &[Kernel]) -> Result<()> {
     crate::cargo(&["build", "--release", "--package", "wg-collector", "--bin", "wg-collector"])?;
     crate::cargo(&["build", "--release", "--package", "wg-tests", "--bin", "vm-suite"])?;
     std::fs::create_dir_all(WORK)?;
-    let mut outcomes = Vec::new();
+    let mut rows = Vec::new();
     for &k in kernels {
         let t0 = Instant::now();
         let outcome = (|| {
@@ -46,20 +46,44 @@ pub fn run(kernels: &[Kernel]) -> Result<()> {
         if let Err(e) = &outcome {
             eprintln!("vmtest {}: {e:#}", k.label());
         }
-        outcomes.push((k, outcome.is_ok(), t0.elapsed()));
+        rows.push((k, outcome, t0.elapsed()));
     }
-    for (k, ok, took) in &outcomes {
-        println!("vmtest: {:18} {} ({:.0} s)", k.label(), if *ok { "passed" } else { "FAILED" }, took.as_secs_f64());
+    println!("\nvmtest: what works, by kernel (each cell from the suite's check of that name):");
+    println!("| kernel | suite | counting, latency | attach | pinning | bpf stats |");
+    println!("|---|---|---|---|---|---|");
+    for (k, outcome, took) in &rows {
+        let cell = |f: &str| outcome.as_ref().ok().and_then(|lines| feature(lines, f)).unwrap_or("-".into());
+        let verdict = match outcome {
+            Ok(_) if k.runs_programs() => "passed".to_string(),
+            Ok(_) => "refused at start (needs 5.12)".to_string(),
+            Err(_) => "FAILED".to_string(),
+        };
+        let counting = if k.runs_programs() && outcome.is_ok() { "yes" } else { "-" };
+        println!(
+            "| {} | {verdict} ({:.0} s) | {counting} | {} | {} | {} |",
+            k.label(),
+            took.as_secs_f64(),
+            cell("attach"),
+            cell("pinning"),
+            cell("bpf stats")
+        );
     }
-    if outcomes.iter().any(|(_, ok, _)| !ok) {
+    if rows.iter().any(|(_, o, _)| o.is_err()) {
         bail!("the kernel-WireGuard suite failed on a kernel (above)");
     }
     Ok(())
 }
 
+/// The value of a "vm-suite: feature NAME: VALUE" line of the guest's console.
+fn feature(console: &str, name: &str) -> Option<String> {
+    let tag = format!("vm-suite: feature {name}: ");
+    console.lines().find_map(|l| l.split_once(&tag).map(|(_, v)| v.trim().to_string()))
+}
+
 /// Boots the guest and judges the suite's verdict (see wg_tests::vm): qemu's pass status
 /// and the guest's summary of every check passed; qemu's own complaints are shown on failure.
-pub fn boot(vmlinuz: &Path, initrd: &Path, suite: Suite, memory: &str, append: &str) -> Result<()> {
+/// Returns the guest's console.
+pub fn boot(vmlinuz: &Path, initrd: &Path, suite: Suite, memory: &str, append: &str) -> Result<String> {
     let t1 = Instant::now();
     let out = Command::new("timeout")
         .args(["900", "qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-m", memory, "-smp", "2"])
@@ -79,7 +103,8 @@ pub fn boot(vmlinuz: &Path, initrd: &Path, suite: Suite, memory: &str, append: &
     }
     let code = out.status.code();
     println!("vmtest: guest ran {:.1} s; qemu exit status {code:?}", t1.elapsed().as_secs_f64());
-    suite.verdict(code, &text, &String::from_utf8_lossy(&out.stderr)).map_err(anyhow::Error::msg)
+    suite.verdict(code, &text, &String::from_utf8_lossy(&out.stderr)).map_err(anyhow::Error::msg)?;
+    Ok(text.into_owned())
 }
 
 /// Copies [`MODULES`] and what they need (modules.dep) from the extracted kernel package into

@@ -22,6 +22,8 @@ fn main() {
         ("latency, handshake and encap/decap samples", latency),
         ("a forced handshake counted exactly", forced_handshake),
         ("a device deleted and created again", device_recreated),
+        ("pinned: counting on while stopped, once after the restart; --bpf.unpin detaches", pinned_restart),
+        ("--bpf.stats: runs and run time of each program", bpf_stats),
     ])
 }
 
@@ -245,4 +247,61 @@ fn refused() -> Result<()> {
     ensure!(errors[0].contains("BPF_XCHG") && errors[0].contains("needs Linux 5.12 or later"), "{}", errors[0]);
     ensure!(!stderr.contains("erifier"), "a verifier dump");
     Ok(())
+}
+
+/// Pinned maps keep the counts across a restart, and the programs count on while the
+/// collector is down: TCX links (6.6+) because they are pinned, clsact filters (before)
+/// because netlink filters outlive the process. After the restart each packet is counted
+/// once; `--bpf.unpin` then leaves no program of ours on the device. Prints the kernel's
+/// cells for the README's table.
+fn pinned_restart() -> Result<()> {
+    let lab = Lab::new(Implementation::Kernel)?;
+    let mut c = Collector::start(&lab.a.ns, &[])?;
+    let peer = peer_of(&lab);
+    let tx = |c: &Collector| -> Result<f64> { get(&c.scrape()?, "wireguard_peer_transmit_packets_total", &peer) };
+    let ping = |n: &str| lab.exec('a', "ping", &["-c", n, "-i", "0.01", "-q", &lab.b.tunnel_v4.to_string()]);
+    let t0 = tx(&c)?;
+    ping("10")?;
+    c.stop();
+    ping("10")?;
+    c.restart()?;
+    let down = tx(&c)? - t0;
+    ping("10")?;
+    let after = tx(&c)? - t0;
+    let tcx = !wg_tests::vm::kernel_before(6, 6);
+    println!("vm-suite: feature attach: {}", if tcx { "TCX" } else { "clsact" });
+    println!("vm-suite: feature pinning: {}", if down == 20.0 { "counts, and counting while down" } else { "counts" });
+    ensure!(down == 20.0, "{down} counted for 10 pings before the stop and 10 while down");
+    ensure!(after == 30.0, "{after} counted for 30 pings: a program attached twice after the restart?");
+    c.stop();
+    let pins = c.pin_path().context("no pins")?.display().to_string();
+    let bin = wg_tests::collector::binary()?;
+    wg_tests::netns::run(wg_tests::netns::cmd(&lab.a.ns, bin.to_str().unwrap()).args([
+        "--bpf.unpin",
+        "--bpf.pin-path",
+        &pins,
+    ]))?;
+    for dir in ["ingress", "egress"] {
+        let filters = lab.exec('a', "/usr/sbin/tc", &["filter", "show", "dev", &lab.a.iface, dir])?;
+        ensure!(!filters.contains("wg_"), "after --bpf.unpin, {dir} still has:\n{filters}");
+    }
+    ping("10")?;
+    Ok(())
+}
+
+fn bpf_stats() -> Result<()> {
+    let mut lab = Lab::new(Implementation::Kernel)?;
+    with_collector(&mut lab, &["--bpf.stats"], |lab, c| {
+        lab.exec('a', "ping", &["-c", "10", "-i", "0.01", "-q", &lab.b.tunnel_v4.to_string()])?;
+        let m = c.scrape()?;
+        let dev = lab.a.iface.as_str();
+        for program in ["wg_plain_ingress", "wg_plain_egress"] {
+            let l = [("device", dev), ("program", program)];
+            let runs = get(&m, "wireguard_collector_bpf_runs_total", &l)?;
+            let time = get(&m, "wireguard_collector_bpf_run_time_seconds_total", &l)?;
+            ensure!(runs >= 10.0 && time > 0.0, "{program}: {runs} runs, {time} s");
+        }
+        println!("vm-suite: feature bpf stats: yes");
+        Ok(())
+    })
 }

@@ -4,10 +4,13 @@
 use std::collections::HashSet;
 
 use anyhow::{anyhow, Context, Result};
-use aya::programs::{
-    links::{FdLink, PinnedLink},
-    tc::{self, SchedClassifierLink},
-    SchedClassifier, TcAttachType,
+use aya::{
+    programs::{
+        links::{FdLink, PinnedLink},
+        tc::{self, NlOptions, SchedClassifierLink, SchedClassifierLinkId, TcAttachOptions, TcHandle},
+        SchedClassifier, TcAttachType,
+    },
+    util::KernelVersion,
 };
 
 use super::{program, DeviceProbe, PROGRAMS, UNDERLAY_PROGRAMS};
@@ -27,7 +30,8 @@ impl DeviceProbe {
     /// Attaches one program. With pins and TCX, the link is pinned, so the program stays
     /// attached when the collector exits; a link an earlier collector pinned gets this
     /// program atomically in place of its own (no packet is counted twice or missed).
-    /// Netlink (clsact) attachments cannot be pinned: they end with the collector.
+    /// Netlink (clsact) attachments cannot be pinned, but outlive the collector: the next one
+    /// replaces them in place (see [`attach_netlink`]).
     fn attach_one(&mut self, name: &str, iface: &str, attach_type: TcAttachType) -> Result<()> {
         let pin = self.pins.as_ref().map(|d| d.link(name, iface));
         let prog: &mut SchedClassifier = program(&mut self.ebpf, name)?;
@@ -49,7 +53,8 @@ impl DeviceProbe {
         let was_pinned = replaced.is_some();
         let id = match replaced {
             Some(id) => id,
-            None => prog.attach(iface, attach_type)?,
+            None if tcx() => prog.attach(iface, attach_type)?,
+            None => attach_netlink(prog, name, iface, attach_type)?,
         };
         let Some(path) = pin else { return Ok(()) };
         if was_pinned {
@@ -84,4 +89,44 @@ impl DeviceProbe {
     pub fn underlays(&self) -> &HashSet<String> {
         &self.underlays
     }
+}
+
+/// TCX (6.6+), as aya chooses it: links that can be pinned.
+fn tcx() -> bool {
+    KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
+}
+
+/// Attaches through netlink (clsact; kernels before 6.6) at a place of our own: a priority
+/// per program, after the usual ones (the kernel numbers filters from 49152 down), handle 1.
+/// A filter an earlier collector left there (netlink filters outlive the process and cannot
+/// be pinned) gets this program atomically in its place: attaching beside it would count
+/// every packet twice into the shared pinned maps.
+fn attach_netlink(
+    prog: &mut SchedClassifier,
+    name: &str,
+    iface: &str,
+    attach_type: TcAttachType,
+) -> Result<SchedClassifierLinkId> {
+    let place = PROGRAMS.iter().chain(UNDERLAY_PROGRAMS.iter()).position(|(n, _)| *n == name).unwrap_or(0);
+    let priority = 0xFF01 + place as u16;
+    let handle = TcHandle::new(0, 1);
+    if let Ok(old) = SchedClassifierLink::attached(iface, attach_type, priority, handle, None) {
+        if let Ok(id) = prog.attach_to_link(old) {
+            tracing::debug!(program = name, iface, "replaced the clsact filter an earlier collector left");
+            return Ok(id);
+        }
+    }
+    let options = TcAttachOptions::Netlink(NlOptions { priority, handle, classid: None });
+    Ok(prog.attach_with_options(iface, attach_type, options)?)
+}
+
+/// Detaches our programs attached to `iface` through netlink (clsact, kernels before 6.6):
+/// such filters outlive the collector and its pins, so uninstalling removes them by name.
+/// TCX links need no such care: they end with their pins. Returns how many kinds it found.
+pub fn detach_clsact(iface: &str) -> usize {
+    PROGRAMS
+        .iter()
+        .chain(UNDERLAY_PROGRAMS.iter())
+        .filter(|(name, attach_type)| tc::qdisc_detach_program(iface, *attach_type, name).is_ok())
+        .count()
 }

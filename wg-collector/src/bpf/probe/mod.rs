@@ -23,6 +23,7 @@ use wg_common::{
     names, DEFAULT_MAX_ALLOWED_IPS, DEFAULT_MAX_HIST_ENTRIES, DEFAULT_MAX_PEERS, DEFAULT_MAX_PENDING,
 };
 
+pub use attach::detach_clsact;
 pub use read::{monotonic_ns, LatencyStats, ProgramStats, Reading};
 
 use super::{endpoint_places::EndpointPlaces, host_block::HostBlock, pending::PendingTable, PinDir, SlotTable};
