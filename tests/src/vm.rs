@@ -89,8 +89,15 @@ impl Suite {
     }
 }
 
-/// qemu's isa-debug-exit device: writing V to port 0xf4 ends qemu with status 2V+1.
+/// qemu's isa-debug-exit device: writing V to port 0xf4 ends qemu with status 2V+1. The
+/// console is drained first: qemu ends at once, and lines still in the serial port's buffer
+/// would be lost (seen: a passing run whose summary line never reached the host).
 pub fn exit_qemu(v: u8) -> ! {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    // SAFETY: tcdrain on stdout waits until the terminal has sent what was written to it.
+    unsafe { libc::tcdrain(1) };
+    std::thread::sleep(std::time::Duration::from_millis(300));
     // SAFETY: ioperm and an out instruction on the debug-exit port; only in the guest.
     unsafe {
         if libc::ioperm(0xf4, 4, 1) == 0 {
