@@ -248,11 +248,22 @@ fn friendly_names_come_from_wg_quick_comments_and_the_names_file() {
     std::fs::write(&names, format!("# test peers\n{kc} carol's phone\n")).unwrap();
     let c = Collector::start(
         &lab.a.ns,
-        &["--names.wg-config", conf.to_str().unwrap(), "--names.file", names.to_str().unwrap()],
+        &[
+            "--names.wg-config",
+            conf.to_str().unwrap(),
+            "--names.file",
+            names.to_str().unwrap(),
+            "--metrics.peer-name-label",
+            "--peer.up-after",
+            "3s",
+        ],
     );
-    let m = c.as_ref().map(|c| c.scrape().unwrap());
+    // A fresh handshake with b (carol never connects).
+    lab.reset_peer('a').unwrap();
+    lab.exec('a', "ping", &["-c", "1", "-W", "2", &lab.b.tunnel_v4.to_string()]).unwrap();
+    let m = c.as_ref().map(|c| c.scrape().unwrap()).map_err(|e| e.to_string());
     std::fs::remove_dir_all(&dir).unwrap();
-    let m = m.unwrap();
+    let (c, m) = (c.unwrap(), m.unwrap());
     let name = |k: &str| {
         m.find("wireguard_peer_info", &[("public_key", k)])
             .next()
@@ -266,6 +277,23 @@ fn friendly_names_come_from_wg_quick_comments_and_the_names_file() {
     };
     assert_eq!(name(&lab.b.public_key), "side b");
     assert_eq!(name(&kc), "carol's phone");
+    // --metrics.peer-name-label: every per-peer series carries the name, once.
+    let (b, dev) = (lab.b.public_key.as_str(), lab.a.iface.as_str());
+    let named: Vec<_> = m
+        .samples
+        .iter()
+        .filter(|s| s.name != "wireguard_device_info")
+        .filter(|s| s.labels.iter().any(|(k, v)| k == "public_key" && v == b))
+        .collect();
+    assert!(named.len() >= 10, "{} series of b", named.len());
+    for s in &named {
+        let names: Vec<&str> = s.labels.iter().filter(|(k, _)| k == "name").map(|(_, v)| v.as_str()).collect();
+        assert_eq!(names, ["side b"], "{} {:?}", s.name, s.labels);
+    }
+    // wireguard_peer_up: b shook hands a moment ago, carol never; 3 s later b is down too.
+    let up = |m: &Metrics, k: &str| m.get("wireguard_peer_up", &[("device", dev), ("public_key", k)]);
+    assert_eq!((up(&m, b), up(&m, &kc)), (Some(1.0), Some(0.0)));
+    c.wait_for(Duration::from_secs(6), |m| up(m, b) == Some(0.0)).unwrap();
 }
 
 #[test]
@@ -287,8 +315,8 @@ fn cardinality_flags_leave_out_what_they_name() {
     let shown = m.find("wireguard_peer_info", &[]).count() as f64;
     assert!(omitted > 0.0 && shown + omitted == 21.0, "{shown} shown, {omitted} omitted");
     // The page holds at most 100 per-peer series, and as many as whole peers fill: every
-    // added peer brings exactly 10 (info, endpoint changes, 2 byte counters, 2 handshake
-    // gauges, 4 packet and payload counters), so the next one would not have fit.
+    // added peer brings exactly 11 (info, endpoint changes, 2 byte counters, 2 handshake
+    // gauges, up, 4 packet and payload counters), so the next one would not have fit.
     let per_peer = m
         .samples
         .iter()

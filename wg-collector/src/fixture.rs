@@ -176,6 +176,9 @@ pub fn conns() -> ConnCounts {
 pub fn snapshot() -> Arc<Snapshot> {
     Arc::new(Snapshot {
         began: Instant::now(),
+        // Peer 1's handshake (1_700_000_000) is 200 s old then, peer 4's (…100) 100 s: one
+        // down, one up.
+        wall: Duration::from_secs(1_700_000_200),
         devices: vec![measured(), unmeasured()],
         durations: vec![
             (ErrorSource::Uapi, Duration::from_micros(2_100)),

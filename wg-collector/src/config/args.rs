@@ -117,6 +117,13 @@ pub struct Args {
     /// with a warning.
     #[arg(long = "metrics.max-series", default_value_t = DEFAULT_MAX_SERIES)]
     pub max_series: usize,
+    /// Add the peer's name (names file or friendly_name comment; empty if none) as a `name`
+    /// label to every per-peer series. Renaming a peer then starts new series.
+    #[arg(long = "metrics.peer-name-label")]
+    pub peer_name_label: bool,
+    /// wireguard_peer_up is 1 while the peer's last handshake is younger than this.
+    #[arg(long = "peer.up-after", value_name = "DURATION", default_value = "180s", value_parser = parse_duration)]
+    pub up_after: Duration,
     /// Underlay interface carrying the devices' encrypted datagrams (repeat for several;
     /// default: those the peers' endpoints are routed through).
     #[arg(long = "underlay", value_name = "IFACE")]

@@ -162,6 +162,8 @@ impl TryFrom<Args> for Config {
                 redact_endpoints: redact("endpoints"),
                 redact_allowed_ips: redact("allowed-ips"),
                 max_series: a.max_series,
+                peer_name_label: a.peer_name_label,
+                up_after: a.up_after,
             },
             names: NameSources { names_files: a.names_files, wg_configs: a.wg_configs },
             bpf_stats: a.bpf_stats,

@@ -44,6 +44,8 @@ fn defaults() {
     assert_eq!(c.export.buckets, Buckets::Classic(DEFAULT_BUCKETS.to_vec()));
     assert_eq!(c.export.max_series, crate::metrics::DEFAULT_MAX_SERIES);
     assert!(!c.export.redact_endpoints && !c.export.redact_allowed_ips);
+    assert!(!c.export.peer_name_label);
+    assert_eq!(c.export.up_after, Duration::from_secs(180));
     assert_eq!(c.pin, PinRequest::default());
     assert!(!c.unpin && !c.bpf_stats);
     assert_eq!(c.web.files.timeout_flags, TimeoutSettings::default(), "unset: the file's, else the defaults");
@@ -138,6 +140,16 @@ fn redaction() {
     let c = config(&["--redact", "all"]).unwrap();
     assert!(c.export.redact_endpoints && c.export.redact_allowed_ips);
     assert!(refused(&["--redact", "keys"]).contains("--redact"));
+}
+
+#[test]
+fn peer_names_and_up() {
+    let c = config(&["--metrics.peer-name-label", "--peer.up-after", "5m"]).unwrap();
+    assert!(c.export.peer_name_label);
+    assert_eq!(c.export.up_after, Duration::from_secs(300));
+    assert_eq!(config(&["--peer.up-after", "90"]).unwrap().export.up_after, Duration::from_secs(90));
+    assert!(refused(&["--peer.up-after", "soon"]).contains("--peer.up-after"));
+    assert!(refused(&["--peer.up-after", "0"]).contains("above zero"));
 }
 
 #[test]

@@ -181,7 +181,10 @@ fn peer_histograms<const K: usize>(page: &Page, s: &mut Samples) -> std::fmt::Re
             if !KINDS[K].0.contains(&kind) || page.left_out.contains(peer) {
                 continue;
             }
-            let base = vec![("device", d.found.name.clone()), ("public_key", peer.to_base64())];
+            let mut base = vec![("device", d.found.name.clone()), ("public_key", peer.to_base64())];
+            if page.opts.peer_name_label {
+                base.push(("name", d.names.get(peer).cloned().unwrap_or_default()));
+            }
             s.histogram(&labels::<K>(base, kind), h, page)?;
         }
     }

@@ -7,7 +7,7 @@ use wg_common::{
 };
 
 use super::family::{always, Family, Group, Samples, Type};
-use super::page::Page;
+use super::page::{Page, PeerLabels};
 
 pub const GROUP: Group = Group {
     name: "messages",
@@ -48,21 +48,21 @@ pub const GROUP: Group = Group {
 };
 
 fn messages(page: &Page, s: &mut Samples) -> std::fmt::Result {
+    let named = page.opts.peer_name_label;
     for (d, rows) in page.snap.devices.iter().zip(&page.rows) {
         let Some(r) = &d.reading else { continue };
-        let dev = d.found.name.as_str();
-        let peers = d
-            .state
-            .peers
-            .iter()
-            .zip(rows)
-            .filter_map(|(p, row)| Some((row.key.as_str(), r.messages.get(&p.public_key)?)));
-        let device = std::iter::once(("", &r.device_messages));
-        for (key, counts) in peers.chain(device) {
+        let device = d.found.name.as_str();
+        let peers = d.state.peers.iter().zip(rows).filter_map(|(p, row)| {
+            let labels =
+                PeerLabels { device, key: row.key.as_str(), name: named.then(|| row.name.as_deref().unwrap_or("")) };
+            Some((labels, r.messages.get(&p.public_key)?))
+        });
+        // The device's messages no peer was found for: an empty public_key (and name).
+        let unknown = PeerLabels { device, key: "", name: named.then_some("") };
+        for (labels, counts) in peers.chain(std::iter::once((unknown, &r.device_messages))) {
             for (dir, dname) in [(DIR_RX, "receive"), (DIR_TX, "transmit")] {
                 for t in MessageType::ALL {
-                    let labels = [("device", dev), ("public_key", key), ("direction", dname), ("type", t.label())];
-                    s.counter(&labels, counts.counts[dir][t as usize])?;
+                    s.counter(&(labels, [("direction", dname), ("type", t.label())]), counts.counts[dir][t as usize])?;
                 }
             }
         }

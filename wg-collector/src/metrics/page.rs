@@ -2,8 +2,9 @@
 //! row, made once for every per-peer family, and the latency series, folded once for the
 //! histogram families.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
+use prometheus_client::encoding::{EncodeLabelSet, LabelSetEncoder};
 use wg_common::PeerCounters;
 
 use super::budget;
@@ -25,6 +26,10 @@ pub struct ExportOptions {
     /// At most this many per-peer series (0 = no limit): peers past it are left out whole,
     /// with a warning and wireguard_collector_peers_omitted.
     pub max_series: usize,
+    /// A `name` label on every per-peer series (`--metrics.peer-name-label`).
+    pub peer_name_label: bool,
+    /// wireguard_peer_up: 1 while the last handshake is younger than this (`--peer.up-after`).
+    pub up_after: Duration,
 }
 
 /// `--metrics.max-series`' default.
@@ -37,6 +42,8 @@ impl Default for ExportOptions {
             redact_endpoints: false,
             redact_allowed_ips: false,
             max_series: DEFAULT_MAX_SERIES,
+            peer_name_label: false,
+            up_after: Duration::from_secs(180),
         }
     }
 }
@@ -83,13 +90,13 @@ impl Page {
     }
 
     /// Every peer with its row and the labels all per-peer families start with.
-    pub fn peers(&self) -> impl Iterator<Item = (&Peer, &Row, [(&'static str, &str); 2])> {
-        self.snap.devices.iter().zip(&self.rows).flat_map(|(d, rows)| {
-            d.state
-                .peers
-                .iter()
-                .zip(rows)
-                .map(move |(p, row)| (p, row, [("device", d.found.name.as_str()), ("public_key", row.key.as_str())]))
+    pub fn peers(&self) -> impl Iterator<Item = (&Peer, &Row, PeerLabels<'_>)> {
+        let with_name = self.opts.peer_name_label;
+        self.snap.devices.iter().zip(&self.rows).flat_map(move |(d, rows)| {
+            d.state.peers.iter().zip(rows).map(move |(p, row)| {
+                let name = with_name.then(|| row.name.as_deref().unwrap_or(""));
+                (p, row, PeerLabels { device: d.found.name.as_str(), key: row.key.as_str(), name })
+            })
         })
     }
 
@@ -115,6 +122,25 @@ impl Row {
             name: d.names.get(&p.public_key).cloned(),
             counters: d.reading.as_ref().and_then(|r| r.counters.get(&p.public_key)).copied(),
             endpoint_changes: d.lifecycle.endpoint_changes.get(&p.public_key).copied().unwrap_or(0),
+        }
+    }
+}
+
+/// The labels every per-peer series starts with: device, public_key, and name with
+/// `--metrics.peer-name-label`. A family adds its own after them: `(labels, [("method", m)])`.
+#[derive(Clone, Copy, Debug)]
+pub struct PeerLabels<'a> {
+    pub device: &'a str,
+    pub key: &'a str,
+    pub name: Option<&'a str>,
+}
+
+impl EncodeLabelSet for PeerLabels<'_> {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> std::fmt::Result {
+        [("device", self.device), ("public_key", self.key)].encode(encoder)?;
+        match self.name {
+            Some(name) => [("name", name)].encode(encoder),
+            None => Ok(()),
         }
     }
 }

@@ -79,28 +79,39 @@ pub const GROUP: Group = Group {
             shown: always,
             samples: last_handshake,
         },
+        Family {
+            name: "wireguard_peer_up",
+            help: "1 while the peer's last handshake is younger than --peer.up-after (default 180 s; WireGuard shakes hands every 2 minutes while traffic flows), else 0; 0 for a peer that never completed one",
+            kind: Type::Gauge,
+            labels: PEER,
+            per_peer: Some(one),
+            shown: always,
+            samples: up,
+        },
     ],
 };
 
 fn info(page: &Page, s: &mut Samples) -> std::fmt::Result {
     let mut endpoint = String::new();
-    for (p, row, [dev, key]) in page.peers() {
+    for (p, row, l) in page.peers() {
         endpoint.clear();
         if let Some(e) = p.endpoint.filter(|_| !page.opts.redact_endpoints) {
             write!(endpoint, "{e}")?;
         }
-        s.gauge(&[dev, key, ("name", row.name.as_deref().unwrap_or("")), ("endpoint", endpoint.as_str())], 1i64)?;
+        // Its own name label, with or without --metrics.peer-name-label.
+        let labels = [("device", l.device), ("public_key", l.key), ("name", row.name.as_deref().unwrap_or(""))];
+        s.gauge(&(labels, [("endpoint", endpoint.as_str())]), 1i64)?;
     }
     Ok(())
 }
 
 fn allowed_ips(page: &Page, s: &mut Samples) -> std::fmt::Result {
     let mut buf = String::new();
-    for (p, _, [dev, key]) in page.peers() {
+    for (p, _, labels) in page.peers() {
         for net in &p.allowed_ips {
             buf.clear();
             write!(buf, "{net}")?;
-            s.gauge(&[dev, key, ("allowed_ip", buf.as_str())], 1i64)?;
+            s.gauge(&(labels, [("allowed_ip", buf.as_str())]), 1i64)?;
         }
     }
     Ok(())
@@ -109,6 +120,14 @@ fn allowed_ips(page: &Page, s: &mut Samples) -> std::fmt::Result {
 fn last_handshake(page: &Page, s: &mut Samples) -> std::fmt::Result {
     for (p, _, labels) in page.peers() {
         s.gauge(&labels, p.last_handshake.map_or(0.0, |t| t.as_secs_f64()))?;
+    }
+    Ok(())
+}
+
+fn up(page: &Page, s: &mut Samples) -> std::fmt::Result {
+    for (p, _, labels) in page.peers() {
+        let young = p.last_handshake.is_some_and(|t| page.snap.wall.saturating_sub(t) < page.opts.up_after);
+        s.gauge(&labels, young as i64)?;
     }
     Ok(())
 }

@@ -158,3 +158,50 @@ fn a_trimmed_page_stays_within_its_budget() {
         }
     }
 }
+
+/// With --metrics.peer-name-label the page is the default one with `name="…"` after every
+/// `public_key` label (the peer's name from wireguard_peer_info, empty without one), except
+/// on wireguard_peer_info, which has its name already.
+#[test]
+fn the_peer_name_label_goes_on_every_per_peer_series() {
+    let text = Format { openmetrics: false, gzip: false };
+    let plain = page(&ExportOptions::default(), text);
+    let named = page(&ExportOptions { peer_name_label: true, ..ExportOptions::default() }, text);
+    // A label's value as written (escapes kept), and where the label ends.
+    let value = |line: &str, label: &str| -> Option<(usize, String)> {
+        let at = line.find(&format!("{label}=\""))? + label.len() + 2;
+        let mut escaped = false;
+        let len = line[at..].char_indices().find_map(|(i, c)| match c {
+            '"' if !escaped => Some(i),
+            _ => {
+                escaped = c == '\\' && !escaped;
+                None
+            }
+        })?;
+        Some((at + len + 1, line[at..at + len].to_string()))
+    };
+    let names: std::collections::HashMap<String, String> = plain
+        .lines()
+        .filter(|l| l.starts_with("wireguard_peer_info{"))
+        .map(|l| (value(l, "public_key").unwrap().1, value(l, "name").unwrap().1))
+        .collect();
+    assert!(names.values().any(|n| !n.is_empty()), "the fixture names some peers");
+    // A line of a per-peer family (wireguard_device_info has a public_key too: the device's).
+    let per_peer = |line: &str| {
+        families().any(|f| {
+            f.per_peer.is_some()
+                && line.strip_prefix(f.exposed_name().as_str()).is_some_and(|r| r.starts_with(['{', '_']))
+        })
+    };
+    let expected: Vec<String> = plain
+        .lines()
+        .map(|l| match value(l, "public_key") {
+            Some((end, key)) if per_peer(l) && !l.starts_with("wireguard_peer_info{") && !l.starts_with('#') => {
+                let name = names.get(&key).map_or("", String::as_str);
+                format!("{},name=\"{name}\"{}", &l[..end], &l[end..])
+            }
+            _ => l.to_string(),
+        })
+        .collect();
+    assert_eq!(named.lines().collect::<Vec<_>>(), expected);
+}

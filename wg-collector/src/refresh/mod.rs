@@ -136,6 +136,7 @@ impl Monitor {
         drop(guard);
         Snapshot {
             began,
+            wall: now,
             devices,
             durations,
             errors: ErrorSource::ALL.iter().map(|s| (*s, self.errors[*s as usize].load(Ordering::Relaxed))).collect(),

@@ -54,6 +54,8 @@ pub struct DeviceSnapshot {
 pub struct Snapshot {
     /// When the refresh began reading.
     pub began: Instant,
+    /// The wall clock then, since the Unix epoch (handshake ages are measured against it).
+    pub wall: Duration,
     pub devices: Vec<DeviceSnapshot>,
     /// Time spent per source in this refresh.
     pub durations: Vec<(ErrorSource, Duration)>,
