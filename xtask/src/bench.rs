@@ -6,10 +6,6 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 pub fn run(quick: bool) -> Result<()> {
-    if !quick && wg_tests::lab::tool("prometheus_wireguard_exporter").is_err() {
-        // The exporter users would otherwise run, measured side by side.
-        crate::cargo(&["install", "prometheus_wireguard_exporter", "--locked"])?;
-    }
     crate::cargo(&["build", "--release", "--package", "wg-bench"])?;
     crate::cargo(&["build", "--release", "--package", "wg-collector", "--bin", "wg-collector"])?;
     let mut c = Command::new("target/release/wg-bench");

@@ -51,6 +51,8 @@ const BORINGTUN: &str = "0.7.1";
 const CARGO_FUZZ: &str = "0.13.2";
 const CARGO_DEB: &str = "3.8.0";
 const CARGO_GENERATE_RPM: &str = "0.21.1";
+/// The exporter most users run today: measured beside us (bench) and matched by --compat.
+const WIREGUARD_EXPORTER: &str = "3.6.6";
 
 pub fn run() -> Result<()> {
     let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
@@ -88,7 +90,12 @@ pub fn run() -> Result<()> {
         sh(cargo().args(["install", "cargo-fuzz", "--locked", "--version", CARGO_FUZZ]))?;
     }
     // The packagers (cargo xtask dist): the .deb and .rpm from wg-collector/Cargo.toml's metadata.
-    for (krate, version) in [("cargo-deb", CARGO_DEB), ("cargo-generate-rpm", CARGO_GENERATE_RPM)] {
+    // prometheus_wireguard_exporter: tests/tests/compat.rs runs it beside us; the bench measures it.
+    for (krate, version) in [
+        ("cargo-deb", CARGO_DEB),
+        ("cargo-generate-rpm", CARGO_GENERATE_RPM),
+        ("prometheus_wireguard_exporter", WIREGUARD_EXPORTER),
+    ] {
         if !has_version(krate, version) {
             eprintln!("setup: building {krate} {version} (about a minute)");
             sh(cargo().args(["install", krate, "--locked", "--version", version]))?;

@@ -121,6 +121,20 @@ pub struct Args {
     /// label to every per-peer series. Renaming a peer then starts new series.
     #[arg(long = "metrics.peer-name-label")]
     pub peer_name_label: bool,
+    /// Also serve prometheus_wireguard_exporter's families (wireguard_sent_bytes_total,
+    /// wireguard_received_bytes_total, wireguard_latest_handshake_seconds) with its labels,
+    /// so dashboards and alerts made for it keep working.
+    #[arg(long = "compat", value_name = "EXPORTER", value_parser = ["prometheus-wireguard-exporter"])]
+    pub compat: Option<String>,
+    /// With --compat: allowed_ip_N and allowed_subnet_N labels instead of allowed_ips (its -s).
+    #[arg(long = "compat.separate-allowed-ips", requires = "compat")]
+    pub compat_separate_allowed_ips: bool,
+    /// With --compat: remote_ip and remote_port labels (its -r).
+    #[arg(long = "compat.remote-ip-port", requires = "compat")]
+    pub compat_remote_ip_port: bool,
+    /// With --compat: wireguard_latest_handshake_delay_seconds (its -d).
+    #[arg(long = "compat.handshake-delay", requires = "compat")]
+    pub compat_handshake_delay: bool,
     /// wireguard_peer_up is 1 while the peer's last handshake is younger than this.
     #[arg(long = "peer.up-after", value_name = "DURATION", default_value = "180s", value_parser = parse_duration)]
     pub up_after: Duration,

@@ -164,6 +164,12 @@ impl TryFrom<Args> for Config {
                 max_series: a.max_series,
                 peer_name_label: a.peer_name_label,
                 up_after: a.up_after,
+                compat: crate::metrics::Compat {
+                    on: a.compat.is_some(),
+                    separate_allowed_ips: a.compat_separate_allowed_ips,
+                    remote_ip_port: a.compat_remote_ip_port,
+                    handshake_delay: a.compat_handshake_delay,
+                },
             },
             names: NameSources { names_files: a.names_files, wg_configs: a.wg_configs },
             bpf_stats: a.bpf_stats,

@@ -153,6 +153,22 @@ fn peer_names_and_up() {
 }
 
 #[test]
+fn compat() {
+    assert_eq!(config(&[]).unwrap().export.compat, crate::metrics::Compat::default());
+    let c = config(&[
+        "--compat",
+        "prometheus-wireguard-exporter",
+        "--compat.separate-allowed-ips",
+        "--compat.remote-ip-port",
+    ])
+    .unwrap();
+    assert!(c.export.compat.on && c.export.compat.separate_allowed_ips && c.export.compat.remote_ip_port);
+    assert!(!c.export.compat.handshake_delay);
+    assert!(refused(&["--compat", "node-exporter"]).contains("--compat"));
+    assert!(refused(&["--compat.handshake-delay"]).contains("--compat"), "needs --compat");
+}
+
+#[test]
 fn pins() {
     let c = config(&["--bpf.pin-path", "/sys/fs/bpf/x", "--bpf.replace-pinned"]).unwrap();
     assert_eq!(c.pin, PinRequest { path: Some("/sys/fs/bpf/x".into()), off: false, replace: true });

@@ -6,6 +6,7 @@
 
 mod budget;
 mod collector;
+mod compat;
 mod device;
 mod encode;
 mod family;
@@ -16,13 +17,22 @@ mod page;
 mod peer;
 mod traffic;
 
+pub use compat::Compat;
 pub use encode::{encode, Encoded, Format};
 pub use family::{Family, Group, Type};
 pub use page::{ExportOptions, Page, DEFAULT_MAX_SERIES};
 
 /// Every family of the page, in the page's order.
-pub const GROUPS: [Group; 7] =
-    [device::GROUP, peer::GROUP, traffic::GROUP, latency::GROUP, messages::GROUP, collector::GROUP, http::GROUP];
+pub const GROUPS: [Group; 8] = [
+    device::GROUP,
+    peer::GROUP,
+    traffic::GROUP,
+    latency::GROUP,
+    messages::GROUP,
+    collector::GROUP,
+    http::GROUP,
+    compat::GROUP,
+];
 
 /// Every family, in the page's order.
 pub fn families() -> impl Iterator<Item = &'static Family> {

@@ -30,6 +30,8 @@ pub struct ExportOptions {
     pub peer_name_label: bool,
     /// wireguard_peer_up: 1 while the last handshake is younger than this (`--peer.up-after`).
     pub up_after: Duration,
+    /// prometheus_wireguard_exporter's families (`--compat`).
+    pub compat: super::Compat,
 }
 
 /// `--metrics.max-series`' default.
@@ -44,6 +46,7 @@ impl Default for ExportOptions {
             max_series: DEFAULT_MAX_SERIES,
             peer_name_label: false,
             up_after: Duration::from_secs(180),
+            compat: super::Compat::default(),
         }
     }
 }

@@ -75,8 +75,9 @@ pub const GROUP: Group = Group {
             help: "Unix time of the peer's last completed handshake; 0 = never (the name the usual staleness alert uses)",
             kind: Type::Gauge,
             labels: PEER,
-            per_peer: Some(one),
-            shown: always,
+            // With --compat, prometheus_wireguard_exporter's family of this name takes its place.
+            per_peer: Some(|v| !v.opts.compat.on as usize),
+            shown: |page| !page.opts.compat.on,
             samples: last_handshake,
         },
         Family {

@@ -46,6 +46,32 @@ fn the_page_of_a_fixed_reading_is_the_golden_one() {
     );
 }
 
+/// prometheus_wireguard_exporter's families as it writes them (its output format is in its
+/// own tests; the lab test compares with the real exporter): the compat families alone here,
+/// plain and with every option.
+#[test]
+fn the_compat_families_are_the_golden_ones() {
+    let text = Format { openmetrics: false, gzip: false };
+    let only_compat = |page: String| -> String {
+        let mut keep = false;
+        page.lines()
+            .filter(|l| {
+                if let Some(rest) = l.strip_prefix("# HELP ") {
+                    keep = ["wireguard_sent_bytes", "wireguard_received_bytes", "wireguard_latest_handshake"]
+                        .iter()
+                        .any(|n| rest.starts_with(n));
+                }
+                keep
+            })
+            .map(|l| format!("{l}\n"))
+            .collect()
+    };
+    let plain = Compat { on: true, ..Compat::default() };
+    golden("compat.prom", &only_compat(page(&ExportOptions { compat: plain, ..ExportOptions::default() }, text)));
+    let all = Compat { on: true, separate_allowed_ips: true, remote_ip_port: true, handshake_delay: true };
+    golden("compat-all.prom", &only_compat(page(&ExportOptions { compat: all, ..ExportOptions::default() }, text)));
+}
+
 #[test]
 fn the_redacted_trimmed_openmetrics_page_is_the_golden_one() {
     let opts =
@@ -88,7 +114,13 @@ fn the_page_is_the_catalogue() {
         keys.retain(|k| *k != "le");
         assert_eq!(keys, family.labels, "labels of {line}");
     }
-    let catalogue: Vec<(String, String)> = families().map(|f| (f.exposed_name(), f.kind.label().to_string())).collect();
+    // Every family but prometheus_wireguard_exporter's (--compat, off by default).
+    let catalogue: Vec<(String, String)> = GROUPS
+        .iter()
+        .filter(|g| g.name != "compat")
+        .flat_map(|g| g.families)
+        .map(|f| (f.exposed_name(), f.kind.label().to_string()))
+        .collect();
     assert_eq!(typed, catalogue, "the page's families, in order, are the catalogue's");
 }
 
