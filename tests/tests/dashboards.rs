@@ -24,7 +24,7 @@ fn dashboards() -> Vec<(String, Value)> {
             out.push((p.file_name().unwrap().to_string_lossy().into_owned(), v));
         }
     }
-    assert!(out.len() >= 4, "the overview, peer, protocol and collector dashboards");
+    assert!(out.len() >= 5, "the fleet, overview, peer, protocol and collector dashboards");
     out
 }
 
@@ -39,6 +39,7 @@ fn queries() -> Vec<(String, String)> {
                     .as_str()
                     .unwrap()
                     .replace("$__rate_interval", "15s")
+                    .replace("$instance", ".*")
                     .replace("$device", ".*")
                     .replace("$peer", ".*");
                 out.push((format!("{file}: {}", p["title"].as_str().unwrap()), q));
@@ -61,7 +62,10 @@ fn dashboards_are_importable_with_unique_ids_and_a_datasource_variable() {
         assert!(d["uid"].is_string() && d["title"].is_string(), "{file}");
         let vars: Vec<&str> =
             d["templating"]["list"].as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap()).collect();
-        assert!(vars.contains(&"datasource") && vars.contains(&"device"), "{file}: variables {vars:?}");
+        assert!(
+            vars.contains(&"datasource") && vars.contains(&"instance") && vars.contains(&"device"),
+            "{file}: variables {vars:?}"
+        );
         let mut ids = std::collections::HashSet::new();
         for p in d["panels"].as_array().unwrap() {
             assert!(ids.insert(p["id"].as_u64().unwrap()), "{file}: panel id {} twice", p["id"]);
@@ -80,6 +84,43 @@ fn dashboards_are_importable_with_unique_ids_and_a_datasource_variable() {
             assert_eq!(v["datasource"]["uid"], "${datasource}", "{file}: variable {}", v["name"]);
         }
     }
+}
+
+/// Many gateways, one view: equal device names on different gateways never merge. Every
+/// device selector is scoped by the gateway (instance), every aggregation and join that keeps
+/// the device keeps the instance too; the recording rules and alerts likewise.
+#[test]
+fn every_query_keeps_gateways_apart() {
+    let mut bad = Vec::new();
+    let mut check = |what: &str, q: &str| {
+        let unscoped = q.matches("device=~\"$device\"").count()
+            != q.matches("instance=~\"$instance\", device=~\"$device\"").count();
+        let merged = q
+            .split("by (")
+            .skip(1)
+            .chain(q.split("on(").skip(1))
+            .map(|rest| rest.split(')').next().unwrap_or(""))
+            .any(|labels| labels.contains("device") && !labels.starts_with("instance, "));
+        if unscoped || merged {
+            bad.push(format!("{what}: {q}"));
+        }
+    };
+    for (file, d) in dashboards() {
+        for p in d["panels"].as_array().unwrap() {
+            for t in p["targets"].as_array().into_iter().flatten() {
+                check(&format!("{file}: {}", p["title"]), t["expr"].as_str().unwrap());
+            }
+        }
+    }
+    let rules = std::fs::read_to_string(repo().join("dashboards/alerts.yml")).unwrap();
+    for expr in rules.lines().filter_map(|l| l.trim().strip_prefix("expr: ")) {
+        check("alerts.yml", expr);
+    }
+    assert!(bad.is_empty(), "queries that would merge gateways:\n{}", bad.join("\n"));
+    // The fleet view links each gateway to its overview.
+    let fleet = dashboards().into_iter().find(|(f, _)| f == "fleet.json").expect("dashboards/fleet.json").1;
+    let links = fleet["panels"][0]["fieldConfig"]["defaults"]["links"][0]["url"].as_str().unwrap().to_string();
+    assert!(links.starts_with("/d/wg-overview?var-instance=${__data.fields.instance}"), "{links}");
 }
 
 #[test]
