@@ -123,6 +123,22 @@ fn every_query_keeps_gateways_apart() {
     assert!(links.starts_with("/d/wg-overview?var-instance=${__data.fields.instance}"), "{links}");
 }
 
+/// The deployment's Prometheus configurations are valid (the fleet test runs the same path).
+#[test]
+fn the_shipped_prometheus_configs_check() {
+    let deploy = repo().join("wg-collector/deploy");
+    for (file, agent) in
+        [("prometheus-agent.yml", true), ("prometheus-central.yml", false), ("prometheus-scrape.yml", false)]
+    {
+        let mut c = Command::new("promtool");
+        c.args(["check", "config", "--syntax-only"]);
+        if agent {
+            c.arg("--agent");
+        }
+        sh(c.arg(deploy.join(file)));
+    }
+}
+
 #[test]
 fn rules_check_and_every_alert_has_unit_tests_that_pass() {
     let dir = repo().join("dashboards");

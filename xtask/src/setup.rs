@@ -24,6 +24,8 @@ const PACKAGES: &[&str] = &[
     "wrk",
     // A real Prometheus scrapes the collector in the tests; promtool checks rules.
     "prometheus",
+    // The fleet test writes through Prometheus' remote_write into InfluxDB 1.6.
+    "influxdb",
     // The live page is tested in headless Chromium.
     "chromium",
     "fonts-dejavu-core",
