@@ -16,7 +16,8 @@ use wg_tests::vm::BOOT;
 
 use crate::{
     kernels::{self, Kernel},
-    vm::{install_modules, sh, WORK},
+    sh,
+    vm::{install_modules, WORK},
 };
 
 /// What the root holds beyond Debian's essential packages.

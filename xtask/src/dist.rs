@@ -12,6 +12,8 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
+use crate::output;
+
 pub const TARGET: &str = "x86_64-unknown-linux-gnu";
 
 /// Builds and checks everything; prints each artifact's size and build time. Returns the
@@ -97,12 +99,4 @@ fn binary() -> Result<PathBuf> {
         t0.elapsed().as_secs_f64()
     );
     Ok(dest)
-}
-
-pub fn output(c: &mut Command) -> Result<String> {
-    let o = c.output().with_context(|| format!("running {c:?}"))?;
-    if !o.status.success() {
-        bail!("{c:?} failed: {}", String::from_utf8_lossy(&o.stderr));
-    }
-    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
 }

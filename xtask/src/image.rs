@@ -12,7 +12,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use wg_tests::{lab::settled, netns, scrape::http_get, Implementation, Lab, Metrics};
 
-use crate::dist::output;
+use crate::output;
 
 /// The name the image is built and saved under; deploy/daemonset.yaml runs this one.
 pub const IMAGE: &str = concat!("localhost/wg-collector:", env!("CARGO_PKG_VERSION"));
@@ -39,7 +39,7 @@ pub fn build(binary: &Path) -> Result<PathBuf> {
             .arg(format!("--build-arg=VERSION={}", env!("CARGO_PKG_VERSION")))
             .arg(format!("--build-arg=COMMIT={commit}"))
             // Time stamps from the commit's time: the same commit gives the same image.
-            .args(["--timestamp", &commit_time()])
+            .args(["--timestamp", &crate::commit_time().unwrap_or_else(|| "0".into())])
             .arg(context),
     )
     .context("buildah build (cargo xtask setup installs buildah)")?;
@@ -48,15 +48,6 @@ pub fn build(binary: &Path) -> Result<PathBuf> {
     output(tool("podman").args(["save", "--quiet", "--format", "oci-archive", "--output"]).arg(&archive).arg(IMAGE))?;
     inspect(commit)?;
     Ok(archive)
-}
-
-fn commit_time() -> String {
-    Command::new("git")
-        .args(["log", "-1", "--format=%ct"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map_or_else(|| "0".into(), |o| String::from_utf8_lossy(&o.stdout).trim().to_string())
 }
 
 /// The image runs our binary, as root (see the Containerfile), exposes 9586 and names its

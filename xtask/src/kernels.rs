@@ -10,7 +10,7 @@ use std::{
 use anyhow::{Context, Result};
 use clap::ValueEnum;
 
-use crate::vm::{output, sh, WORK};
+use crate::{output, sh, vm::WORK};
 
 const MIRROR: &str = "http://deb.debian.org/debian";
 /// The host's keyring holds the archive keys of Debian 11, 12 and 13.

@@ -250,6 +250,31 @@ fn build(release: bool) -> Result<()> {
     cargo(&args)
 }
 
+/// Runs a command to completion; its stdout, or an error with its stderr.
+pub(crate) fn output(c: &mut Command) -> Result<String> {
+    let o = c.output().with_context(|| format!("running {c:?}"))?;
+    if !o.status.success() {
+        bail!("{c:?} failed: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+/// Runs a command with its output shown; an error if it fails.
+pub(crate) fn sh(c: &mut Command) -> Result<()> {
+    let status = c.status().with_context(|| format!("running {c:?}"))?;
+    if !status.success() {
+        bail!("{c:?} failed ({status})");
+    }
+    Ok(())
+}
+
+/// The time of the checked-out commit (Unix seconds): what the packages and the image are
+/// dated by, so that two builds of one commit are the same files.
+pub(crate) fn commit_time() -> Option<String> {
+    let o = Command::new("git").args(["log", "-1", "--format=%ct"]).output().ok()?;
+    o.status.success().then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
+}
+
 pub(crate) fn cargo_bin() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
 }

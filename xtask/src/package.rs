@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::dist::{output, TARGET};
+use crate::{dist::TARGET, output};
 
 /// What the .deb installs (directories left out): `dpkg -c` must list exactly these.
 const DEB_FILES: &[(&str, &str)] = &[
@@ -138,9 +138,8 @@ pub fn rpm(binary: &Path) -> Result<PathBuf> {
 
 /// Packages dated by the commit, not the clock: two builds of one commit are the same file.
 fn reproducible(c: &mut Command) -> &mut Command {
-    let epoch = Command::new("git").args(["log", "-1", "--format=%ct"]).output();
-    if let Some(t) = epoch.ok().filter(|o| o.status.success()) {
-        c.env("SOURCE_DATE_EPOCH", String::from_utf8_lossy(&t.stdout).trim());
+    if let Some(t) = crate::commit_time() {
+        c.env("SOURCE_DATE_EPOCH", t);
     }
     c
 }

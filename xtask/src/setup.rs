@@ -4,7 +4,9 @@
 
 use std::process::{Command, Stdio};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
+
+use crate::sh;
 
 /// Debian packages: the BPF toolchain, WireGuard implementations and tools, traffic and
 /// namespace tools.
@@ -132,14 +134,6 @@ fn require_root(what: &str) -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("{what} needs root: run `sudo cargo xtask setup` once");
-    }
-    Ok(())
-}
-
-fn sh(c: &mut Command) -> Result<()> {
-    let status = c.status().with_context(|| format!("running {c:?}"))?;
-    if !status.success() {
-        bail!("{c:?} failed ({status})");
     }
     Ok(())
 }

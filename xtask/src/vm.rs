@@ -16,7 +16,10 @@ use std::{
 use anyhow::{bail, Context, Result};
 use wg_tests::vm::{Suite, KERNEL, REFUSED};
 
-use crate::kernels::{self, Kernel};
+use crate::{
+    kernels::{self, Kernel},
+    output, sh,
+};
 
 pub const WORK: &str = "target/vm";
 /// The modules the guests load; what they depend on comes from the kernel's modules.dep.
@@ -248,22 +251,6 @@ fn copy(from: &Path, to: &Path) -> Result<()> {
 fn set_mode(p: &Path, mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))?;
-    Ok(())
-}
-
-pub fn output(c: &mut Command) -> Result<String> {
-    let o = c.output().with_context(|| format!("running {c:?}"))?;
-    if !o.status.success() {
-        bail!("{c:?} failed: {}", String::from_utf8_lossy(&o.stderr));
-    }
-    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
-}
-
-pub fn sh(c: &mut Command) -> Result<()> {
-    let s = c.status().with_context(|| format!("running {c:?}"))?;
-    if !s.success() {
-        bail!("{c:?} failed ({s})");
-    }
     Ok(())
 }
 

@@ -24,6 +24,10 @@ pub struct Compat {
     pub handshake_delay: bool,
 }
 
+/// The labels of its plain form (numbered allowed_ip_N and remote_ip/remote_port with its
+/// options; friendly_name only for named peers).
+const LABELS: &[&str] = &["interface", "public_key", "allowed_ips", "friendly_name"];
+
 fn on(page: &Page) -> bool {
     page.opts.compat.on
 }
@@ -39,7 +43,7 @@ pub const GROUP: Group = Group {
             name: "wireguard_sent_bytes",
             help: "Bytes sent to the peer",
             kind: Type::Counter,
-            labels: &["interface", "public_key", "allowed_ips", "friendly_name"],
+            labels: LABELS,
             per_peer: Some(one),
             shown: on,
             samples: |page, s| each(page, s, |p, s, l| s.counter(l, p.tx_bytes)),
@@ -48,7 +52,7 @@ pub const GROUP: Group = Group {
             name: "wireguard_received_bytes",
             help: "Bytes received from the peer",
             kind: Type::Counter,
-            labels: &["interface", "public_key", "allowed_ips", "friendly_name"],
+            labels: LABELS,
             per_peer: Some(one),
             shown: on,
             samples: |page, s| each(page, s, |p, s, l| s.counter(l, p.rx_bytes)),
@@ -57,7 +61,7 @@ pub const GROUP: Group = Group {
             name: "wireguard_latest_handshake_seconds",
             help: "UNIX timestamp seconds of the last handshake",
             kind: Type::Gauge,
-            labels: &["interface", "public_key", "allowed_ips", "friendly_name"],
+            labels: LABELS,
             per_peer: Some(one),
             shown: on,
             samples: |page, s| each(page, s, |p, s, l| s.gauge(l, handshake(p) as i64)),
@@ -66,7 +70,7 @@ pub const GROUP: Group = Group {
             name: "wireguard_latest_handshake_delay_seconds",
             help: "Seconds from the last handshake",
             kind: Type::Gauge,
-            labels: &["interface", "public_key", "allowed_ips", "friendly_name"],
+            labels: LABELS,
             per_peer: Some(|v| (v.opts.compat.on && v.opts.compat.handshake_delay) as usize),
             shown: |page| page.opts.compat.on && page.opts.compat.handshake_delay,
             // As the exporter: from the last handshake to now, also for a peer that never had
