@@ -384,6 +384,113 @@ impl Drop for Lab {
     }
 }
 
+/// A WireGuard device alone in a network namespace of its own (named like a lab's, so a
+/// killed test's is swept), with one peer that has no endpoint: packets to the peer's
+/// address (10.98.0.2) leave the device and are counted there, unanswered. For tests that
+/// make and delete whole namespaces. Dropping it kills the daemon and deletes the namespace.
+pub struct SoloDevice {
+    pub ns: String,
+    pub iface: String,
+    pub peer_key: String,
+    daemon: Option<Child>,
+}
+
+impl SoloDevice {
+    /// A name for one, unique on the host: the namespace's and the device's.
+    pub fn fresh_name() -> String {
+        format!("{PREFIX}{}x{}s", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Creates namespace and device `id` (wireguard-go), configured and up; `id` from
+    /// [`fresh_name`](Self::fresh_name), or the name of one dropped before (made again).
+    pub fn new(id: &str) -> Result<Self> {
+        sweep_stale();
+        let mut solo = SoloDevice { ns: id.into(), iface: id.into(), peer_key: random_public_key(), daemon: None };
+        solo.build().with_context(|| format!("building {id}"))?;
+        Ok(solo)
+    }
+
+    fn build(&mut self) -> Result<()> {
+        let (ns, iface) = (self.ns.as_str(), self.iface.as_str());
+        sh(&["ip", "netns", "add", ns])?;
+        sh(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
+        let child = netns::cmd(ns, "wireguard-go")
+            .args(["-f", iface])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        self.daemon = Some(child);
+        let sock = Path::new(UAPI_DIR).join(format!("{iface}.sock"));
+        wait_until(Duration::from_secs(10), || sock.exists() && sh(&["ip", "-n", ns, "link", "show", iface]).is_ok())
+            .with_context(|| format!("wireguard-go did not create {iface}"))?;
+        let key = sh(&["wg", "genkey"])?;
+        let key_file = std::env::temp_dir().join(format!("{iface}.key"));
+        std::fs::write(&key_file, key.trim())?;
+        let set = run(netns::cmd(ns, "wg").args([
+            "set",
+            iface,
+            "private-key",
+            key_file.to_str().unwrap(),
+            "peer",
+            &self.peer_key,
+            "allowed-ips",
+            "10.98.0.2/32",
+        ]));
+        let _ = std::fs::remove_file(&key_file);
+        set?;
+        sh(&["ip", "-n", ns, "addr", "add", "10.98.0.1/24", "dev", iface])?;
+        sh(&["ip", "-n", ns, "link", "set", iface, "up"])?;
+        Ok(())
+    }
+
+    /// Sends `count` pings to the peer (unanswered): `count` packets leave the device.
+    pub fn ping(&self, count: u32) {
+        let _ = run(netns::cmd(&self.ns, "ping").args([
+            "-c",
+            &count.to_string(),
+            "-i",
+            "0.01",
+            "-W",
+            "0.05",
+            "-q",
+            "10.98.0.2",
+        ]));
+    }
+}
+
+impl Drop for SoloDevice {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.daemon.take() {
+            terminate(&mut child);
+        }
+        remove_namespace(&self.ns);
+        let _ = std::fs::remove_file(Path::new(UAPI_DIR).join(format!("{}.sock", self.iface)));
+    }
+}
+
+/// A network namespace with nothing in it but loopback (named like a lab's); deleted on drop.
+pub struct EmptyNamespace {
+    pub name: String,
+}
+
+impl EmptyNamespace {
+    pub fn new() -> Result<Self> {
+        sweep_stale();
+        let name = format!("{PREFIX}{}x{}e", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        sh(&["ip", "netns", "add", &name])?;
+        let ns = EmptyNamespace { name };
+        sh(&["ip", "-n", &ns.name, "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+}
+
+impl Drop for EmptyNamespace {
+    fn drop(&mut self) {
+        remove_namespace(&self.name);
+    }
+}
+
 /// SIGTERM, then SIGKILL after 3 s; always reaps.
 pub fn terminate(child: &mut Child) {
     // SAFETY: signalling a child we own.

@@ -16,5 +16,5 @@ pub mod tcp_ping;
 pub mod vm;
 
 pub use collector::Collector;
-pub use lab::{Implementation, Lab, Side};
+pub use lab::{EmptyNamespace, Implementation, Lab, Side, SoloDevice};
 pub use scrape::Metrics;

@@ -20,7 +20,7 @@ use crate::{
     http::conn::ConnCounts,
     links::LinkState,
     pool::Pool,
-    refresh::{DeviceSnapshot, ErrorSource, Snapshot},
+    refresh::{DeviceLink, DeviceSnapshot, ErrorSource, Snapshot},
     wireguard::{
         discovery::{Api, Found},
         Device, Implementation, Key, KeyMap, Peer,
@@ -101,6 +101,7 @@ fn measured() -> DeviceSnapshot {
             ifindex: 7,
             implementation: Implementation::WireguardGo,
             api: Api::Uapi(PathBuf::from("/var/run/wireguard/wg0.sock")),
+            netns: None,
         },
         state,
         reading: Some(Reading {
@@ -148,7 +149,13 @@ fn measured() -> DeviceSnapshot {
 /// A kernel device whose programs could not be attached: WireGuard's own state only.
 fn unmeasured() -> DeviceSnapshot {
     DeviceSnapshot {
-        found: Found { name: "wg1".into(), ifindex: 9, implementation: Implementation::Kernel, api: Api::Netlink },
+        found: Found {
+            name: "wg1".into(),
+            ifindex: 9,
+            implementation: Implementation::Kernel,
+            api: Api::Netlink,
+            netns: None,
+        },
         state: Device {
             name: "wg1".into(),
             public_key: None,
@@ -186,9 +193,13 @@ pub fn snapshot() -> Arc<Snapshot> {
         ],
         errors: vec![(ErrorSource::Netlink, 0), (ErrorSource::Uapi, 2), (ErrorSource::Bpf, 5)],
         links: vec![
-            ("wg0".into(), LinkState { up: true, ifindex: Some(7), flaps: 1 }),
-            ("wg1".into(), LinkState { up: true, ifindex: Some(9), flaps: 0 }),
-            ("wg9".into(), LinkState { up: false, ifindex: None, flaps: 3 }),
+            link("wg0", LinkState { up: true, ifindex: Some(7), flaps: 1 }),
+            link("wg1", LinkState { up: true, ifindex: Some(9), flaps: 0 }),
+            link("wg9", LinkState { up: false, ifindex: None, flaps: 3 }),
         ],
     })
+}
+
+fn link(name: &str, state: LinkState) -> DeviceLink {
+    DeviceLink { netns: None, name: name.into(), state }
 }

@@ -14,6 +14,7 @@ pub mod links;
 pub mod memlock;
 pub mod metrics;
 pub mod names;
+pub mod netns;
 pub mod open_files;
 pub mod pool;
 pub mod privileges;

@@ -2,18 +2,21 @@
 //!
 //! Two sources feed it: the kernel's link events (rtnetlink multicast), which catch a flap
 //! the moment it happens even when it is over before the next poll, and each refresh's own
-//! look at the interface, which catches what an overrun event socket missed. A flap is a
-//! transition from up to anything else: down, deleted, or replaced by a new interface of the
-//! same name (a new ifindex).
+//! look at the interfaces ([`dump`]), which catches what an overrun event socket missed. A
+//! flap is a transition from up to anything else: down, deleted, or replaced by a new
+//! interface of the same name (a new ifindex).
+//!
+//! The interfaces are read over rtnetlink, not /sys/class/net: sysfs shows the namespace it
+//! was mounted in, a netlink socket the one it was opened in (see netns.rs).
 
 use std::{
     collections::BTreeMap,
     sync::{Arc, Mutex},
 };
 
-use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
+use netlink_packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST};
 use netlink_packet_route::{
-    link::{LinkAttribute, LinkFlags, LinkMessage},
+    link::{LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
     RouteNetlinkMessage,
 };
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
@@ -36,11 +39,10 @@ pub struct Links {
 }
 
 impl Links {
-    /// Starts following `name` (a WireGuard device the collector found).
-    pub fn follow(&self, name: &str) {
+    /// Starts following `name` (a WireGuard device the collector found), which is `now`.
+    pub fn follow(&self, name: &str, now: Option<(u32, bool)>) {
         let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
         if !states.contains_key(name) {
-            let now = read(name);
             states.insert(
                 name.to_string(),
                 LinkState { up: now.is_some_and(|(_, up)| up), ifindex: now.map(|(i, _)| i), flaps: 0 },
@@ -73,9 +75,12 @@ impl Links {
         changed
     }
 
-    /// Looks at the interface itself (each refresh does, for every followed device).
-    pub fn check(&self, name: &str) {
-        self.observe(name, read(name));
+    /// Takes in a refresh's look at the interfaces, for every followed device.
+    pub fn check(&self, interfaces: &[Interface]) {
+        let names: Vec<String> = self.states.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
+        for name in names {
+            self.observe(&name, interfaces.iter().find(|i| i.name == name).map(|i| (i.ifindex, i.up)));
+        }
     }
 
     pub fn all(&self) -> Vec<(String, LinkState)> {
@@ -142,18 +147,83 @@ fn is_up(flags: LinkFlags) -> bool {
     flags.contains(LinkFlags::Up) && flags.contains(LinkFlags::Running)
 }
 
-/// (ifindex, up) of interface `name`, or `None` when there is none.
-fn read(name: &str) -> Option<(u32, bool)> {
-    let c = std::ffi::CString::new(name).ok()?;
-    // SAFETY: a NUL-terminated name.
-    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    if index == 0 {
-        return None;
+/// One interface of a namespace, as rtnetlink lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Interface {
+    pub name: String,
+    pub ifindex: u32,
+    /// IFF_UP and IFF_RUNNING.
+    pub up: bool,
+    /// The link kind (IFLA_INFO_KIND): "wireguard" for kernel WireGuard, "tun" for the
+    /// userspace ones' devices, None for a physical interface.
+    pub kind: Option<String>,
+}
+
+/// Every interface of the namespace the calling thread is in (RTM_GETLINK dump).
+pub fn dump() -> std::io::Result<Vec<Interface>> {
+    let mut socket = Socket::new(NETLINK_ROUTE)?;
+    socket.bind_auto()?;
+    socket.connect(&SocketAddr::new(0, 0))?;
+    let mut req = NetlinkMessage::from(RouteNetlinkMessage::GetLink(LinkMessage::default()));
+    req.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    req.header.sequence_number = 1;
+    req.finalize();
+    let mut buf = vec![0u8; req.buffer_len()];
+    req.serialize(&mut buf);
+    socket.send(&buf, 0)?;
+    let mut out = Vec::new();
+    loop {
+        let (data, _) = socket.recv_from_full()?;
+        let mut at = 0;
+        while at < data.len() {
+            let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[at..])
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
+            let len = msg.header.length as usize;
+            match msg.payload {
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => {
+                    if let Some(name) = name_of(&l) {
+                        out.push(Interface {
+                            name,
+                            ifindex: l.header.index,
+                            up: is_up(l.header.flags),
+                            kind: kind_of(&l),
+                        });
+                    }
+                }
+                NetlinkPayload::Done(_) => return Ok(out),
+                NetlinkPayload::Error(e) => {
+                    let code = e.code.map_or(0, |c| c.get().checked_abs().unwrap_or(libc::EIO));
+                    return Err(std::io::Error::from_raw_os_error(code));
+                }
+                _ => {}
+            }
+            if len == 0 {
+                break;
+            }
+            at += (len + 3) & !3;
+        }
     }
-    let flags = std::fs::read_to_string(format!("/sys/class/net/{name}/flags")).ok()?;
-    let flags = u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16).ok()?;
-    // sysfs' flags lack IFF_RUNNING (the kernel derives it); carrier is it, and reads as an
-    // error while the link is administratively down.
-    let carrier = std::fs::read_to_string(format!("/sys/class/net/{name}/carrier")).is_ok_and(|c| c.trim() == "1");
-    Some((index, flags & libc::IFF_UP as u32 != 0 && carrier))
+}
+
+fn kind_of(l: &LinkMessage) -> Option<String> {
+    l.attributes.iter().find_map(|a| match a {
+        LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|i| match i {
+            LinkInfo::Kind(k) => Some(k.to_string()),
+            _ => None,
+        }),
+        _ => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dump_lists_loopback() {
+        let all = dump().unwrap();
+        let lo = all.iter().find(|i| i.name == "lo").expect("lo listed");
+        assert_eq!(lo.ifindex, 1);
+        assert_eq!(lo.kind, None);
+    }
 }

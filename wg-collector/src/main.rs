@@ -146,7 +146,14 @@ fn prepare(config: &Config) -> Result<Prepared> {
     } else {
         None
     };
-    privileges::drop_unneeded()?;
+    let mut extra = Vec::new();
+    if !config.refresh.netns.is_own_only() {
+        extra.push((caps::Capability::CAP_SYS_ADMIN, "enter other network namespaces (--netns)"));
+    }
+    if config.refresh.netns.all {
+        extra.push((caps::Capability::CAP_SYS_PTRACE, "read the namespaces of other users' processes (--netns all)"));
+    }
+    privileges::drop_unneeded(&extra)?;
     let web = Shared::new(settings, web.files.clone(), may_be_open, caps);
     Ok(Prepared { _stats: stats, web, listen, names, pins })
 }

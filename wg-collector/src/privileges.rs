@@ -41,12 +41,19 @@ fn missing_from(eff: u64) -> Vec<(&'static str, &'static str)> {
 /// Kept, and why: CAP_BPF (every bpf() call, map reads included, needs it while unprivileged
 /// BPF is disabled, and new devices need programs and maps), CAP_NET_ADMIN (attaching TC
 /// programs to new devices and underlays; WireGuard's netlink GET_DEVICE), CAP_PERFMON (the
-/// programs' direct packet access and pointer use when loaded for a new device). The process
-/// stays uid 0: the UAPI sockets under /var/run/wireguard are root's.
-pub fn drop_unneeded() -> anyhow::Result<()> {
+/// programs' direct packet access and pointer use when loaded for a new device); and the
+/// `extra` ones, each with its reason. The process stays uid 0: the UAPI sockets under
+/// /var/run/wireguard are root's.
+pub fn drop_unneeded(extra: &[(caps::Capability, &str)]) -> anyhow::Result<()> {
     use caps::{CapSet, Capability};
-    let keep: caps::CapsHashSet =
+    let mut keep: caps::CapsHashSet =
         [Capability::CAP_BPF, Capability::CAP_NET_ADMIN, Capability::CAP_PERFMON].into_iter().collect();
+    for (cap, why) in extra {
+        if !caps::has_cap(None, CapSet::Permitted, *cap).unwrap_or(false) {
+            anyhow::bail!("missing privileges: {cap} (to {why}); run as root or grant it");
+        }
+        keep.insert(*cap);
+    }
     let mut bounding_kept = true;
     for cap in caps::all() {
         if !keep.contains(&cap)
@@ -69,7 +76,12 @@ pub fn drop_unneeded() -> anyhow::Result<()> {
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
         anyhow::bail!("prctl(PR_SET_NO_NEW_PRIVS): {}", std::io::Error::last_os_error());
     }
-    tracing::info!("capabilities reduced to CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON");
+    let mut kept: Vec<String> = kept.iter().map(|c| c.to_string()).collect();
+    kept.sort();
+    tracing::info!("capabilities reduced to {}", kept.join(", "));
+    for (cap, why) in extra {
+        tracing::info!("{cap} kept to {why}");
+    }
     Ok(())
 }
 

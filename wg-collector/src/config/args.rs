@@ -64,6 +64,15 @@ pub struct Args {
     /// Only watch this device (repeat for several; default: every WireGuard device).
     #[arg(long = "device", value_name = "NAME")]
     pub devices: Vec<String>,
+    /// Also read WireGuard devices in this network namespace: a name under /run/netns, a
+    /// namespace file (/proc/PID/ns/net, a bind mount), or "all" for every namespace there is,
+    /// followed as they appear and go (repeat for several). Their series carry a `netns`
+    /// label (the name; net:[INODE] for one known only through its processes); the
+    /// collector's own namespace is always read, without that label. Keeps CAP_SYS_ADMIN
+    /// (entering a namespace needs it) and, with "all", CAP_SYS_PTRACE (reading other users'
+    /// processes' namespaces).
+    #[arg(long = "netns", value_name = "NAME|PATH|all")]
+    pub netns: Vec<String>,
     /// Directory of the UAPI sockets of userspace WireGuard implementations.
     #[arg(long = "uapi-dir", default_value = DEFAULT_UAPI_DIR)]
     pub uapi_dir: PathBuf,

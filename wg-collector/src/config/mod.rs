@@ -18,6 +18,7 @@ use crate::{
     },
     metrics::ExportOptions,
     names::NameSources,
+    netns::Selection,
     refresh,
 };
 
@@ -123,6 +124,8 @@ impl TryFrom<Args> for Config {
             ));
         }
         let redact = |what: &str| a.redact.iter().any(|r| r == what || r == "all");
+        let netns = Selection::parse(&a.netns)
+            .map_err(|value| refuse("--netns", value, "neither all, a name under /run/netns, nor an absolute path"))?;
         Ok(Config {
             web: WebOptions {
                 listen: a.listen_address,
@@ -154,6 +157,7 @@ impl TryFrom<Args> for Config {
                 pending_ttl,
                 underlays: a.underlays,
                 pins: None,
+                netns,
             },
             poll_interval,
             scrape_max_age,

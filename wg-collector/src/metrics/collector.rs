@@ -4,7 +4,7 @@
 use prometheus_client::encoding::EncodeCounterValue;
 
 use super::family::{always, Family, Group, Samples, Type};
-use super::page::Page;
+use super::page::{DeviceLabels, Page};
 
 pub const GROUP: Group = Group {
     name: "collector",
@@ -109,7 +109,7 @@ fn program_stats<V: EncodeCounterValue>(
 ) -> std::fmt::Result {
     for d in &page.snap.devices {
         for st in d.reading.iter().flat_map(|r| &r.program_stats) {
-            s.counter(&[("device", d.found.name.as_str()), ("program", st.program)], value(st))?;
+            s.counter(&(DeviceLabels::of(&d.found), [("program", st.program)]), value(st))?;
         }
     }
     Ok(())

@@ -8,7 +8,7 @@
 use std::fmt::Write as _;
 
 use super::family::{Family, Group, Samples, Type};
-use super::page::{Page, PeerView, Row};
+use super::page::{DeviceLabels, Page, PeerView, Row};
 use crate::wireguard::Peer;
 
 /// What `--compat` asks for.
@@ -104,11 +104,14 @@ fn each(
 
 /// In the exporter's order: interface, public_key, allowed_ips, friendly_name, remote_ip,
 /// then what it appends last: allowed_ip_N/allowed_subnet_N and remote_port. `--redact`
-/// holds here too: no allowed IP or endpoint label then.
-fn labels(page: &Page, interface: &str, p: &Peer, row: &Row) -> Labels {
+/// holds here too: no allowed IP or endpoint label then. A device in another namespace
+/// (`--netns`, which the exporter does not have) adds our netns label after interface.
+fn labels(page: &Page, device: DeviceLabels, p: &Peer, row: &Row) -> Labels {
     let c = page.opts.compat;
     let pair = |k: &str, v: String| (k.to_string(), v);
-    let mut first = vec![pair("interface", interface.to_string()), pair("public_key", row.key.clone())];
+    let mut first = vec![pair("interface", device.device.to_string())];
+    first.extend(device.netns.map(|ns| pair("netns", ns.to_string())));
+    first.push(pair("public_key", row.key.clone()));
     let mut last = Vec::new();
     if page.opts.redact_allowed_ips {
         // Left out, as wireguard_peer_allowed_ips_info is.

@@ -2,7 +2,7 @@
 //! number and its address pools (WireGuard's own state, read at scrape time).
 
 use super::family::{always, Family, Group, Samples, Type};
-use super::page::Page;
+use super::page::{DeviceLabels, Page};
 
 pub const GROUP: Group = Group {
     name: "device",
@@ -24,8 +24,8 @@ pub const GROUP: Group = Group {
             per_peer: None,
             shown: always,
             samples: |page, s| {
-                for (name, link) in &page.snap.links {
-                    s.gauge(&[("device", name.as_str())], link.up as i64)?;
+                for l in &page.snap.links {
+                    s.gauge(&DeviceLabels::link(l), l.state.up as i64)?;
                 }
                 Ok(())
             },
@@ -38,8 +38,8 @@ pub const GROUP: Group = Group {
             per_peer: None,
             shown: always,
             samples: |page, s| {
-                for (name, link) in &page.snap.links {
-                    s.counter(&[("device", name.as_str())], link.flaps)?;
+                for l in &page.snap.links {
+                    s.counter(&DeviceLabels::link(l), l.state.flaps)?;
                 }
                 Ok(())
             },
@@ -54,7 +54,7 @@ pub const GROUP: Group = Group {
             samples: |page, s| {
                 for d in &page.snap.devices {
                     for (field, n) in &d.lifecycle.config_changes {
-                        s.counter(&[("device", d.found.name.as_str()), ("field", field.label())], *n)?;
+                        s.counter(&(DeviceLabels::of(&d.found), [("field", field.label())]), *n)?;
                     }
                 }
                 Ok(())
@@ -121,13 +121,12 @@ fn info(page: &Page, s: &mut Samples) -> std::fmt::Result {
     for d in &page.snap.devices {
         let key = d.state.public_key.map(|k| k.to_base64()).unwrap_or_default();
         let labels = [
-            ("device", d.found.name.clone()),
             ("public_key", key),
             ("listen_port", d.state.listen_port.to_string()),
             ("fwmark", d.state.fwmark.to_string()),
             ("implementation", d.found.implementation.to_string()),
         ];
-        s.gauge(&labels, 1i64)?;
+        s.gauge(&(DeviceLabels::of(&d.found), labels), 1i64)?;
     }
     Ok(())
 }
@@ -136,7 +135,7 @@ fn pools(page: &Page, s: &mut Samples, value: fn(&crate::pool::Pool) -> f64) -> 
     for d in &page.snap.devices {
         for (fam, pool) in [("ipv4", d.pools.0), ("ipv6", d.pools.1)] {
             if let Some(pool) = pool {
-                s.gauge(&[("device", d.found.name.as_str()), ("family", fam)], value(&pool))?;
+                s.gauge(&(DeviceLabels::of(&d.found), [("family", fam)]), value(&pool))?;
             }
         }
     }

@@ -7,7 +7,7 @@ use prometheus_client::{
     metrics::MetricType,
 };
 
-use super::page::{Page, PeerView, Row};
+use super::page::{DeviceLabels, Page, PeerView, Row};
 use crate::{histogram::Series, refresh::DeviceSnapshot, wireguard::Peer};
 
 /// The Prometheus type of a family.
@@ -99,7 +99,7 @@ impl Samples<'_> {
     /// One gauge per device, labelled with it.
     pub fn device_gauges(&mut self, page: &Page, value: impl Fn(&DeviceSnapshot) -> i64) -> std::fmt::Result {
         for d in &page.snap.devices {
-            self.gauge(&[("device", d.found.name.as_str())], value(d))?;
+            self.gauge(&DeviceLabels::of(&d.found), value(d))?;
         }
         Ok(())
     }
@@ -107,7 +107,7 @@ impl Samples<'_> {
     /// One counter per device, labelled with it.
     pub fn device_counters(&mut self, page: &Page, value: impl Fn(&DeviceSnapshot) -> u64) -> std::fmt::Result {
         for d in &page.snap.devices {
-            self.counter(&[("device", d.found.name.as_str())], value(d))?;
+            self.counter(&DeviceLabels::of(&d.found), value(d))?;
         }
         Ok(())
     }

@@ -5,7 +5,7 @@
 use wg_common::latency::Kind;
 
 use super::family::{always, Family, Group, Samples, Type};
-use super::page::{Page, PeerView};
+use super::page::{DeviceLabels, Page, PeerView};
 use crate::{bpf::Reading, histogram::Series, refresh::DeviceSnapshot};
 
 /// The kinds one pair of histogram families (per peer, per device) shows, and the label
@@ -101,7 +101,7 @@ pub const GROUP: Group = Group {
             labels: DEVICE,
             per_peer: None,
             shown: always,
-            samples: |page, s| each_measuring(page, |d, r| s.gauge(&[("device", d.found.name.as_str())], r.pending as i64)),
+            samples: |page, s| each_measuring(page, |d, r| s.gauge(&DeviceLabels::of(&d.found), r.pending as i64)),
         },
         Family {
             name: "wireguard_collector_latency_pending_capacity",
@@ -111,7 +111,7 @@ pub const GROUP: Group = Group {
             per_peer: None,
             shown: always,
             samples: |page, s| {
-                each_measuring(page, |d, r| s.gauge(&[("device", d.found.name.as_str())], r.latency_stats.capacity as i64))
+                each_measuring(page, |d, r| s.gauge(&DeviceLabels::of(&d.found), r.latency_stats.capacity as i64))
             },
         },
         Family {
@@ -124,8 +124,8 @@ pub const GROUP: Group = Group {
             samples: |page, s| {
                 each_measuring(page, |d, r| {
                     let st = &r.latency_stats;
-                    s.counter(&[("device", d.found.name.as_str()), ("reason", "expired")], st.expired)?;
-                    s.counter(&[("device", d.found.name.as_str()), ("reason", "displaced")], st.displaced)
+                    s.counter(&(DeviceLabels::of(&d.found), [("reason", "expired")]), st.expired)?;
+                    s.counter(&(DeviceLabels::of(&d.found), [("reason", "displaced")]), st.displaced)
                 })
             },
         },
@@ -136,7 +136,7 @@ pub const GROUP: Group = Group {
             labels: DEVICE,
             per_peer: None,
             shown: always,
-            samples: |page, s| each_measuring(page, |d, r| s.counter(&[("device", d.found.name.as_str())], r.latency_stats.fifo_resync)),
+            samples: |page, s| each_measuring(page, |d, r| s.counter(&DeviceLabels::of(&d.found), r.latency_stats.fifo_resync)),
         },
         Family {
             name: "wireguard_collector_delay_fifo_overflows",
@@ -146,7 +146,7 @@ pub const GROUP: Group = Group {
             per_peer: None,
             shown: always,
             samples: |page, s| {
-                each_measuring(page, |d, r| s.counter(&[("device", d.found.name.as_str())], r.latency_stats.fifo_overflow))
+                each_measuring(page, |d, r| s.counter(&DeviceLabels::of(&d.found), r.latency_stats.fifo_overflow))
             },
         },
         Family {
@@ -156,7 +156,7 @@ pub const GROUP: Group = Group {
             labels: DEVICE,
             per_peer: None,
             shown: always,
-            samples: |page, s| each_measuring(page, |d, r| s.counter(&[("device", d.found.name.as_str())], r.latency_stats.hist_full)),
+            samples: |page, s| each_measuring(page, |d, r| s.counter(&DeviceLabels::of(&d.found), r.latency_stats.hist_full)),
         },
     ],
 };
@@ -181,7 +181,8 @@ fn peer_histograms<const K: usize>(page: &Page, s: &mut Samples) -> std::fmt::Re
             if !KINDS[K].0.contains(&kind) || page.left_out.contains(peer) {
                 continue;
             }
-            let mut base = vec![("device", d.found.name.clone()), ("public_key", peer.to_base64())];
+            let mut base = DeviceLabels::of(&d.found).pairs();
+            base.push(("public_key", peer.to_base64()));
             if page.opts.peer_name_label {
                 base.push(("name", d.names.get(peer).cloned().unwrap_or_default()));
             }
@@ -204,7 +205,7 @@ fn device_histograms<const K: usize>(page: &Page, s: &mut Samples) -> std::fmt::
                     total.merge(h);
                 }
             }
-            s.histogram(&labels::<K>(vec![("device", d.found.name.clone())], *kind), &total, page)?;
+            s.histogram(&labels::<K>(DeviceLabels::of(&d.found).pairs(), *kind), &total, page)?;
         }
     }
     Ok(())

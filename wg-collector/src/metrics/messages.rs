@@ -7,7 +7,7 @@ use wg_common::{
 };
 
 use super::family::{always, Family, Group, Samples, Type};
-use super::page::{Page, PeerLabels};
+use super::page::{DeviceLabels, Page, PeerLabels};
 
 pub const GROUP: Group = Group {
     name: "messages",
@@ -38,7 +38,7 @@ pub const GROUP: Group = Group {
                 for d in &page.snap.devices {
                     let Some(inv) = d.reading.as_ref().map(|r| &r.invalid) else { continue };
                     for r in Invalid::ALL {
-                        s.counter(&[("device", d.found.name.as_str()), ("reason", r.label())], inv[r as usize])?;
+                        s.counter(&(DeviceLabels::of(&d.found), [("reason", r.label())]), inv[r as usize])?;
                     }
                 }
                 Ok(())
@@ -51,7 +51,7 @@ fn messages(page: &Page, s: &mut Samples) -> std::fmt::Result {
     let named = page.opts.peer_name_label;
     for (d, rows) in page.snap.devices.iter().zip(&page.rows) {
         let Some(r) = &d.reading else { continue };
-        let device = d.found.name.as_str();
+        let device = DeviceLabels::of(&d.found);
         let peers = d.state.peers.iter().zip(rows).filter_map(|(p, row)| {
             let labels =
                 PeerLabels { device, key: row.key.as_str(), name: named.then(|| row.name.as_deref().unwrap_or("")) };

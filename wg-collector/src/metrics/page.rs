@@ -11,8 +11,8 @@ use super::budget;
 use crate::{
     histogram::{Buckets, Series},
     http::conn::ConnCounts,
-    refresh::{DeviceSnapshot, Snapshot},
-    wireguard::{Key, KeySet, Peer},
+    refresh::{DeviceLink, DeviceSnapshot, Snapshot},
+    wireguard::{discovery::Found, Key, KeySet, Peer},
 };
 
 /// What the page shows, beyond what there is.
@@ -98,7 +98,7 @@ impl Page {
         self.snap.devices.iter().zip(&self.rows).flat_map(move |(d, rows)| {
             d.state.peers.iter().zip(rows).map(move |(p, row)| {
                 let name = with_name.then(|| row.name.as_deref().unwrap_or(""));
-                (p, row, PeerLabels { device: d.found.name.as_str(), key: row.key.as_str(), name })
+                (p, row, PeerLabels { device: DeviceLabels::of(&d.found), key: row.key.as_str(), name })
             })
         })
     }
@@ -129,18 +129,56 @@ impl Row {
     }
 }
 
-/// The labels every per-peer series starts with: device, public_key, and name with
+/// The labels every per-device series starts with: device, and netns for a device in
+/// another network namespace than the collector's (`--netns`; none for its own, so its
+/// series are the same with and without the flag). A family adds its own after them:
+/// `(labels, [("reason", r)])`.
+#[derive(Clone, Copy, Debug)]
+pub struct DeviceLabels<'a> {
+    pub device: &'a str,
+    pub netns: Option<&'a str>,
+}
+
+impl<'a> DeviceLabels<'a> {
+    pub fn of(f: &'a Found) -> Self {
+        DeviceLabels { device: &f.name, netns: f.netns.as_deref() }
+    }
+
+    pub fn link(l: &'a DeviceLink) -> Self {
+        DeviceLabels { device: &l.name, netns: l.netns.as_deref() }
+    }
+
+    /// As owned pairs, for label sets built as a list.
+    pub fn pairs(&self) -> Vec<(&'static str, String)> {
+        let mut v = vec![("device", self.device.to_string())];
+        v.extend(self.netns.map(|n| ("netns", n.to_string())));
+        v
+    }
+}
+
+impl EncodeLabelSet for DeviceLabels<'_> {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> std::fmt::Result {
+        [("device", self.device)].encode(encoder)?;
+        match self.netns {
+            Some(ns) => [("netns", ns)].encode(encoder),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The labels every per-peer series starts with: the device's, public_key, and name with
 /// `--metrics.peer-name-label`. A family adds its own after them: `(labels, [("method", m)])`.
 #[derive(Clone, Copy, Debug)]
 pub struct PeerLabels<'a> {
-    pub device: &'a str,
+    pub device: DeviceLabels<'a>,
     pub key: &'a str,
     pub name: Option<&'a str>,
 }
 
 impl EncodeLabelSet for PeerLabels<'_> {
     fn encode(&self, encoder: &mut LabelSetEncoder) -> std::fmt::Result {
-        [("device", self.device), ("public_key", self.key)].encode(encoder)?;
+        self.device.encode(encoder)?;
+        [("public_key", self.key)].encode(encoder)?;
         match self.name {
             Some(name) => [("name", name)].encode(encoder),
             None => Ok(()),

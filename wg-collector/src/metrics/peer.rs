@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use super::family::{always, Family, Group, Samples, Type};
-use super::page::{Page, PeerView};
+use super::page::{Page, PeerLabels, PeerView};
 
 const PEER: &[&str] = &["device", "public_key"];
 
@@ -100,7 +100,7 @@ fn info(page: &Page, s: &mut Samples) -> std::fmt::Result {
             write!(endpoint, "{e}")?;
         }
         // Its own name label, with or without --metrics.peer-name-label.
-        let labels = [("device", l.device), ("public_key", l.key), ("name", row.name.as_deref().unwrap_or(""))];
+        let labels = PeerLabels { name: Some(row.name.as_deref().unwrap_or("")), ..l };
         s.gauge(&(labels, [("endpoint", endpoint.as_str())]), 1i64)?;
     }
     Ok(())

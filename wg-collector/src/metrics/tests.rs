@@ -237,3 +237,39 @@ fn the_peer_name_label_goes_on_every_per_peer_series() {
         .collect();
     assert_eq!(named.lines().collect::<Vec<_>>(), expected);
 }
+
+/// Devices of another network namespace (`--netns`): every series of theirs that names the
+/// device names the namespace right after it, compat families too; the collector's own
+/// devices' series have no netns label (the golden page has none).
+#[test]
+fn devices_of_another_namespace_carry_netns() {
+    let mut snap = crate::refresh::Snapshot::clone(&fixture::snapshot());
+    for d in &mut snap.devices {
+        d.found.netns = Some("blue".into());
+    }
+    for l in &mut snap.links {
+        l.netns = Some("blue".into());
+    }
+    let opts =
+        ExportOptions { compat: crate::metrics::Compat { on: true, ..Default::default() }, ..Default::default() };
+    let body = encode(
+        Page::new(std::sync::Arc::new(snap), &opts, fixture::conns()),
+        Format { openmetrics: false, gzip: false },
+    )
+    .unwrap();
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    let mut with_device = 0;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        for name in ["device", "interface"] {
+            if let Some(at) = line.find(&format!("{{{name}=\"")) {
+                let rest = &line[at..];
+                let first_end = rest.find("\",").map_or(rest.len(), |i| i + 2);
+                assert!(rest[first_end..].starts_with("netns=\"blue\""), "{line}");
+                with_device += 1;
+            }
+        }
+    }
+    assert!(with_device > 50, "{with_device} series name a device");
+    let own = page(&opts, Format { openmetrics: false, gzip: false });
+    assert!(!own.contains("netns="), "the own namespace's devices have no netns label");
+}

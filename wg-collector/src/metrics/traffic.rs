@@ -4,7 +4,7 @@
 use wg_common::{Unattributed, DIR_RX, DIR_TX};
 
 use super::family::{always, Family, Group, Samples, Type};
-use super::page::{Page, PeerView};
+use super::page::{DeviceLabels, Page, PeerView};
 
 const PEER: &[&str] = &["device", "public_key"];
 
@@ -78,7 +78,7 @@ fn unattributed(page: &Page, s: &mut Samples) -> std::fmt::Result {
         let Some(u) = d.reading.as_ref().map(|r| &r.unattributed) else { continue };
         for (dir, dname) in [(DIR_RX, "receive"), (DIR_TX, "transmit")] {
             for r in Unattributed::ALL {
-                let labels = [("device", d.found.name.as_str()), ("direction", dname), ("reason", r.label())];
+                let labels = (DeviceLabels::of(&d.found), [("direction", dname), ("reason", r.label())]);
                 s.counter(&labels, u[dir][r as usize].packets)?;
             }
         }

@@ -74,7 +74,7 @@ impl Monitor {
         if t.probe.is_some() {
             return;
         }
-        let pins = self.opts.pins.as_ref().map(|o| PinDir::new(o, &f.name));
+        let pins = self.opts.pins.as_ref().map(|o| PinDir::new(o, &f.key()));
         match DeviceProbe::load(self.opts.probe, pins).and_then(|mut p| p.attach(&f.name).map(|_| p)) {
             Ok(p) => {
                 tracing::info!(device = %f.name, implementation = %f.implementation, "programs attached");

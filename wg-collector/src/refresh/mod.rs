@@ -1,6 +1,8 @@
-//! Follows the WireGuard devices of this namespace and reads them, as a pipeline over one
-//! [`Snapshot`]: discover → reconcile (detach and unpin what is gone) → per device: read
-//! WireGuard → attach → sync the maps → read the maps → derive (history, pools, names).
+//! Follows the WireGuard devices of the collector's network namespace and of those `--netns`
+//! names, and reads them, as a pipeline over one [`Snapshot`]: follow the namespaces (retire
+//! those gone) → per namespace, inside it: list the interfaces → discover → reconcile (detach
+//! and unpin what is gone) → per device: read WireGuard → attach → sync the maps → read the
+//! maps → derive (history, pools, names).
 //!
 //! `refresh` is called by the poll loop (so maps follow peers between scrapes) and by every
 //! scrape (so a scrape always shows the state of that moment), unless `--scrape.max-age` lets
@@ -13,7 +15,7 @@ mod reconcile;
 mod snapshot;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     path::PathBuf,
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -25,13 +27,14 @@ use std::{
 use device::{Pass, Tracked};
 pub use flight::SingleFlight;
 use reconcile::Fate;
-pub use snapshot::{DeviceSnapshot, ErrorSource, Snapshot};
+pub use snapshot::{DeviceLink, DeviceSnapshot, ErrorSource, Snapshot};
 
 use crate::{
     bpf::{self, PinOptions, ProbeOptions},
     history::History,
-    links::Links,
+    links::{self, Links},
     names::Names,
+    netns::{self, Namespace, Own, Selection},
     wireguard::discovery::{self, Found},
 };
 
@@ -47,10 +50,16 @@ pub struct Options {
     pub underlays: Vec<String>,
     /// Where the programs and maps are pinned (None: they end with the collector).
     pub pins: Option<PinOptions>,
+    /// Network namespaces to read besides the collector's own (`--netns`).
+    pub netns: Selection,
 }
 
 pub struct Monitor {
     opts: Options,
+    /// The collector's own namespaces; None where /proc cannot tell them (then only its own
+    /// network namespace is read).
+    own: Option<Own>,
+    /// The link states of the collector's own namespace, which the link-event thread feeds.
     links: Arc<Links>,
     flight: SingleFlight<Snapshot>,
     state: Mutex<State>,
@@ -59,11 +68,27 @@ pub struct Monitor {
 
 /// What refreshes share, behind one lock.
 struct State {
-    tracked: BTreeMap<String, Tracked>,
-    history: History,
+    /// Per namespace, by its `netns` label (None: the collector's own, always first).
+    spaces: BTreeMap<Option<String>, Space>,
     names: Names,
     /// Whether stale pin directories were looked for (once, at the first refresh).
     swept: bool,
+}
+
+/// One network namespace the collector follows: its devices and what it remembers of them.
+struct Space {
+    ns: Namespace,
+    tracked: BTreeMap<String, Tracked>,
+    history: History,
+    links: Arc<Links>,
+    /// Where its userspace devices' UAPI sockets may be.
+    uapi_dirs: Vec<PathBuf>,
+}
+
+impl Space {
+    fn new(ns: Namespace, links: Arc<Links>, uapi_dirs: Vec<PathBuf>) -> Self {
+        Space { ns, tracked: BTreeMap::new(), history: History::default(), links, uapi_dirs }
+    }
 }
 
 // The Collector that holds it must be Debug; its state is not worth printing.
@@ -75,11 +100,19 @@ impl std::fmt::Debug for Monitor {
 
 impl Monitor {
     pub fn new(opts: Options, names: Names) -> Self {
+        let own = Own::read()
+            .map_err(|e| tracing::warn!("/proc/self/ns not readable ({e}): only this network namespace is read"))
+            .ok();
+        let links = Arc::<Links>::default();
+        let ns = own.as_ref().map_or(Namespace::own(0), |o| Namespace::own(o.net));
+        let mut spaces = BTreeMap::new();
+        spaces.insert(None, Space::new(ns, links.clone(), vec![opts.uapi_dir.clone()]));
         Self {
             opts,
-            links: Arc::default(),
+            own,
+            links,
             flight: SingleFlight::default(),
-            state: Mutex::new(State { tracked: BTreeMap::new(), history: History::default(), names, swept: false }),
+            state: Mutex::new(State { spaces, names, swept: false }),
             errors: Default::default(),
         }
     }
@@ -114,24 +147,41 @@ impl Monitor {
     fn refresh_now(&self) -> Snapshot {
         let began = Instant::now();
         let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let State { tracked, history, names, swept } = &mut *guard;
+        let State { spaces, names, swept } = &mut *guard;
         if let Err(e) = names.refresh() {
             tracing::warn!("names not re-read, keeping the old ones: {e}");
         }
-        let found = self.discover();
-        self.reconcile(tracked, &found);
+        self.follow_namespaces(spaces);
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let mut spent: HashMap<ErrorSource, Duration> = HashMap::new();
+        let (mut devices, mut links, mut keys) = (Vec::new(), Vec::new(), Vec::new());
+        for space in spaces.values_mut() {
+            let Space { ns, tracked, history, links: space_links, uapi_dirs } = space;
+            let mut pass = Pass { history, names, now, spent: Default::default() };
+            match ns.run(|| self.pass(ns, tracked, space_links, uapi_dirs, &mut pass)) {
+                Ok(Some((found, seen))) => {
+                    keys.extend(found);
+                    devices.extend(seen);
+                }
+                // The interfaces could not be listed (logged): nothing was changed.
+                Ok(None) => {}
+                Err(e) => self.error(ErrorSource::Netns, format_args!("entering network namespace {}: {e}", label(ns))),
+            }
+            for (source, d) in pass.spent {
+                *spent.entry(source).or_default() += d;
+            }
+            let netns = &ns.label;
+            links.extend(space_links.all().into_iter().map(|(name, state)| DeviceLink {
+                netns: netns.clone(),
+                name,
+                state,
+            }));
+        }
         if !*swept {
-            self.sweep(&found);
+            self.sweep(&keys);
             *swept = true;
         }
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-        let mut pass = Pass { history, names, now, spent: Default::default() };
-        let mut devices = Vec::new();
-        for f in found {
-            let t = tracked.entry(f.name.clone()).or_insert_with(|| Tracked::new(f.clone()));
-            devices.extend(self.device(t, f, &mut pass));
-        }
-        let mut durations: Vec<_> = pass.spent.into_iter().collect();
+        let mut durations: Vec<_> = spent.into_iter().collect();
         durations.sort();
         drop(guard);
         Snapshot {
@@ -140,52 +190,128 @@ impl Monitor {
             devices,
             durations,
             errors: ErrorSource::ALL.iter().map(|s| (*s, self.errors[*s as usize].load(Ordering::Relaxed))).collect(),
-            links: self.links.all(),
+            links,
         }
     }
 
-    /// The devices to follow (all, or the `--device` ones), their links followed.
-    fn discover(&self) -> Vec<Found> {
-        let found: Vec<Found> = discovery::discover(&self.opts.uapi_dir)
-            .into_iter()
-            .filter(|f| self.opts.devices.is_empty() || self.opts.devices.contains(&f.name))
-            .collect();
+    /// One namespace's part of a refresh, run inside it: the keys of the devices found, and
+    /// the snapshots of those that could be read. None when its interfaces could not be
+    /// listed (then nothing is detached on the strength of it).
+    fn pass(
+        &self,
+        ns: &Namespace,
+        tracked: &mut BTreeMap<String, Tracked>,
+        links: &Links,
+        uapi_dirs: &[PathBuf],
+        pass: &mut Pass,
+    ) -> Option<(Vec<String>, Vec<DeviceSnapshot>)> {
+        let t0 = Instant::now();
+        let interfaces = links::dump();
+        *pass.spent.entry(ErrorSource::Netlink).or_default() += t0.elapsed();
+        let interfaces = interfaces
+            .map_err(|e| self.error(ErrorSource::Netlink, format_args!("listing the interfaces of {}: {e}", label(ns))))
+            .ok()?;
+        let own = self.own.map(|o| o.net);
+        let found: Vec<Found> =
+            discovery::discover(&interfaces, uapi_dirs, own.and(Some(ns.inode)), ns.label.as_deref())
+                .into_iter()
+                .filter(|f| self.opts.devices.is_empty() || self.opts.devices.contains(&f.name))
+                .collect();
         for f in &found {
-            self.links.follow(&f.name);
+            links.follow(&f.name, Some((f.ifindex, interfaces.iter().any(|i| i.ifindex == f.ifindex && i.up))));
         }
-        for (name, _) in self.links.all() {
-            self.links.check(&name);
+        links.check(&interfaces);
+        self.reconcile(tracked, &found);
+        let keys = found.iter().map(Found::key).collect();
+        let mut devices = Vec::new();
+        for f in found {
+            let t = tracked.entry(f.name.clone()).or_insert_with(|| Tracked::new(f.clone()));
+            devices.extend(self.device(t, f, pass));
         }
-        found
+        Some((keys, devices))
+    }
+
+    /// Brings the followed namespaces in line with those there are: a new one is opened, one
+    /// gone (or whose name now means another) is retired. Only with `--netns`.
+    fn follow_namespaces(&self, spaces: &mut BTreeMap<Option<String>, Space>) {
+        let Some(own) = self.own.as_ref().filter(|_| !self.opts.netns.is_own_only()) else { return };
+        let seen = netns::list(&self.opts.netns, own);
+        let stale: Vec<Option<String>> = spaces
+            .iter()
+            .filter(|(l, s)| l.is_some() && !seen.iter().any(|x| l.as_ref() == Some(&x.label) && x.inode == s.ns.inode))
+            .map(|(l, _)| l.clone())
+            .collect();
+        for l in stale {
+            if let Some(space) = spaces.remove(&l) {
+                self.retire(space);
+            }
+        }
+        for x in seen {
+            let dirs = discovery::uapi_dirs(&self.opts.uapi_dir, &x.roots);
+            match spaces.get_mut(&Some(x.label.clone())) {
+                Some(space) => space.uapi_dirs = dirs,
+                None => match Namespace::open(&x) {
+                    Ok(ns) => {
+                        tracing::info!(netns = %x.label, path = %x.path.display(), "following network namespace");
+                        spaces.insert(Some(x.label), Space::new(ns, Arc::default(), dirs));
+                    }
+                    // Gone since it was listed (a process that ended): the next look decides.
+                    Err(e) => tracing::debug!(netns = %x.label, "not opened: {e}"),
+                },
+            }
+        }
+    }
+
+    /// Lets go of a namespace that is gone: inside it once more, its programs are detached
+    /// and their pins removed; then its fd is closed, and the kernel may free it.
+    fn retire(&self, space: Space) {
+        let Space { ns, tracked, .. } = space;
+        tracing::info!(netns = %label(&ns), devices = tracked.len(), "network namespace gone; detaching");
+        let left = ns.run(|| {
+            for (name, t) in tracked {
+                self.forget(&name, t, true);
+            }
+        });
+        if let Err(e) = left {
+            self.error(ErrorSource::Netns, format_args!("entering network namespace {} to detach: {e}", label(&ns)));
+        }
     }
 
     /// Drops the programs of devices that went away (and unpins them) or were created again
     /// (their pins stay: the next load adopts the maps, so the counts go on).
     fn reconcile(&self, tracked: &mut BTreeMap<String, Tracked>, found: &[Found]) {
-        tracked.retain(|name, t| {
-            let fate = reconcile::fate(name, t.found.ifindex, found);
+        let names: Vec<String> = tracked.keys().cloned().collect();
+        for name in names {
+            let fate = reconcile::fate(&name, tracked[&name].found.ifindex, found);
             match fate {
-                Fate::Keep => return true,
+                Fate::Keep => continue,
                 Fate::Replaced => tracing::info!(device = %name, "device created again; detaching"),
                 Fate::Gone => tracing::info!(device = %name, "device gone; detaching"),
             }
-            if fate == Fate::Gone {
-                if let Some(dir) = t.probe.as_ref().and_then(|p| p.pin_dir()) {
-                    if let Err(e) = dir.remove() {
-                        self.error(ErrorSource::Bpf, format_args!("device {name}: {e:#}"));
-                    }
+            if let Some(t) = tracked.remove(&name) {
+                self.forget(&name, t, fate == Fate::Gone);
+            }
+        }
+    }
+
+    /// Drops a device's programs (detaching them), and with `unpin` its pins.
+    fn forget(&self, name: &str, t: Tracked, unpin: bool) {
+        if unpin {
+            if let Some(dir) = t.probe.as_ref().and_then(|p| p.pin_dir()) {
+                if let Err(e) = dir.remove() {
+                    self.error(ErrorSource::Bpf, format_args!("device {name}: {e:#}"));
                 }
             }
-            false
-        });
+        }
+        drop(t);
     }
 
     /// Unpins the maps of devices that went away while no collector ran (when following
-    /// every device, and pinning).
-    fn sweep(&self, found: &[Found]) {
+    /// every device, and pinning). `keys` are those of the devices found ([`Found::key`]).
+    fn sweep(&self, keys: &[String]) {
         let Some(pins) = self.opts.pins.as_ref().filter(|_| self.opts.devices.is_empty()) else { return };
-        let names: Vec<&str> = found.iter().map(|f| f.name.as_str()).collect();
-        match bpf::sweep(&pins.root, &names) {
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        match bpf::sweep(&pins.root, &keys) {
             Ok(gone) if !gone.is_empty() => {
                 tracing::info!(devices = ?gone, "unpinned the maps of devices that are gone")
             }
@@ -193,4 +319,9 @@ impl Monitor {
             Err(e) => self.error(ErrorSource::Bpf, format_args!("sweeping {}: {e:#}", pins.root.display())),
         }
     }
+}
+
+/// How logs name a namespace.
+fn label(ns: &Namespace) -> &str {
+    ns.label.as_deref().unwrap_or("(the collector's own)")
 }

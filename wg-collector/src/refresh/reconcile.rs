@@ -31,7 +31,7 @@ mod tests {
     use crate::wireguard::{discovery::Api, Implementation};
 
     fn found(name: &str, ifindex: u32) -> Found {
-        Found { name: name.into(), ifindex, implementation: Implementation::Kernel, api: Api::Netlink }
+        Found { name: name.into(), ifindex, implementation: Implementation::Kernel, api: Api::Netlink, netns: None }
     }
 
     #[test]

@@ -17,15 +17,18 @@ pub enum ErrorSource {
     Netlink,
     Uapi,
     Bpf,
+    /// Entering another network namespace (`--netns`).
+    Netns,
 }
 
 impl ErrorSource {
-    pub const ALL: [ErrorSource; 3] = [Self::Netlink, Self::Uapi, Self::Bpf];
+    pub const ALL: [ErrorSource; 4] = [Self::Netlink, Self::Uapi, Self::Bpf, Self::Netns];
     pub fn label(self) -> &'static str {
         match self {
             Self::Netlink => "netlink",
             Self::Uapi => "uapi",
             Self::Bpf => "bpf",
+            Self::Netns => "netns",
         }
     }
 }
@@ -49,6 +52,15 @@ pub struct DeviceSnapshot {
     pub names: KeyMap<String>,
 }
 
+/// The link of a device the collector follows or followed (a gone one stays, down).
+#[derive(Clone, Debug)]
+pub struct DeviceLink {
+    /// Its namespace's `netns` label; None for the collector's own.
+    pub netns: Option<String>,
+    pub name: String,
+    pub state: LinkState,
+}
+
 /// What one refresh saw.
 #[derive(Clone)]
 pub struct Snapshot {
@@ -61,6 +73,7 @@ pub struct Snapshot {
     pub durations: Vec<(ErrorSource, Duration)>,
     /// Errors per source since start.
     pub errors: Vec<(ErrorSource, u64)>,
-    /// Link state of every device seen since start, gone ones included (down).
-    pub links: Vec<(String, LinkState)>,
+    /// Link state of every device seen since start, gone ones included (down), in the
+    /// namespaces followed now.
+    pub links: Vec<DeviceLink>,
 }

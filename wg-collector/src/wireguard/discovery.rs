@@ -1,13 +1,13 @@
-//! Finds the WireGuard devices of this network namespace: kernel devices by their link
-//! type, userspace ones by their UAPI socket.
+//! Finds the WireGuard devices of a network namespace: kernel devices by their link kind,
+//! userspace ones by their UAPI socket.
 
 use std::{
-    ffi::CString,
-    os::{fd::AsRawFd, unix::net::UnixStream},
+    os::{fd::AsRawFd, unix::fs::MetadataExt, unix::net::UnixStream},
     path::{Path, PathBuf},
 };
 
 use super::Implementation;
+use crate::links::Interface;
 
 /// The API a device's state is read through.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -18,7 +18,7 @@ pub enum Api {
     Uapi(PathBuf),
 }
 
-/// A device found in this namespace.
+/// A device found in a namespace.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Found {
     pub name: String,
@@ -27,57 +27,104 @@ pub struct Found {
     pub ifindex: u32,
     pub implementation: Implementation,
     pub api: Api,
+    /// The `netns` label of its namespace; None for the collector's own.
+    pub netns: Option<String>,
+}
+
+impl Found {
+    /// What names it among every device the collector follows: its name, and its namespace's
+    /// label after an `@` when that is not the collector's own (pin directories).
+    pub fn key(&self) -> String {
+        match &self.netns {
+            None => self.name.clone(),
+            Some(ns) => format!("{}@{ns}", self.name),
+        }
+    }
 }
 
 /// The directory where userspace implementations put their sockets.
 pub const DEFAULT_UAPI_DIR: &str = "/var/run/wireguard";
 
-/// Lists WireGuard devices: kernel ones from /sys/class/net, userspace ones from the
-/// sockets in `uapi_dir` whose interface exists in this namespace (a stale socket, or one
-/// of a device in another namespace, is skipped).
-pub fn discover(uapi_dir: &Path) -> Vec<Found> {
-    let mut found = Vec::new();
-    if let Ok(entries) = std::fs::read_dir("/sys/class/net") {
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let uevent = std::fs::read_to_string(e.path().join("uevent")).unwrap_or_default();
-            if uevent.lines().any(|l| l == "DEVTYPE=wireguard") {
-                if let Some(ifindex) = ifindex(&name) {
-                    found.push(Found { name, ifindex, implementation: Implementation::Kernel, api: Api::Netlink });
-                }
-            }
+/// Where to look for UAPI sockets: `dir`, and the same directory under each root of another
+/// mount namespace (a container's). Under such a root an absolute symlink would lead back to
+/// the collector's own root, so /var/run (a link to /run on most systems) is also looked up
+/// as /run there.
+pub fn uapi_dirs(dir: &Path, roots: &[PathBuf]) -> Vec<PathBuf> {
+    let mut dirs = vec![dir.to_path_buf()];
+    let rel = dir.strip_prefix("/").unwrap_or(dir);
+    for root in roots {
+        dirs.push(root.join(rel));
+        if let Ok(rest) = rel.strip_prefix("var/run") {
+            dirs.push(root.join("run").join(rest));
         }
     }
-    if let Ok(entries) = std::fs::read_dir(uapi_dir) {
+    dirs
+}
+
+/// Lists the WireGuard devices of the namespace with these `interfaces` (inode `netns` if
+/// known, labelled `label`): kernel ones by their link kind, userspace ones from the sockets in
+/// `uapi_dirs` served by a process in that namespace whose interface is among them (a stale
+/// socket, or one of a device in another namespace, is skipped).
+pub fn discover(
+    interfaces: &[Interface],
+    uapi_dirs: &[PathBuf],
+    netns: Option<u64>,
+    label: Option<&str>,
+) -> Vec<Found> {
+    let netns_label = label.map(str::to_string);
+    let mut found: Vec<Found> = interfaces
+        .iter()
+        .filter(|i| i.kind.as_deref() == Some("wireguard"))
+        .map(|i| Found {
+            name: i.name.clone(),
+            ifindex: i.ifindex,
+            implementation: Implementation::Kernel,
+            api: Api::Netlink,
+            netns: netns_label.clone(),
+        })
+        .collect();
+    for dir in uapi_dirs {
+        let Ok(entries) = std::fs::read_dir(dir) else { continue };
         for e in entries.flatten() {
             let path = e.path();
             if path.extension().is_none_or(|x| x != "sock") {
                 continue;
             }
             let Some(name) = path.file_stem().map(|s| s.to_string_lossy().into_owned()) else { continue };
-            let Some(ifindex) = ifindex(&name) else { continue };
+            let Some(iface) = interfaces.iter().find(|i| i.name == name) else { continue };
             if found.iter().any(|f| f.name == name) {
                 continue;
             }
-            let Some(implementation) = implementation_behind(&path) else { continue };
-            found.push(Found { name, ifindex, implementation, api: Api::Uapi(path) });
+            let Some((implementation, pid)) = implementation_behind(&path) else { continue };
+            if netns.is_some_and(|ns| !served_from(pid, ns)) {
+                continue;
+            }
+            found.push(Found {
+                name,
+                ifindex: iface.ifindex,
+                implementation,
+                api: Api::Uapi(path),
+                netns: netns_label.clone(),
+            });
         }
     }
     found.sort_by(|a, b| a.name.cmp(&b.name));
     found
 }
 
-/// The interface index of `name` in this namespace.
-pub fn ifindex(name: &str) -> Option<u32> {
-    let c = CString::new(name).ok()?;
-    // SAFETY: a valid NUL-terminated string.
-    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    (i != 0).then_some(i)
+/// Whether process `pid` (a UAPI socket's server) is in network namespace `netns`; true when
+/// that cannot be told (pid unknown, or its namespace not ours to read): the interface's name
+/// was checked already.
+fn served_from(pid: i32, netns: u64) -> bool {
+    if pid <= 0 {
+        return true;
+    }
+    std::fs::metadata(format!("/proc/{pid}/ns/net")).map_or(true, |m| m.ino() == netns)
 }
 
-/// Names the program that serves a UAPI socket, from the peer credentials of a connection
-/// to it. `None` when nothing listens (a stale socket).
-fn implementation_behind(socket: &Path) -> Option<Implementation> {
+/// Names the program that serves a UAPI socket, and its pid, from the peer credentials of a
+/// connection to it. `None` when nothing listens (a stale socket).
+fn implementation_behind(socket: &Path) -> Option<(Implementation, i32)> {
     let stream = UnixStream::connect(socket).ok()?;
     let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
     let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
@@ -96,7 +143,7 @@ fn implementation_behind(socket: &Path) -> Option<Implementation> {
     } else {
         String::new()
     };
-    Some(implementation_from_comm(comm.trim()))
+    Some((implementation_from_comm(comm.trim()), cred.pid))
 }
 
 fn implementation_from_comm(comm: &str) -> Implementation {
@@ -120,12 +167,23 @@ mod tests {
     }
 
     #[test]
+    fn looks_under_container_roots() {
+        let dirs = uapi_dirs(Path::new("/var/run/wireguard"), &["/proc/7/root".into()]);
+        let want: Vec<PathBuf> = vec![
+            "/var/run/wireguard".into(),
+            "/proc/7/root/var/run/wireguard".into(),
+            "/proc/7/root/run/wireguard".into(),
+        ];
+        assert_eq!(dirs, want);
+    }
+
+    #[test]
     fn loopback_is_no_wireguard_device() {
         let dir = std::env::temp_dir().join(format!("wg-discovery-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         // A socket file nobody listens on, named like an existing interface: skipped.
         std::fs::write(dir.join("lo.sock"), b"").unwrap();
-        let found = discover(&dir);
+        let found = discover(&crate::links::dump().unwrap(), &[dir.clone()], None, None);
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(found.iter().all(|f| f.name != "lo"), "{found:?}");
     }
