@@ -10,7 +10,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use wg_tests::{lab::settled, netns, scrape::http_get, Implementation, Lab, Metrics};
+use wg_tests::{lab::settled, netns, scrape::http_get, EmptyNamespace, Implementation, Lab, Metrics};
 
 use crate::output;
 
@@ -67,14 +67,17 @@ fn inspect(commit: &str) -> Result<()> {
 }
 
 /// Runs the image with podman as deploy/daemonset.yaml runs it (its capabilities, the host's
-/// network namespace: here a lab side's, the bpffs and the UAPI socket folder mounted) against
-/// a wireguard-go lab; pings, then reads exact counts.
+/// processes, `--netns all`, the bpffs, the UAPI socket folder and /run/netns mounted) in an
+/// empty network namespace (the node's, with no WireGuard of its own) against a wireguard-go
+/// lab (two pods' namespaces); pings, then reads exact counts of the device it found in the
+/// lab side's namespace.
 pub fn run_against_lab() -> Result<()> {
     let lab = Lab::new(Implementation::WireguardGo)?;
     lab.wait_tunnel()?;
-    let container = Container::start(&lab.a.ns)?;
+    let node = EmptyNamespace::new()?;
+    let container = Container::start(&node.name)?;
     let key = lab.b.public_key.clone();
-    let labels = [("device", lab.a.iface.as_str()), ("public_key", key.as_str())];
+    let labels = [("device", lab.a.iface.as_str()), ("netns", lab.a.ns.as_str()), ("public_key", key.as_str())];
     let read = |m: &Metrics| {
         ["wireguard_peer_transmit_packets_total", "wireguard_peer_receive_packets_total"].map(|n| m.get(n, &labels))
     };
@@ -112,7 +115,7 @@ impl Container {
         let daemonset = std::fs::read_to_string("wg-collector/deploy/daemonset.yaml")?;
         let caps = daemonset_caps(&daemonset)?;
         let mut run = tool("podman");
-        run.args(["run", "--detach", "--name", &c.name, "--network", &format!("ns:/run/netns/{ns}")])
+        run.args(["run", "--detach", "--name", &c.name, "--network", &format!("ns:/run/netns/{ns}"), "--pid", "host"])
             // This machine: crun refuses its hybrid cgroups (runc takes them), and podman's
             // default open-files limit is above the hard limit here.
             .args(["--runtime", "runc", "--ulimit", "nofile=16384:16384", "--ulimit", "nproc=4096:4096"])
@@ -124,7 +127,8 @@ impl Container {
             .arg("--volume")
             .arg(format!("{}:/sys/fs/bpf", c.bpffs.display()))
             .args(["--volume", "/var/run/wireguard:/var/run/wireguard:ro"])
-            .args([IMAGE, "--poll-interval", "0.2"]);
+            .args(["--volume", "/run/netns:/run/netns:ro,rslave"])
+            .args([IMAGE, "--poll-interval", "0.2", "--netns", "all"]);
         output(&mut run).context("podman run")?;
         wg_tests::lab::wait_until(Duration::from_secs(20), || c.scrape().is_ok())
             .with_context(|| format!("the container never served; logs:\n{}", c.logs()))?;
@@ -169,7 +173,14 @@ mod tests {
     fn the_daemonset_runs_the_image_dist_builds() {
         let yaml = std::fs::read_to_string(crate::workspace_root().join("wg-collector/deploy/daemonset.yaml")).unwrap();
         assert!(yaml.contains(&format!("image: {IMAGE}\n")), "daemonset.yaml should run {IMAGE}");
-        assert_eq!(daemonset_caps(&yaml).unwrap(), ["BPF", "NET_ADMIN", "PERFMON", "SETPCAP"]);
+        assert_eq!(
+            daemonset_caps(&yaml).unwrap(),
+            ["BPF", "NET_ADMIN", "PERFMON", "SETPCAP", "SYS_ADMIN", "SYS_PTRACE"]
+        );
+        // What the podman test gives it besides: the host's processes and named namespaces.
+        for line in ["hostPID: true", "- --netns=all", "mountPath: /run/netns"] {
+            assert!(yaml.contains(line), "daemonset.yaml should have {line}");
+        }
         assert!(yaml.contains("seccompProfile: { type: Unconfined }"), "podman runs it with seccomp=unconfined");
     }
 }
