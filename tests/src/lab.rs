@@ -404,30 +404,59 @@ impl SoloDevice {
     /// Creates namespace and device `id` (wireguard-go), configured and up; `id` from
     /// [`fresh_name`](Self::fresh_name), or the name of one dropped before (made again).
     pub fn new(id: &str) -> Result<Self> {
+        Self::make(id, false)
+    }
+
+    /// Like [`new`](Self::new), but as in a container: wireguard-go runs in a mount namespace
+    /// of its own whose /run/wireguard is a private tmpfs, so its UAPI socket is seen from
+    /// outside only under /proc/PID/root.
+    pub fn contained(id: &str) -> Result<Self> {
+        Self::make(id, true)
+    }
+
+    fn make(id: &str, contained: bool) -> Result<Self> {
         sweep_stale();
         let mut solo = SoloDevice { ns: id.into(), iface: id.into(), peer_key: random_public_key(), daemon: None };
-        solo.build().with_context(|| format!("building {id}"))?;
+        solo.build(contained).with_context(|| format!("building {id}"))?;
         Ok(solo)
     }
 
-    fn build(&mut self) -> Result<()> {
+    fn build(&mut self, contained: bool) -> Result<()> {
         let (ns, iface) = (self.ns.as_str(), self.iface.as_str());
         sh(&["ip", "netns", "add", ns])?;
         sh(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
-        let child = netns::cmd(ns, "wireguard-go")
-            .args(["-f", iface])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
+        let mut c = if contained {
+            // unshare and sh exec: the child's pid is wireguard-go's.
+            let mut c = netns::cmd(ns, "unshare");
+            let script = format!("mount -t tmpfs tmpfs /run/wireguard && exec wireguard-go -f {iface}");
+            c.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
+            c
+        } else {
+            let mut c = netns::cmd(ns, "wireguard-go");
+            c.args(["-f", iface]);
+            c
+        };
+        let child = c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+        let pid = child.id().to_string();
         self.daemon = Some(child);
-        let sock = Path::new(UAPI_DIR).join(format!("{iface}.sock"));
+        let sock = match contained {
+            true => PathBuf::from(format!("/proc/{pid}/root/run/wireguard/{iface}.sock")),
+            false => Path::new(UAPI_DIR).join(format!("{iface}.sock")),
+        };
         wait_until(Duration::from_secs(10), || sock.exists() && sh(&["ip", "-n", ns, "link", "show", iface]).is_ok())
-            .with_context(|| format!("wireguard-go did not create {iface}"))?;
+            .with_context(|| format!("wireguard-go did not create {} and {iface}", sock.display()))?;
         let key = sh(&["wg", "genkey"])?;
         let key_file = std::env::temp_dir().join(format!("{iface}.key"));
         std::fs::write(&key_file, key.trim())?;
-        let set = run(netns::cmd(ns, "wg").args([
+        // wg finds the socket in wireguard-go's mount namespace.
+        let mut wg = if contained {
+            let mut c = Command::new("nsenter");
+            c.args(["--target", &pid, "--mount", "wg"]);
+            c
+        } else {
+            netns::cmd(ns, "wg")
+        };
+        let set = run(wg.args([
             "set",
             iface,
             "private-key",

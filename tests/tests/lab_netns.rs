@@ -1,7 +1,8 @@
 //! WireGuard in other network namespaces (`--netns`): devices there are attached to, read and
-//! counted exactly, labelled with their namespace; namespaces that come and go (also deleted
-//! and made again under the same name between two refreshes) leave no fd, no namespace held
-//! and no pin behind.
+//! counted exactly, labelled with their namespace (a containerised one too, whose UAPI socket
+//! is only under its own root); namespaces that come and go (also deleted and made again
+//! under the same name between two refreshes) leave no fd, no namespace held and no pin
+//! behind.
 //!
 //! The collector runs in an empty namespace of its own, so every device it shows is one it
 //! found through --netns. WG_NETNS_SOAK_SECS sets how long the second test cycles (20 s by
@@ -19,21 +20,27 @@ fn devices_in_two_other_namespaces_are_counted_exactly() {
     let _one_at_a_time = exclusive();
     let go = Lab::new(Implementation::WireguardGo).unwrap();
     let bt = Lab::new(Implementation::Boringtun).unwrap();
+    // wireguard-go as in a container: its UAPI socket only under its own root.
+    let boxed = SoloDevice::contained(&SoloDevice::fresh_name()).unwrap();
     let home = EmptyNamespace::new().unwrap();
-    // One by its name under /run/netns, one by its path.
+    // Two by their name under /run/netns, one by its path.
     let bt_path = format!("/run/netns/{}", bt.a.ns);
-    let c = Collector::start(&home.name, &["--netns", &go.a.ns, "--netns", &bt_path]).unwrap();
+    let c = Collector::start(&home.name, &["--netns", &go.a.ns, "--netns", &bt_path, "--netns", &boxed.ns]).unwrap();
 
     let (m, _) = c
         .wait_for(Duration::from_secs(10), |m| {
-            [(&go, "wireguard-go"), (&bt, "boringtun")].iter().all(|(lab, imp)| {
-                let want = [("device", lab.a.iface.as_str()), ("netns", lab.a.ns.as_str()), ("implementation", imp)];
-                m.get("wireguard_device_info", &want) == Some(1.0)
-            })
+            [(&go.a, "wireguard-go"), (&bt.a, "boringtun")]
+                .iter()
+                .map(|(side, imp)| (side.iface.as_str(), side.ns.as_str(), *imp))
+                .chain([(boxed.iface.as_str(), boxed.ns.as_str(), "wireguard-go")])
+                .all(|(device, ns, imp)| {
+                    let want = [("device", device), ("netns", ns), ("implementation", imp)];
+                    m.get("wireguard_device_info", &want) == Some(1.0)
+                })
         })
         .unwrap();
-    // Only the two namespaces asked for: neither the b sides nor anything of its own.
-    assert_eq!(m.find("wireguard_device_info", &[]).count(), 2, "{}", m.text);
+    // Only the three namespaces asked for: neither the b sides nor anything of its own.
+    assert_eq!(m.find("wireguard_device_info", &[]).count(), 3, "{}", m.text);
     for lab in [&go, &bt] {
         assert!(!m.mentions("netns", &lab.b.ns));
         assert_eq!(m.get("wireguard_device_up", &[("device", &lab.a.iface), ("netns", &lab.a.ns)]), Some(1.0));
@@ -51,6 +58,14 @@ fn devices_in_two_other_namespaces_are_counted_exactly() {
     let delta: Vec<f64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
     // Each echo request leaves side a through its device, each reply comes back in.
     assert_eq!(delta, [10.0, 10.0, 7.0, 7.0], "tx/rx of wireguard-go's peer, then boringtun's");
+
+    // The contained one: found through its socket under /proc/PID/root, read and counted.
+    let tx = [("device", boxed.iface.as_str()), ("netns", boxed.ns.as_str()), ("public_key", boxed.peer_key.as_str())];
+    assert_eq!(c.scrape().unwrap().get(TX, &tx), Some(0.0));
+    boxed.ping(5);
+    assert_eq!(settled(|| c.scrape().unwrap().get(TX, &tx)).unwrap(), Some(5.0));
+    let m = c.scrape().unwrap();
+    assert_eq!(m.get("wireguard_peers", &[("device", boxed.iface.as_str()), ("netns", boxed.ns.as_str())]), Some(1.0));
 }
 
 fn peer(lab: &Lab) -> [(&str, &str); 3] {

@@ -149,9 +149,12 @@ fn prepare(config: &Config) -> Result<Prepared> {
     let mut extra = Vec::new();
     if !config.refresh.netns.is_own_only() {
         extra.push((caps::Capability::CAP_SYS_ADMIN, "enter other network namespaces (--netns)"));
-    }
-    if config.refresh.netns.all {
-        extra.push((caps::Capability::CAP_SYS_PTRACE, "read the namespaces of other users' processes (--netns all)"));
+        // The kernel shows a process's /proc/PID/ns and /proc/PID/root only to one that holds
+        // every capability it has, or this: WireGuard daemons run with all of theirs.
+        extra.push((
+            caps::Capability::CAP_SYS_PTRACE,
+            "read other processes' namespaces and container roots, for their UAPI sockets (--netns)",
+        ));
     }
     privileges::drop_unneeded(&extra)?;
     let web = Shared::new(settings, web.files.clone(), may_be_open, caps);

@@ -110,18 +110,19 @@ pub fn list(sel: &Selection, own: &Own) -> Vec<Seen> {
     for p in &sel.paths {
         named(p.clone(), &mut seen);
     }
-    if !sel.all {
-        return seen.into_values().collect();
-    }
-    if let Ok(entries) = std::fs::read_dir(RUN_NETNS) {
-        let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
-        paths.sort();
-        for p in paths {
-            named(p, &mut seen);
+    if sel.all {
+        if let Ok(entries) = std::fs::read_dir(RUN_NETNS) {
+            let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+            paths.sort();
+            for p in paths {
+                named(p, &mut seen);
+            }
         }
     }
-    // Every process's namespace, and the roots of the mount namespaces its processes see.
-    let mut roots: BTreeMap<u64, BTreeMap<u64, PathBuf>> = BTreeMap::new();
+    // The processes: with `all`, the namespace of each is one more; and the roots of the
+    // mount namespaces (containers) the processes of a namespace see are where its UAPI
+    // sockets may be, one root per mount namespace.
+    let mut mounts: BTreeSet<(u64, u64)> = BTreeSet::new();
     for pid in pids() {
         let dir = Path::new("/proc").join(pid.to_string());
         let (Ok(net), Ok(mnt)) = (std::fs::metadata(dir.join("ns/net")), std::fs::metadata(dir.join("ns/mnt"))) else {
@@ -130,20 +131,18 @@ pub fn list(sel: &Selection, own: &Own) -> Vec<Seen> {
         if net.ino() == own.net {
             continue;
         }
-        seen.entry(net.ino()).or_insert_with(|| Seen {
-            label: format!("net:[{}]", net.ino()),
-            inode: net.ino(),
-            path: dir.join("ns/net"),
-            roots: Vec::new(),
-        });
-        if mnt.ino() != own.mnt {
-            roots.entry(net.ino()).or_default().entry(mnt.ino()).or_insert_with(|| dir.join("root"));
+        if sel.all {
+            seen.entry(net.ino()).or_insert_with(|| Seen {
+                label: format!("net:[{}]", net.ino()),
+                inode: net.ino(),
+                path: dir.join("ns/net"),
+                roots: Vec::new(),
+            });
         }
-    }
-    for (inode, r) in roots {
-        if let Some(s) = seen.get_mut(&inode) {
-            let have: BTreeSet<PathBuf> = s.roots.iter().cloned().collect();
-            s.roots.extend(r.into_values().filter(|p| !have.contains(p)));
+        let Some(s) = seen.get_mut(&net.ino()) else { continue };
+        let root = dir.join("root");
+        if mnt.ino() != own.mnt && mounts.insert((net.ino(), mnt.ino())) && !s.roots.contains(&root) {
+            s.roots.push(root);
         }
     }
     seen.into_values().collect()

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use wg_tests::{
     vm::{KERNEL, REFUSED},
-    Collector, Implementation, Lab, Metrics,
+    Collector, EmptyNamespace, Implementation, Lab, Metrics,
 };
 
 fn main() {
@@ -24,6 +24,7 @@ fn main() {
         ("a device deleted and created again", device_recreated),
         ("pinned: counting on while stopped, once after the restart; --bpf.unpin detaches", pinned_restart),
         ("--bpf.stats: runs and run time of each program", bpf_stats),
+        ("--netns: both sides' devices from a third namespace, exact", other_namespaces),
     ])
 }
 
@@ -304,4 +305,36 @@ fn bpf_stats() -> Result<()> {
         println!("vm-suite: feature bpf stats: yes");
         Ok(())
     })
+}
+
+/// A collector in an empty namespace reads both lab sides' kernel devices through --netns:
+/// WireGuard's generic netlink socket opened in each, the programs attached there.
+fn other_namespaces() -> Result<()> {
+    let lab = Lab::new(Implementation::Kernel)?;
+    let home = EmptyNamespace::new()?;
+    let c = Collector::start(&home.name, &["--netns", &lab.a.ns, "--netns", &lab.b.ns])?;
+    let sides = [(&lab.a, &lab.b), (&lab.b, &lab.a)];
+    let peer = |me: &wg_tests::Side, other: &wg_tests::Side| -> [(&'static str, String); 3] {
+        [("device", me.iface.clone()), ("netns", me.ns.clone()), ("public_key", other.public_key.clone())]
+    };
+    let read = |m: &Metrics| -> Result<Vec<f64>> {
+        let mut v = Vec::new();
+        for (me, other) in sides {
+            let p = peer(me, other);
+            let l: Vec<(&str, &str)> = p.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            v.push(get(m, "wireguard_peer_transmit_packets_total", &l)?);
+            v.push(get(m, "wireguard_peer_receive_packets_total", &l)?);
+            ensure!(get(m, "wireguard_peer_last_handshake_seconds", &l)? > 0.0, "no handshake read for {}", me.ns);
+        }
+        Ok(v)
+    };
+    let (m, _) = c.wait_for(Duration::from_secs(10), |m| read(m).is_ok())?;
+    ensure!(m.find("wireguard_device_info", &[("implementation", "kernel")]).count() == 2, "{}", m.text);
+    let before = read(&m)?;
+    lab.exec('a', "ping", &["-c", "50", "-i", "0.01", "-q", &lab.b.tunnel_v4.to_string()])?;
+    let after = read(&c.scrape()?)?;
+    let d: Vec<f64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    println!("vm-suite: --netns deltas a tx {} rx {}, b tx {} rx {}", d[0], d[1], d[2], d[3]);
+    ensure!(d == [50.0, 50.0, 50.0, 50.0], "{d:?}");
+    Ok(())
 }

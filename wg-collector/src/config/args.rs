@@ -69,8 +69,8 @@ pub struct Args {
     /// followed as they appear and go (repeat for several). Their series carry a `netns`
     /// label (the name; net:[INODE] for one known only through its processes); the
     /// collector's own namespace is always read, without that label. Keeps CAP_SYS_ADMIN
-    /// (entering a namespace needs it) and, with "all", CAP_SYS_PTRACE (reading other users'
-    /// processes' namespaces).
+    /// (entering a namespace) and CAP_SYS_PTRACE (reading other processes' namespaces and
+    /// container roots, where their UAPI sockets are).
     #[arg(long = "netns", value_name = "NAME|PATH|all")]
     pub netns: Vec<String>,
     /// Directory of the UAPI sockets of userspace WireGuard implementations.

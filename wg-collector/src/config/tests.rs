@@ -209,3 +209,16 @@ fn listen_devices_names_and_sizes() {
     assert!(refused(&["--web.listen-address", "nonsense"]).contains("--web.listen-address"));
     assert!(refused(&["--bpf.max-peers=-1"]).contains("--bpf.max-peers"));
 }
+
+#[test]
+fn netns() {
+    assert!(config(&[]).unwrap().refresh.netns.is_own_only());
+    let c = config(&["--netns", "blue", "--netns", "/proc/1/ns/net", "--netns", "all"]).unwrap();
+    assert!(c.refresh.netns.all);
+    assert_eq!(c.refresh.netns.paths, [PathBuf::from("/run/netns/blue"), PathBuf::from("/proc/1/ns/net")]);
+    assert_eq!(
+        refused(&["--netns", "pods/blue"]),
+        "--netns \"pods/blue\": neither all, a name under /run/netns, nor an absolute path"
+    );
+    assert!(refused(&["--netns", ""]).starts_with("--netns \"\": "));
+}
