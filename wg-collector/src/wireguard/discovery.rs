@@ -183,7 +183,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         // A socket file nobody listens on, named like an existing interface: skipped.
         std::fs::write(dir.join("lo.sock"), b"").unwrap();
-        let found = discover(&crate::links::dump().unwrap(), &[dir.clone()], None, None);
+        let found = discover(&crate::links::dump().unwrap(), std::slice::from_ref(&dir), None, None);
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(found.iter().all(|f| f.name != "lo"), "{found:?}");
     }
