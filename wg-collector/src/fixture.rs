@@ -143,6 +143,7 @@ fn measured() -> DeviceSnapshot {
             Some(Pool { size: 18446744073709552000.0, free: 18446744073709552000.0 }),
         ),
         names,
+        read_at: Duration::from_secs(1_700_000_200),
     }
 }
 
@@ -171,6 +172,8 @@ fn unmeasured() -> DeviceSnapshot {
         active: 0,
         pools: (None, None),
         names: KeyMap::default(),
+        // WireGuard did not answer for the last 30 s: its last state stands in.
+        read_at: Duration::from_secs(1_700_000_170),
     }
 }
 

@@ -43,6 +43,7 @@ pub fn state(snap: &Snapshot, opts: &ExportOptions) -> Value {
                 .collect();
             json!({
                 "name": d.found.name,
+                "netns": d.found.netns,
                 "implementation": d.found.implementation.to_string(),
                 "listen_port": d.state.listen_port,
                 "peers": peers,

@@ -50,7 +50,7 @@ pub fn limit(snap: &mut Snapshot, latency: &[LatencySeries], opts: &ExportOption
         }
         d.state.peers = keep;
         if dropped > 0 {
-            omitted.push((d.found.name.clone(), dropped));
+            omitted.push((d.found.key(), dropped));
         }
     }
     if !omitted.is_empty() {

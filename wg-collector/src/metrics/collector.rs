@@ -18,7 +18,7 @@ pub const GROUP: Group = Group {
             shown: always,
             samples: |page, s| {
                 s.device_gauges(page, |d| {
-                    page.omitted.iter().find(|(name, _)| *name == d.found.name).map_or(0, |(_, n)| *n as i64)
+                    page.omitted.iter().find(|(key, _)| *key == d.found.key()).map_or(0, |(_, n)| *n as i64)
                 })
             },
         },
@@ -53,6 +53,20 @@ pub const GROUP: Group = Group {
             per_peer: None,
             shown: always,
             samples: |page, s| s.gauge(&[] as &[(&str, &str); 0], page.snap.began.elapsed().as_secs_f64()),
+        },
+        Family {
+            name: "wireguard_collector_device_reading_age_seconds",
+            help: "Age of WireGuard's own state of the device on this page: 0 when read for it; growing while WireGuard does not answer (a hung UAPI socket, an error), when the last state read stands in and the eBPF counters stay live",
+            kind: Type::Gauge,
+            labels: &["device"],
+            per_peer: None,
+            shown: always,
+            samples: |page, s| {
+                for d in &page.snap.devices {
+                    s.gauge(&DeviceLabels::of(&d.found), page.snap.wall.saturating_sub(d.read_at).as_secs_f64())?;
+                }
+                Ok(())
+            },
         },
         Family {
             name: "wireguard_collector_errors",

@@ -57,7 +57,7 @@ pub type LatencySeries = BTreeMap<(Option<Key>, u16), Series>;
 
 pub struct Page {
     pub snap: Arc<Snapshot>,
-    /// Peers left out per device.
+    /// Peers left out per device (by its key: name, and namespace if not the own).
     pub omitted: Vec<(String, usize)>,
     /// The keys of the peers left out (their latency samples stay in the device's totals).
     pub left_out: KeySet,

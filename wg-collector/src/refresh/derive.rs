@@ -20,7 +20,8 @@ use crate::{
 /// A handshake younger than this means a live session (REJECT_AFTER_TIME).
 const ACTIVE_WITHIN: Duration = Duration::from_secs(180);
 
-/// The device's snapshot; `now` is the time since the Unix epoch.
+/// The device's snapshot; `now` is the time since the Unix epoch, `read_at` when `state` was
+/// read (earlier while WireGuard cannot be read).
 pub fn derive(
     history: &mut History,
     names: &Names,
@@ -28,6 +29,7 @@ pub fn derive(
     mut state: Device,
     mut reading: Option<Reading>,
     now: Duration,
+    read_at: Duration,
 ) -> DeviceSnapshot {
     let lifecycle = history.observe(&state);
     for c in &lifecycle.changed {
@@ -47,7 +49,7 @@ pub fn derive(
     let pools = pool::pools(&interfaces::addresses_of(&found.name), &used);
     let names =
         state.peers.iter().filter_map(|p| Some((p.public_key, names.get(&p.public_key)?.to_string()))).collect();
-    DeviceSnapshot { found, state, reading, lifecycle, active, pools, names }
+    DeviceSnapshot { found, state, reading, lifecycle, active, pools, names, read_at }
 }
 
 /// Rewrites the counters as values that never go backwards within this process (see

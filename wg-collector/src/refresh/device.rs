@@ -1,9 +1,18 @@
 //! One device's pass through the refresh: read WireGuard's state, make sure the programs are
 //! attached, sync the maps with the peers, read the maps, derive the snapshot.
+//!
+//! When WireGuard's state cannot be read (a UAPI socket that hangs or answers garbage, a
+//! netlink error), the device stays on the page with the last state read: its peers keep
+//! their live eBPF counters and WireGuard's own counters stay at their last values; only a
+//! reading that succeeds and no longer lists a peer removes it. The snapshot says how old
+//! that state is. A userspace device whose read failed is read next on a thread of its own,
+//! which later refreshes collect when it is done: a hung daemon costs one bounded wait, not
+//! one per refresh.
 
 use std::{
     collections::{HashMap, HashSet},
     net::SocketAddr,
+    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
@@ -27,11 +36,26 @@ pub struct Tracked {
     routed: HashSet<SocketAddr>,
     /// The last attach error, so it is logged once, not at every refresh.
     attach_error: Option<String>,
+    /// WireGuard's state at the last reading that succeeded, and when it was read (time since
+    /// the Unix epoch).
+    last: Option<(Device, Duration)>,
+    /// Whether the last reading failed: the next one goes to a thread of its own.
+    failing: bool,
+    /// That reading, under way, and when it began.
+    background: Option<(JoinHandle<Result<Device, String>>, Duration)>,
 }
 
 impl Tracked {
     pub fn new(found: Found) -> Self {
-        Self { found, probe: None, routed: HashSet::new(), attach_error: None }
+        Self {
+            found,
+            probe: None,
+            routed: HashSet::new(),
+            attach_error: None,
+            last: None,
+            failing: false,
+            background: None,
+        }
     }
 }
 
@@ -46,27 +70,70 @@ pub struct Pass<'a> {
 }
 
 impl Monitor {
-    /// The snapshot of device `f`, or None when WireGuard's state could not be read.
+    /// The snapshot of device `f`; None only while WireGuard's state was never read.
     pub(super) fn device(&self, t: &mut Tracked, f: Found, pass: &mut Pass) -> Option<DeviceSnapshot> {
-        let state = self.read_wireguard(&f, pass)?;
+        let (state, read_at) = self.wireguard_state(t, &f, pass)?;
         let t0 = Instant::now();
         self.ensure_probe(t, &f);
         let reading = t.probe.as_mut().and_then(|p| self.measure(p, &mut t.routed, &state));
         *pass.spent.entry(ErrorSource::Bpf).or_default() += t0.elapsed();
-        Some(derive(pass.history, pass.names, f, state, reading, pass.now))
+        Some(derive(pass.history, pass.names, f, state, reading, pass.now, read_at))
     }
 
-    /// WireGuard's own state of the device, through its API.
-    fn read_wireguard(&self, f: &Found, pass: &mut Pass) -> Option<Device> {
-        let t0 = Instant::now();
-        let (source, state) = match &f.api {
-            Api::Uapi(path) => {
-                (ErrorSource::Uapi, uapi::get(path, &f.name, &f.implementation, pass.now).map_err(|e| e.to_string()))
+    /// WireGuard's state of the device and when it was read: now, or while it cannot be read,
+    /// the last state read.
+    fn wireguard_state(&self, t: &mut Tracked, f: &Found, pass: &mut Pass) -> Option<(Device, Duration)> {
+        let fresh = match t.background.take() {
+            // Still waiting for the device: this refresh does not.
+            Some((h, began)) if !h.is_finished() => {
+                t.background = Some((h, began));
+                None
             }
-            Api::Netlink => (ErrorSource::Netlink, netlink::get(&f.name).map_err(|e| e.to_string())),
+            Some((h, began)) => {
+                let r = h.join().unwrap_or_else(|_| Err("the reading thread panicked".into()));
+                Some(self.counted(f, r).map(|d| (d, began)))
+            }
+            None => match (&f.api, t.failing) {
+                (Api::Uapi(path), true) => {
+                    let (path, name, imp, now) = (path.clone(), f.name.clone(), f.implementation.clone(), pass.now);
+                    let read = move || uapi::get(&path, &name, &imp, now).map_err(|e| e.to_string());
+                    match std::thread::Builder::new().name("uapi-read".into()).spawn(read) {
+                        Ok(h) => t.background = Some((h, pass.now)),
+                        Err(e) => self.error(ErrorSource::Uapi, format_args!("reading device {}: {e}", f.name)),
+                    }
+                    None
+                }
+                _ => Some(self.read_wireguard(f, pass).map(|d| (d, pass.now))),
+            },
         };
-        *pass.spent.entry(source).or_default() += t0.elapsed();
-        state.map_err(|e| self.error(source, format_args!("reading device {}: {e}", f.name))).ok()
+        match fresh {
+            Some(Ok((d, at))) => {
+                t.failing = false;
+                t.last = Some((d.clone(), at));
+                Some((d, at))
+            }
+            Some(Err(())) => {
+                t.failing = true;
+                t.last.clone()
+            }
+            None => t.last.clone(),
+        }
+    }
+
+    /// WireGuard's own state of the device, through its API (an error is counted).
+    fn read_wireguard(&self, f: &Found, pass: &mut Pass) -> Result<Device, ()> {
+        let t0 = Instant::now();
+        let state = match &f.api {
+            Api::Uapi(path) => uapi::get(path, &f.name, &f.implementation, pass.now).map_err(|e| e.to_string()),
+            Api::Netlink => netlink::get(&f.name).map_err(|e| e.to_string()),
+        };
+        *pass.spent.entry(source_of(f)).or_default() += t0.elapsed();
+        self.counted(f, state)
+    }
+
+    /// A reading's result, its error counted and logged.
+    fn counted(&self, f: &Found, r: Result<Device, String>) -> Result<Device, ()> {
+        r.map_err(|e| self.error(source_of(f), format_args!("reading device {}: {e}", f.name)))
     }
 
     /// Loads and attaches the programs if they are not yet; an error is logged once.
@@ -125,5 +192,13 @@ impl Monitor {
                 Err(e) => self.error(ErrorSource::Bpf, format_args!("device {}: {e:#}", state.name)),
             }
         }
+    }
+}
+
+/// Where a device's state comes from, as the errors and durations say it.
+fn source_of(f: &Found) -> ErrorSource {
+    match f.api {
+        Api::Uapi(_) => ErrorSource::Uapi,
+        Api::Netlink => ErrorSource::Netlink,
     }
 }

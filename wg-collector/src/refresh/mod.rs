@@ -151,9 +151,14 @@ impl Monitor {
         if let Err(e) = names.refresh() {
             tracing::warn!("names not re-read, keeping the old ones: {e}");
         }
-        self.follow_namespaces(spaces);
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         let mut spent: HashMap<ErrorSource, Duration> = HashMap::new();
+        if !self.opts.netns.is_own_only() {
+            // Looking for namespaces (with `all`, a look at every process) is the netns source's time.
+            let t0 = Instant::now();
+            self.follow_namespaces(spaces);
+            spent.insert(ErrorSource::Netns, t0.elapsed());
+        }
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         let (mut devices, mut links, mut keys) = (Vec::new(), Vec::new(), Vec::new());
         for space in spaces.values_mut() {
             let Space { ns, tracked, history, links: space_links, uapi_dirs } = space;
@@ -234,7 +239,7 @@ impl Monitor {
     /// Brings the followed namespaces in line with those there are: a new one is opened, one
     /// gone (or whose name now means another) is retired. Only with `--netns`.
     fn follow_namespaces(&self, spaces: &mut BTreeMap<Option<String>, Space>) {
-        let Some(own) = self.own.as_ref().filter(|_| !self.opts.netns.is_own_only()) else { return };
+        let Some(own) = self.own.as_ref() else { return };
         let seen = netns::list(&self.opts.netns, own);
         let stale: Vec<Option<String>> = spaces
             .iter()

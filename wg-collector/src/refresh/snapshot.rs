@@ -50,6 +50,9 @@ pub struct DeviceSnapshot {
     pub pools: (Option<Pool>, Option<Pool>),
     /// Friendly names of the peers that have one.
     pub names: KeyMap<String>,
+    /// When `state` was read, since the Unix epoch: this refresh's time, or earlier while
+    /// WireGuard cannot be read and its last state stands in.
+    pub read_at: Duration,
 }
 
 /// The link of a device the collector follows or followed (a gone one stays, down).

@@ -6,7 +6,7 @@ use std::{
     net::SocketAddr,
     os::unix::net::UnixStream,
     path::Path,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use ipnet::IpNet;
@@ -24,7 +24,9 @@ pub enum UapiError {
     Errno { path: String, errno: i64 },
 }
 
-const TIMEOUT: Duration = Duration::from_secs(2);
+/// The longest a whole reading may take, from connecting to the last byte: a device that
+/// answers slowly, or not at all, costs at most this.
+pub const TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Asks the device behind `socket` for its full state.
 ///
@@ -33,11 +35,11 @@ const TIMEOUT: Duration = Duration::from_secs(2);
 pub fn get(socket: &Path, name: &str, implementation: &Implementation, now: Duration) -> Result<Device, UapiError> {
     let path = socket.display().to_string();
     let io = |source| UapiError::Io { path: path.clone(), source };
+    let deadline = Instant::now() + TIMEOUT;
     let mut stream = UnixStream::connect(socket).map_err(io)?;
-    stream.set_read_timeout(Some(TIMEOUT)).map_err(io)?;
     stream.set_write_timeout(Some(TIMEOUT)).map_err(io)?;
     stream.write_all(b"get=1\n\n").map_err(io)?;
-    let answer = read_answer(&mut stream).map_err(io)?;
+    let answer = read_answer(&mut stream, deadline).map_err(io)?;
     let text = std::str::from_utf8(&answer).map_err(|e| io(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
     parse(text, &path, name, implementation, now)
 }
@@ -48,14 +50,31 @@ const CHUNK: usize = 64 * 1024;
 /// The answer to `get=1`, read in large chunks: line by line (a buffered `read_line` per
 /// line, each checking UTF-8) took longer than wireguard-go took to write it (3 of 5 ms at 1k
 /// peers). It holds the device's private key, so every buffer it passes through is zeroed
-/// when dropped, also the smaller ones left behind as it grows.
-fn read_answer(stream: &mut UnixStream) -> std::io::Result<Zeroizing<Vec<u8>>> {
+/// when dropped, also the smaller ones left behind as it grows. An answer not complete by
+/// `deadline` (a device that hangs, or trickles) is a timeout.
+fn read_answer(stream: &mut UnixStream, deadline: Instant) -> std::io::Result<Zeroizing<Vec<u8>>> {
     let mut chunk = Zeroizing::new(vec![0u8; CHUNK]);
     let mut answer = Zeroizing::new(Vec::with_capacity(CHUNK));
     loop {
-        let n = stream.read(&mut chunk)?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no complete answer within {TIMEOUT:?} ({} bytes so far)", answer.len()),
+            ));
+        }
+        stream.set_read_timeout(Some(left))?;
+        let n = match stream.read(&mut chunk) {
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
+            r => r?,
+        };
         if n == 0 {
-            break;
+            // Closed before the errno line: a part of the state is no state (its missing
+            // peers would read as removed).
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("the answer ended after {} bytes, without its errno line", answer.len()),
+            ));
         }
         if answer.len() + n > answer.capacity() {
             let mut bigger = Zeroizing::new(Vec::with_capacity((answer.len() + n).max(2 * answer.capacity())));
@@ -295,5 +314,89 @@ mod tests {
         assert!(e.contains("(redacted)") && !e.contains("zz"), "{e}");
         let e = parse("errno=22\n", "s", "wg0", &Implementation::WireguardGo, Duration::ZERO).unwrap_err().to_string();
         assert!(e.contains("errno=22"), "{e}");
+    }
+
+    /// How a fake UAPI server misbehaves.
+    #[derive(Clone, Copy)]
+    enum Fault {
+        /// Reads the request, never answers.
+        Hang,
+        /// Answers correctly, a byte every 50 ms (a whole answer would take ~20 s).
+        Trickle,
+        /// Sends the first half of a correct answer, then closes.
+        Half,
+        /// Answers with a line that is no key=value.
+        Garbage,
+    }
+
+    /// A UAPI socket that misbehaves on purpose: a fake, as a real daemon does such things
+    /// only when broken (the lab test hangs a real boringtun). Serves each connection on a
+    /// thread of its own until the test process ends.
+    fn faulty(fault: Fault) -> std::path::PathBuf {
+        use std::os::unix::net::UnixListener;
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("wg-uapi-fault-{}-{n}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path).unwrap();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                std::thread::spawn(move || {
+                    let mut s = stream;
+                    let mut req = [0u8; 7]; // get=1\n\n
+                    let _ = s.read_exact(&mut req);
+                    let whole = answer("");
+                    match fault {
+                        Fault::Hang => std::thread::sleep(Duration::from_secs(30)),
+                        Fault::Trickle => {
+                            for b in whole.as_bytes() {
+                                if s.write_all(&[*b]).is_err() {
+                                    return;
+                                }
+                                std::thread::sleep(Duration::from_millis(50));
+                            }
+                        }
+                        Fault::Half => {
+                            let _ = s.write_all(&whole.as_bytes()[..whole.len() / 2]);
+                        }
+                        Fault::Garbage => {
+                            let _ = s.write_all(b"listen_port=51820\nthis is no answer\nerrno=0\n\n");
+                        }
+                    }
+                });
+            }
+        });
+        path
+    }
+
+    fn get_from(path: &std::path::Path) -> (Result<Device, UapiError>, Duration) {
+        let t0 = Instant::now();
+        let r = get(path, "wg0", &Implementation::WireguardGo, Duration::ZERO);
+        (r, t0.elapsed())
+    }
+
+    #[test]
+    fn a_device_that_hangs_or_trickles_costs_one_timeout() {
+        for fault in [Fault::Hang, Fault::Trickle] {
+            let path = faulty(fault);
+            let (r, took) = get_from(&path);
+            let e = r.unwrap_err().to_string();
+            assert!(e.contains("no complete answer within 2s"), "{e}");
+            // The whole reading is bounded, not each read of it (a trickle would go on ~20 s).
+            assert!(took >= TIMEOUT && took < TIMEOUT + Duration::from_secs(1), "{took:?}");
+            std::fs::remove_file(&path).unwrap();
+        }
+    }
+
+    #[test]
+    fn half_an_answer_or_garbage_is_an_error() {
+        let half = faulty(Fault::Half);
+        let garbage = faulty(Fault::Garbage);
+        let e = get_from(&half).0.unwrap_err().to_string();
+        assert!(e.contains("without its errno line"), "{e}");
+        let e = get_from(&garbage).0.unwrap_err().to_string();
+        assert!(e.contains("line 2: not key=value"), "{e}");
+        std::fs::remove_file(&half).unwrap();
+        std::fs::remove_file(&garbage).unwrap();
     }
 }
