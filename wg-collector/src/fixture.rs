@@ -195,6 +195,7 @@ pub fn snapshot() -> Arc<Snapshot> {
             (ErrorSource::Bpf, Duration::from_micros(900)),
         ],
         errors: vec![(ErrorSource::Netlink, 0), (ErrorSource::Uapi, 2), (ErrorSource::Bpf, 5)],
+        dump_retries: 3,
         links: vec![
             link("wg0", LinkState { up: true, ifindex: Some(7), flaps: 1 }),
             link("wg1", LinkState { up: true, ifindex: Some(9), flaps: 0 }),

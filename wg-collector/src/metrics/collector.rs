@@ -55,6 +55,15 @@ pub const GROUP: Group = Group {
             samples: |page, s| s.gauge(&[] as &[(&str, &str); 0], page.snap.began.elapsed().as_secs_f64()),
         },
         Family {
+            name: "wireguard_collector_netlink_dump_retries",
+            help: "Generic netlink dumps of a kernel device's state that the kernel flagged interrupted (NLM_F_DUMP_INTR: the device changed during the dump) and that were read again; only a consistent dump is used",
+            kind: Type::Counter,
+            labels: &[],
+            per_peer: None,
+            shown: always,
+            samples: |page, s| s.counter(&[] as &[(&str, &str); 0], page.snap.dump_retries),
+        },
+        Family {
             name: "wireguard_collector_device_reading_age_seconds",
             help: "Age of WireGuard's own state of the device on this page: 0 when read for it; growing while WireGuard does not answer (a hung UAPI socket, an error), when the last state read stands in and the eBPF counters stay live",
             kind: Type::Gauge,

@@ -125,7 +125,12 @@ impl Monitor {
         let t0 = Instant::now();
         let state = match &f.api {
             Api::Uapi(path) => uapi::get(path, &f.name, &f.implementation, pass.now).map_err(|e| e.to_string()),
-            Api::Netlink => netlink::get(&f.name).map_err(|e| e.to_string()),
+            Api::Netlink => netlink::get(&f.name)
+                .map(|(d, interrupted)| {
+                    self.dump_retries.fetch_add(interrupted.into(), std::sync::atomic::Ordering::Relaxed);
+                    d
+                })
+                .map_err(|e| e.to_string()),
         };
         *pass.spent.entry(source_of(f)).or_default() += t0.elapsed();
         self.counted(f, state)

@@ -64,6 +64,8 @@ pub struct Monitor {
     flight: SingleFlight<Snapshot>,
     state: Mutex<State>,
     errors: [AtomicU64; ErrorSource::ALL.len()],
+    /// Netlink dumps interrupted by changes to their device, and read again.
+    dump_retries: AtomicU64,
 }
 
 /// What refreshes share, behind one lock.
@@ -114,6 +116,7 @@ impl Monitor {
             flight: SingleFlight::default(),
             state: Mutex::new(State { spaces, names, swept: false }),
             errors: Default::default(),
+            dump_retries: AtomicU64::new(0),
         }
     }
 
@@ -195,6 +198,7 @@ impl Monitor {
             devices,
             durations,
             errors: ErrorSource::ALL.iter().map(|s| (*s, self.errors[*s as usize].load(Ordering::Relaxed))).collect(),
+            dump_retries: self.dump_retries.load(Ordering::Relaxed),
             links,
         }
     }

@@ -76,6 +76,8 @@ pub struct Snapshot {
     pub durations: Vec<(ErrorSource, Duration)>,
     /// Errors per source since start.
     pub errors: Vec<(ErrorSource, u64)>,
+    /// Netlink dumps interrupted by changes to their device, and read again, since start.
+    pub dump_retries: u64,
     /// Link state of every device seen since start, gone ones included (down), in the
     /// namespaces followed now.
     pub links: Vec<DeviceLink>,

@@ -5,11 +5,15 @@
 //! A large device does not fit one message: the kernel splits the peer list over several,
 //! and may split one peer's allowed IPs too, repeating that peer's public key at the start
 //! of the next message. [`fold`] merges such continuations.
+//!
+//! A dump that runs while the device changes is flagged NLM_F_DUMP_INTR by the kernel: its
+//! parts may come from before and after the change (a peer missing from both, or in both).
+//! Such a dump is read again, up to [`DUMP_ATTEMPTS`] times; only a consistent one is used.
 
 use std::time::Duration;
 
 use ipnet::IpNet;
-use netlink_packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
+use netlink_packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST};
 use netlink_packet_generic::{
     ctrl::{nlas::GenlCtrlAttrs, GenlCtrl, GenlCtrlCmd},
     GenlMessage,
@@ -31,19 +35,30 @@ pub enum NetlinkError {
     Kernel { device: String, source: std::io::Error },
     #[error("device {device}: undecodable netlink message: {what}")]
     Decode { device: String, what: String },
+    #[error("device {device}: every one of {DUMP_ATTEMPTS} dumps was interrupted by changes to the device")]
+    Interrupted { device: String },
 }
 
-/// Reads the full state of kernel device `name`.
-pub fn get(name: &str) -> Result<Device, NetlinkError> {
+/// Dumps of one reading before it gives up on a device that keeps changing.
+pub const DUMP_ATTEMPTS: u32 = 5;
+
+/// Reads the full state of kernel device `name`, and how many dumps were interrupted (and
+/// read again) on the way.
+pub fn get(name: &str) -> Result<(Device, u32), NetlinkError> {
     let sock = open()?;
     let family = resolve_family(&sock, "wireguard")?;
-    let mut msg = GenlMessage::from_payload(WireguardMessage {
-        cmd: WireguardCmd::GetDevice,
-        attributes: vec![WireguardAttribute::IfName(name.to_string())],
-    });
-    msg.set_resolved_family_id(family);
-    let parts = request(&sock, msg, NLM_F_REQUEST | NLM_F_DUMP, name)?;
-    Ok(fold(name, parts.into_iter().map(|m| m.payload)))
+    for interrupted in 0..DUMP_ATTEMPTS {
+        let mut msg = GenlMessage::from_payload(WireguardMessage {
+            cmd: WireguardCmd::GetDevice,
+            attributes: vec![WireguardAttribute::IfName(name.to_string())],
+        });
+        msg.set_resolved_family_id(family);
+        let (parts, consistent) = request(&sock, msg, NLM_F_REQUEST | NLM_F_DUMP, name)?;
+        if consistent {
+            return Ok((fold(name, parts.into_iter().map(|m| m.payload)), interrupted));
+        }
+    }
+    Err(NetlinkError::Interrupted { device: name.to_string() })
 }
 
 fn open() -> Result<Socket, NetlinkError> {
@@ -59,7 +74,7 @@ fn resolve_family(sock: &Socket, name: &str) -> Result<u16, NetlinkError> {
         cmd: GenlCtrlCmd::GetFamily,
         nlas: vec![GenlCtrlAttrs::FamilyName(name.into())],
     });
-    let answers = request(sock, msg, NLM_F_REQUEST | NLM_F_ACK, name).map_err(|e| match e {
+    let (answers, _) = request(sock, msg, NLM_F_REQUEST | NLM_F_ACK, name).map_err(|e| match e {
         NetlinkError::Kernel { .. } => NetlinkError::NoFamily,
         e => e,
     })?;
@@ -70,13 +85,14 @@ fn resolve_family(sock: &Socket, name: &str) -> Result<u16, NetlinkError> {
         .ok_or(NetlinkError::NoFamily)
 }
 
-/// Sends one request and collects the answers until the kernel says it is done.
+/// Sends one request and collects the answers until the kernel says it is done; and whether
+/// none of them was flagged interrupted.
 fn request<F>(
     sock: &Socket,
     payload: GenlMessage<F>,
     flags: u16,
     device: &str,
-) -> Result<Vec<GenlMessage<F>>, NetlinkError>
+) -> Result<(Vec<GenlMessage<F>>, bool), NetlinkError>
 where
     F: netlink_packet_generic::GenlFamily
         + netlink_packet_core::Emitable
@@ -93,18 +109,29 @@ where
 
     // A dump ends with NLMSG_DONE; a plain request with the ACK asked for by NLM_F_ACK.
     let mut out = Vec::new();
+    let mut interrupted = false;
     loop {
         let (data, _) = sock.recv_from_full()?;
-        if decode(&data, device, &mut out)? {
-            return Ok(out);
+        let d = decode(&data, device, &mut out)?;
+        interrupted |= d.interrupted;
+        if d.done {
+            return Ok((out, !interrupted));
         }
     }
 }
 
-/// Decodes one datagram of kernel answers into `out`; true when it ends the answer (done, or
-/// the ACK of a plain request). Whatever the bytes, an error or a result, never a panic (the
-/// netlink fuzz target feeds it arbitrary input).
-pub fn decode<F>(data: &[u8], device: &str, out: &mut Vec<GenlMessage<F>>) -> Result<bool, NetlinkError>
+/// What one datagram of answers said besides its messages.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Decoded {
+    /// It ends the answer (done, or the ACK of a plain request).
+    pub done: bool,
+    /// A message of it was flagged NLM_F_DUMP_INTR.
+    pub interrupted: bool,
+}
+
+/// Decodes one datagram of kernel answers into `out`. Whatever the bytes, an error or a
+/// result, never a panic (the netlink fuzz target feeds it arbitrary input).
+pub fn decode<F>(data: &[u8], device: &str, out: &mut Vec<GenlMessage<F>>) -> Result<Decoded, NetlinkError>
 where
     F: netlink_packet_generic::GenlFamily
         + netlink_packet_core::Emitable
@@ -112,15 +139,17 @@ where
         + std::fmt::Debug,
 {
     let mut off = 0;
+    let mut said = Decoded::default();
     while off < data.len() {
         let msg = NetlinkMessage::<GenlMessage<F>>::deserialize(&data[off..])
             .map_err(|e| NetlinkError::Decode { device: device.into(), what: e.to_string() })?;
         let len = msg.header.length as usize;
+        said.interrupted |= msg.header.flags & NLM_F_DUMP_INTR != 0;
         match msg.payload {
             NetlinkPayload::InnerMessage(m) => out.push(m),
-            NetlinkPayload::Done(_) => return Ok(true),
+            NetlinkPayload::Done(_) => return Ok(Decoded { done: true, ..said }),
             NetlinkPayload::Error(e) => match e.code {
-                None => return Ok(true), // the ACK that ends a non-dump request
+                None => return Ok(Decoded { done: true, ..said }), // the ACK that ends a non-dump request
                 // Not e.to_io(): it overflows on i32::MIN (found by the netlink fuzz target).
                 Some(code) => {
                     let source = match code.get().checked_abs() {
@@ -137,7 +166,7 @@ where
         }
         off += (len + 3) & !3;
     }
-    Ok(false)
+    Ok(said)
 }
 
 /// Folds the messages of one dump into a device.
@@ -232,6 +261,27 @@ mod tests {
         msg.emit(&mut buf);
         let header = GenlHeader { cmd: WireguardCmd::GetDevice.into(), version: 1 };
         WireguardMessage::parse_with_param(&buf, header).unwrap()
+    }
+
+    /// A part the kernel flagged NLM_F_DUMP_INTR makes the answer inconsistent; the same part
+    /// without the flag does not.
+    #[test]
+    fn an_interrupted_dump_is_told() {
+        for (flags, interrupted) in [(0, false), (NLM_F_DUMP_INTR, true)] {
+            let mut payload = GenlMessage::from_payload(WireguardMessage {
+                cmd: WireguardCmd::GetDevice,
+                attributes: vec![WireguardAttribute::IfName("wg0".into())],
+            });
+            payload.set_resolved_family_id(21);
+            let mut nl = NetlinkMessage::from(payload);
+            nl.header.flags = netlink_packet_core::NLM_F_MULTIPART | flags;
+            nl.finalize();
+            let mut buf = vec![0u8; nl.buffer_len()];
+            nl.serialize(&mut buf);
+            let mut out: Vec<GenlMessage<WireguardMessage>> = Vec::new();
+            assert_eq!(decode(&buf, "wg0", &mut out).unwrap(), Decoded { done: false, interrupted });
+            assert_eq!(out.len(), 1);
+        }
     }
 
     /// Against this machine's kernel: the control family always exists (id 16, GENL_ID_CTRL);
