@@ -250,6 +250,25 @@ impl Collector {
         netns::sh(&args).is_ok()
     }
 
+    /// Its open fds (count, and where they point) at their fewest over a second: a refresh
+    /// in progress holds sockets for a moment.
+    pub fn quiet_fds(&self) -> (usize, Vec<String>) {
+        let mut best: Option<(usize, Vec<String>)> = None;
+        for _ in 0..10 {
+            let targets: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+                .map(|d| d.flatten().filter_map(|e| std::fs::read_link(e.path()).ok()).collect::<Vec<_>>())
+                .unwrap_or_default()
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect();
+            if best.as_ref().is_none_or(|b| targets.len() < b.0) {
+                best = Some((targets.len(), targets));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        best.unwrap_or_default()
+    }
+
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }

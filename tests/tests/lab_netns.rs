@@ -107,7 +107,7 @@ fn namespaces_come_and_go_without_leaks() {
             c.wait_for(Duration::from_secs(10), |m| !m.mentions("netns", &name)).unwrap();
             // Let go of: the namespace (no fd of the collector is it), its pins; fds back
             // to where they were after the first cycle.
-            let fds = quiet_fds(c.pid());
+            let fds = c.quiet_fds();
             assert!(!fds.1.contains(&format!("net:[{inode}]")), "the deleted namespace is still held: {:?}", fds.1);
             assert!(!pins.join(&key).exists(), "{key} still pinned");
             match baseline {
@@ -129,24 +129,4 @@ fn namespaces_come_and_go_without_leaks() {
         baseline.unwrap()
     );
     assert!(cycles >= 4);
-}
-
-/// The collector's open fds (count, and where they point) at its quietest over a second: a
-/// refresh in progress holds sockets for a moment.
-fn quiet_fds(pid: u32) -> (usize, Vec<String>) {
-    let mut best: Option<(usize, Vec<String>)> = None;
-    for _ in 0..10 {
-        let dir = format!("/proc/{pid}/fd");
-        let targets: Vec<String> = std::fs::read_dir(&dir)
-            .unwrap()
-            .flatten()
-            .filter_map(|e| std::fs::read_link(e.path()).ok())
-            .map(|p| p.display().to_string())
-            .collect();
-        if best.as_ref().is_none_or(|b| targets.len() < b.0) {
-            best = Some((targets.len(), targets));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    best.unwrap()
 }

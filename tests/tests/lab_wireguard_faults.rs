@@ -90,3 +90,69 @@ fn a_hung_boringtun_keeps_its_peers_on_the_page() {
     // timeout (2 s) for it.
     assert!(took[9] < Duration::from_secs(2), "{took:?}");
 }
+
+/// A UAPI socket that answers half and closes, answers garbage, trickles or hangs (the
+/// fake-uapi binary: a fake, as a real daemon does so only when broken) for a device in the
+/// collector's namespace: every failed reading is counted by its kind, the device's peer is on
+/// every page with its last state, and 1,000 failed readings leave the collector's fds where
+/// they were.
+#[test]
+fn a_misbehaving_uapi_socket_is_counted_by_kind_and_loses_nothing() {
+    let _one_at_a_time = exclusive();
+    let ns = EmptyNamespace::new().unwrap();
+    let iface = format!("{}f", ns.name);
+    wg_tests::netns::sh(&["ip", "-n", &ns.name, "tuntap", "add", "dev", &iface, "mode", "tun"]).unwrap();
+    let socket = format!("{}/{iface}.sock", wg_tests::lab::UAPI_DIR);
+    let plan = "good:1,half:500,garbage:500,slow:2,hang:1";
+    let log = std::env::temp_dir().join(format!("{iface}-fake.log"));
+    let mut fake = wg_tests::netns::cmd(&ns.name, env!("CARGO_BIN_EXE_fake-uapi"))
+        .args([&socket, plan])
+        .stdout(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let _cleanup = Cleanup(vec![socket.clone(), log.display().to_string()]);
+    wg_tests::lab::wait_until(Duration::from_secs(5), || std::path::Path::new(&socket).exists()).unwrap();
+
+    let c = Collector::start(&ns.name, &["--poll-interval", "0.05"]).unwrap();
+    let dev = [("device", iface.as_str())];
+    let peer = [dev[0], ("public_key", "3p7bfXt9wbTTW2HC7OQ1Nz+DQ8hbeGdNrfx+FG+IK08=")];
+    let (m, _) = c.wait_for(Duration::from_secs(10), |m| m.get("wireguard_peers", &dev) == Some(1.0)).unwrap();
+    assert_eq!(m.get("wireguard_device_info", &[dev[0], ("implementation", "fake-uapi")]), Some(1.0), "{}", m.text);
+    let fds = c.quiet_fds();
+
+    // Scrapes (each a refresh: each a reading) until the plan is through.
+    let started = Instant::now();
+    let mut pages = 0;
+    while !std::fs::read_to_string(&log).unwrap().contains("plan done") {
+        assert!(started.elapsed() < Duration::from_secs(120), "the plan did not finish");
+        let m = c.scrape().unwrap();
+        assert_eq!(m.get("wireguard_peers", &dev), Some(1.0), "{}", m.text);
+        assert_eq!(m.get("wireguard_peer_receive_bytes_total", &peer), Some(1000.0));
+        pages += 1;
+    }
+    // Good answers again: the state is fresh.
+    let (m, _) = c
+        .wait_for(Duration::from_secs(10), |m| {
+            m.get("wireguard_collector_device_reading_age_seconds", &dev) == Some(0.0)
+        })
+        .unwrap();
+    let kind = |k: &str| m.get_or_zero("wireguard_collector_device_read_errors_total", &[dev[0], ("kind", k)]);
+    let counted = [kind("truncated"), kind("malformed"), kind("timeout"), kind("io")];
+    println!("{pages} pages in {:.1?}; read errors truncated/malformed/timeout/io: {counted:?}", started.elapsed());
+    assert_eq!(counted, [500.0, 500.0, 3.0, 0.0]);
+    assert_eq!(m.get("wireguard_collector_errors_total", &[("source", "uapi")]), Some(1003.0));
+    let after = c.quiet_fds();
+    assert_eq!(after.0, fds.0, "fds before {:?}, after 1,003 failed readings {:?}", fds.1, after.1);
+    wg_tests::lab::terminate(&mut fake);
+}
+
+/// Removes the files it names when dropped.
+struct Cleanup(Vec<String>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for f in &self.0 {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+}

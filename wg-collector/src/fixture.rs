@@ -144,6 +144,7 @@ fn measured() -> DeviceSnapshot {
         ),
         names,
         read_at: Duration::from_secs(1_700_000_200),
+        read_errors: Vec::new(),
     }
 }
 
@@ -174,6 +175,7 @@ fn unmeasured() -> DeviceSnapshot {
         names: KeyMap::default(),
         // WireGuard did not answer for the last 30 s: its last state stands in.
         read_at: Duration::from_secs(1_700_000_170),
+        read_errors: vec![("timeout", 2)],
     }
 }
 

@@ -78,6 +78,22 @@ pub const GROUP: Group = Group {
             },
         },
         Family {
+            name: "wireguard_collector_device_read_errors",
+            help: "Readings of WireGuard's state of the device that failed, by kind: timeout (no complete answer within 2 s), truncated (the answer ended early), malformed (an answer that does not parse), errno (WireGuard or the kernel answered an error), interrupted (5 netlink dumps in a row interrupted by changes), io (the socket failed)",
+            kind: Type::Counter,
+            labels: &["device", "kind"],
+            per_peer: None,
+            shown: always,
+            samples: |page, s| {
+                for d in &page.snap.devices {
+                    for (kind, n) in &d.read_errors {
+                        s.counter(&(DeviceLabels::of(&d.found), [("kind", *kind)]), *n)?;
+                    }
+                }
+                Ok(())
+            },
+        },
+        Family {
             name: "wireguard_collector_errors",
             help: "Errors reading each source since the collector started",
             kind: Type::Counter,

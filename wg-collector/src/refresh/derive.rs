@@ -49,7 +49,7 @@ pub fn derive(
     let pools = pool::pools(&interfaces::addresses_of(&found.name), &used);
     let names =
         state.peers.iter().filter_map(|p| Some((p.public_key, names.get(&p.public_key)?.to_string()))).collect();
-    DeviceSnapshot { found, state, reading, lifecycle, active, pools, names, read_at }
+    DeviceSnapshot { found, state, reading, lifecycle, active, pools, names, read_at, read_errors: Vec::new() }
 }
 
 /// Rewrites the counters as values that never go backwards within this process (see

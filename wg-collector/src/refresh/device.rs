@@ -10,7 +10,7 @@
 //! one per refresh.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     net::SocketAddr,
     thread::JoinHandle,
     time::{Duration, Instant},
@@ -42,7 +42,27 @@ pub struct Tracked {
     /// Whether the last reading failed: the next one goes to a thread of its own.
     failing: bool,
     /// That reading, under way, and when it began.
-    background: Option<(JoinHandle<Result<Device, String>>, Duration)>,
+    background: Option<(JoinHandle<Result<Device, ReadError>>, Duration)>,
+    /// Readings that failed, by kind.
+    read_errors: BTreeMap<&'static str, u64>,
+}
+
+/// Why WireGuard's state could not be read: its kind (the `kind` label) and the whole story.
+pub struct ReadError {
+    kind: &'static str,
+    text: String,
+}
+
+impl From<uapi::UapiError> for ReadError {
+    fn from(e: uapi::UapiError) -> Self {
+        ReadError { kind: e.kind(), text: e.to_string() }
+    }
+}
+
+impl From<netlink::NetlinkError> for ReadError {
+    fn from(e: netlink::NetlinkError) -> Self {
+        ReadError { kind: e.kind(), text: e.to_string() }
+    }
 }
 
 impl Tracked {
@@ -55,6 +75,7 @@ impl Tracked {
             last: None,
             failing: false,
             background: None,
+            read_errors: BTreeMap::new(),
         }
     }
 }
@@ -77,7 +98,9 @@ impl Monitor {
         self.ensure_probe(t, &f);
         let reading = t.probe.as_mut().and_then(|p| self.measure(p, &mut t.routed, &state));
         *pass.spent.entry(ErrorSource::Bpf).or_default() += t0.elapsed();
-        Some(derive(pass.history, pass.names, f, state, reading, pass.now, read_at))
+        let mut snap = derive(pass.history, pass.names, f, state, reading, pass.now, read_at);
+        snap.read_errors = t.read_errors.iter().map(|(k, n)| (*k, *n)).collect();
+        Some(snap)
     }
 
     /// WireGuard's state of the device and when it was read: now, or while it cannot be read,
@@ -90,20 +113,28 @@ impl Monitor {
                 None
             }
             Some((h, began)) => {
-                let r = h.join().unwrap_or_else(|_| Err("the reading thread panicked".into()));
-                Some(self.counted(f, r).map(|d| (d, began)))
+                let r = h
+                    .join()
+                    .unwrap_or_else(|_| Err(ReadError { kind: "io", text: "the reading thread panicked".into() }));
+                Some(self.counted(t, f, r).map(|d| (d, began)))
             }
             None => match (&f.api, t.failing) {
                 (Api::Uapi(path), true) => {
                     let (path, name, imp, now) = (path.clone(), f.name.clone(), f.implementation.clone(), pass.now);
-                    let read = move || uapi::get(&path, &name, &imp, now).map_err(|e| e.to_string());
+                    let read = move || uapi::get(&path, &name, &imp, now).map_err(ReadError::from);
                     match std::thread::Builder::new().name("uapi-read".into()).spawn(read) {
                         Ok(h) => t.background = Some((h, pass.now)),
-                        Err(e) => self.error(ErrorSource::Uapi, format_args!("reading device {}: {e}", f.name)),
+                        Err(e) => {
+                            let e = ReadError { kind: "io", text: format!("starting a reading thread: {e}") };
+                            let _ = self.counted(t, f, Err(e));
+                        }
                     }
                     None
                 }
-                _ => Some(self.read_wireguard(f, pass).map(|d| (d, pass.now))),
+                _ => {
+                    let r = self.read_wireguard(f, pass);
+                    Some(self.counted(t, f, r).map(|d| (d, pass.now)))
+                }
             },
         };
         match fresh {
@@ -120,25 +151,29 @@ impl Monitor {
         }
     }
 
-    /// WireGuard's own state of the device, through its API (an error is counted).
-    fn read_wireguard(&self, f: &Found, pass: &mut Pass) -> Result<Device, ()> {
+    /// WireGuard's own state of the device, through its API.
+    fn read_wireguard(&self, f: &Found, pass: &mut Pass) -> Result<Device, ReadError> {
         let t0 = Instant::now();
         let state = match &f.api {
-            Api::Uapi(path) => uapi::get(path, &f.name, &f.implementation, pass.now).map_err(|e| e.to_string()),
+            Api::Uapi(path) => uapi::get(path, &f.name, &f.implementation, pass.now).map_err(ReadError::from),
             Api::Netlink => netlink::get(&f.name)
                 .map(|(d, interrupted)| {
                     self.dump_retries.fetch_add(interrupted.into(), std::sync::atomic::Ordering::Relaxed);
                     d
                 })
-                .map_err(|e| e.to_string()),
+                .map_err(ReadError::from),
         };
         *pass.spent.entry(source_of(f)).or_default() += t0.elapsed();
-        self.counted(f, state)
+        state
     }
 
-    /// A reading's result, its error counted and logged.
-    fn counted(&self, f: &Found, r: Result<Device, String>) -> Result<Device, ()> {
-        r.map_err(|e| self.error(source_of(f), format_args!("reading device {}: {e}", f.name)))
+    /// A reading's result, its error counted (for the source, and for the device by kind) and
+    /// logged.
+    fn counted(&self, t: &mut Tracked, f: &Found, r: Result<Device, ReadError>) -> Result<Device, ()> {
+        r.map_err(|e| {
+            *t.read_errors.entry(e.kind).or_default() += 1;
+            self.error(source_of(f), format_args!("reading device {}: {}", f.name, e.text))
+        })
     }
 
     /// Loads and attaches the programs if they are not yet; an error is logged once.

@@ -53,6 +53,8 @@ pub struct DeviceSnapshot {
     /// When `state` was read, since the Unix epoch: this refresh's time, or earlier while
     /// WireGuard cannot be read and its last state stands in.
     pub read_at: Duration,
+    /// Readings of WireGuard's state that failed, by kind, since the device was found.
+    pub read_errors: Vec<(&'static str, u64)>,
 }
 
 /// The link of a device the collector follows or followed (a gone one stays, down).

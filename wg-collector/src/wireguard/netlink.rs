@@ -39,6 +39,18 @@ pub enum NetlinkError {
     Interrupted { device: String },
 }
 
+impl NetlinkError {
+    /// What went wrong, as wireguard_collector_device_read_errors_total's `kind` says it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Io(_) | Self::NoFamily => "io",
+            Self::Kernel { .. } => "errno",
+            Self::Decode { .. } => "malformed",
+            Self::Interrupted { .. } => "interrupted",
+        }
+    }
+}
+
 /// Dumps of one reading before it gives up on a device that keeps changing.
 pub const DUMP_ATTEMPTS: u32 = 5;
 

@@ -28,6 +28,22 @@ pub enum UapiError {
 /// answers slowly, or not at all, costs at most this.
 pub const TIMEOUT: Duration = Duration::from_secs(2);
 
+impl UapiError {
+    /// What went wrong, as wireguard_collector_device_read_errors_total's `kind` says it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Io { source, .. } => match source.kind() {
+                std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => "timeout",
+                std::io::ErrorKind::UnexpectedEof => "truncated",
+                std::io::ErrorKind::InvalidData => "malformed",
+                _ => "io",
+            },
+            Self::Parse { .. } => "malformed",
+            Self::Errno { .. } => "errno",
+        }
+    }
+}
+
 /// Asks the device behind `socket` for its full state.
 ///
 /// `now` is the current time since the Unix epoch: boringtun reports the time *since* the
@@ -380,7 +396,9 @@ mod tests {
         for fault in [Fault::Hang, Fault::Trickle] {
             let path = faulty(fault);
             let (r, took) = get_from(&path);
-            let e = r.unwrap_err().to_string();
+            let e = r.unwrap_err();
+            assert_eq!(e.kind(), "timeout");
+            let e = e.to_string();
             assert!(e.contains("no complete answer within 2s"), "{e}");
             // The whole reading is bounded, not each read of it (a trickle would go on ~20 s).
             assert!(took >= TIMEOUT && took < TIMEOUT + Duration::from_secs(1), "{took:?}");
@@ -392,10 +410,12 @@ mod tests {
     fn half_an_answer_or_garbage_is_an_error() {
         let half = faulty(Fault::Half);
         let garbage = faulty(Fault::Garbage);
-        let e = get_from(&half).0.unwrap_err().to_string();
-        assert!(e.contains("without its errno line"), "{e}");
-        let e = get_from(&garbage).0.unwrap_err().to_string();
-        assert!(e.contains("line 2: not key=value"), "{e}");
+        let e = get_from(&half).0.unwrap_err();
+        assert_eq!(e.kind(), "truncated");
+        assert!(e.to_string().contains("without its errno line"), "{e}");
+        let e = get_from(&garbage).0.unwrap_err();
+        assert_eq!(e.kind(), "malformed");
+        assert!(e.to_string().contains("line 2: not key=value"), "{e}");
         std::fs::remove_file(&half).unwrap();
         std::fs::remove_file(&garbage).unwrap();
     }
