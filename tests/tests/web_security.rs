@@ -313,3 +313,40 @@ fn a_real_prometheus_scrapes_with_tls_and_credentials_file() {
     let n = prom.query("count(wireguard_peer_info)");
     assert_eq!(n, Some(1.0));
 }
+
+/// `--web.allowed-clients`: on a dual-stack listener ([::]:9586), an IPv6 client (::1) and an
+/// IPv4 one arriving IPv4-mapped (the peer over the tunnel) are answered; loopback IPv4 and
+/// the peer over the underlay are refused with 403 on every route, /-/healthy too, before
+/// any authentication. The page then counts each request by handler and code, their
+/// durations, and the refusals by reason.
+#[test]
+fn allowed_clients_and_the_endpoint_s_own_metrics() {
+    let lab = Lab::new(Implementation::WireguardGo).unwrap();
+    let args = ["--web.listen-address", "[::]:9586", "--web.insecure", "--web.allowed-clients", "::1,10.99.0.0/24"];
+    let c = Collector::start(&lab.a.ns, &args).unwrap();
+    let get = |ns: &str, addr: &str, path: &str| -> String {
+        let (addr, path): (SocketAddr, String) = (addr.parse().unwrap(), path.to_string());
+        let (head, _) = netns::within(ns, move || http_get_with(addr, &path, &[])).unwrap();
+        head.lines().next().unwrap().to_string()
+    };
+    let (a, b) = (lab.a.ns.as_str(), lab.b.ns.as_str());
+    assert!(get(a, "127.0.0.1:9586", "/metrics").contains("403"));
+    assert!(get(a, "127.0.0.1:9586", "/-/healthy").contains("403"));
+    assert!(get(a, "[::1]:9586", "/metrics").contains("200"));
+    assert!(get(b, "10.99.0.1:9586", "/metrics").contains("200"), "the peer over the tunnel, IPv4-mapped");
+    assert!(get(b, "10.200.0.1:9586", "/metrics").contains("403"), "the peer over the underlay");
+    let body = netns::within(a, || wg_tests::scrape::http_get("[::1]:9586".parse()?, "/metrics")).unwrap();
+    let m = wg_tests::Metrics::parse(&body).unwrap();
+    let requests = |handler: &str, code: &str| {
+        m.get("wireguard_collector_http_requests_total", &[("handler", handler), ("code", code)]).unwrap_or(0.0)
+    };
+    assert_eq!(
+        [requests("metrics", "200"), requests("metrics", "403"), requests("healthy", "403")],
+        [2.0, 2.0, 1.0],
+        "{}",
+        m.text
+    );
+    assert_eq!(m.get("wireguard_collector_http_refusals_total", &[("reason", "forbidden_client")]), Some(3.0));
+    assert_eq!(m.get("wireguard_collector_http_request_duration_seconds_count", &[("handler", "metrics")]), Some(4.0));
+    assert_eq!(c.log_text().matches("refused: not an allowed client").count(), 0, "logged at debug only");
+}

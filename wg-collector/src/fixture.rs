@@ -3,6 +3,7 @@
 //! family filled in, with values that tell the families apart.
 
 use std::{
+    collections::BTreeMap,
     path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
@@ -17,7 +18,10 @@ use wg_common::{
 use crate::{
     bpf::{LatencyStats, ProgramStats, Reading},
     history::{ConfigField, Lifecycle},
-    http::conn::ConnCounts,
+    http::{
+        conn::ConnCounts,
+        requests::{EndpointCounts, Handler, RequestCounts},
+    },
     links::LinkState,
     pool::Pool,
     refresh::{DeviceLink, DeviceSnapshot, ErrorSource, Snapshot},
@@ -180,8 +184,19 @@ fn unmeasured() -> DeviceSnapshot {
 }
 
 /// The metrics endpoint's connection counts.
-pub fn conns() -> ConnCounts {
-    ConnCounts { open: 3, refused: [4, 844], ended: [256, 1, 2, 5], accept_errors: 0 }
+pub fn conns() -> EndpointCounts {
+    let mut durations = BTreeMap::new();
+    let mut metrics = crate::histogram::Series::default();
+    metrics.add(wg_common::latency::bucket_of(3_000_000), 9, 27_000_000);
+    durations.insert(Handler::Metrics, metrics);
+    EndpointCounts {
+        conns: ConnCounts { open: 3, refused: [4, 844], ended: [256, 1, 2, 5], accept_errors: 0 },
+        requests: RequestCounts {
+            answered: [((Handler::Metrics, 200), 9), ((Handler::Metrics, 401), 2), ((Handler::Healthy, 200), 1)].into(),
+            durations,
+            refused: [2, 1, 0, 0, 0],
+        },
+    }
 }
 
 /// The whole reading; `began` is now (the page's reading age is then near 0).

@@ -35,6 +35,11 @@ pub struct Args {
     /// SIGHUP and when it changes.
     #[arg(long = "web.bearer-token-file", value_name = "FILE")]
     pub bearer_token_file: Option<PathBuf>,
+    /// Answer only clients from these networks or addresses (CIDR or address; repeat or
+    /// separate with commas); others get 403 before any authentication. Default: every
+    /// client (or http_server_config.allowed_clients in --web.config.file).
+    #[arg(long = "web.allowed-clients", value_name = "CIDR", value_delimiter = ',', value_parser = crate::http::allow::parse_client)]
+    pub allowed_clients: Vec<ipnet::IpNet>,
     /// Allow serving a non-loopback address without authentication.
     #[arg(long = "web.insecure")]
     pub insecure: bool,

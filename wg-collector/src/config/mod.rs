@@ -137,6 +137,7 @@ impl TryFrom<Args> for Config {
                         idle: a.idle_timeout,
                         write: a.write_timeout,
                     },
+                    allowed_flag: a.allowed_clients,
                 },
                 insecure: a.insecure,
                 telemetry_path: a.telemetry_path,

@@ -15,6 +15,7 @@
 //!   read_header_timeout: 10s
 //!   idle_timeout: 2m
 //!   write_timeout: 1m
+//!   allowed_clients: [10.0.0.0/8, "fd00::/8"]      # others get 403 (--web.allowed-clients)
 //! ```
 //!
 //! A key this collector does not implement is refused, not ignored: a setting that silently
@@ -57,6 +58,7 @@ struct HttpFile {
     read_header_timeout: Option<String>,
     idle_timeout: Option<String>,
     write_timeout: Option<String>,
+    allowed_clients: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -79,6 +81,8 @@ pub struct WebConfig {
     pub client_certs_required: bool,
     /// User → bcrypt hash.
     pub basic_auth_users: HashMap<String, String>,
+    /// The clients http_server_config.allowed_clients lets in (none: all).
+    pub allowed_clients: Vec<ipnet::IpNet>,
     /// The timeouts http_server_config sets.
     pub timeouts: TimeoutSettings,
 }
@@ -141,7 +145,13 @@ impl WebConfig {
             idle: duration("http_server_config.idle_timeout", http.idle_timeout)?,
             write: duration("http_server_config.write_timeout", http.write_timeout)?,
         };
-        Ok(Self { tls, client_certs_required, basic_auth_users: users, timeouts })
+        let allowed_clients = http
+            .allowed_clients
+            .unwrap_or_default()
+            .iter()
+            .map(|c| super::allow::parse_client(c).map_err(|e| setting("http_server_config.allowed_clients", e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self { tls, client_certs_required, basic_auth_users: users, timeouts, allowed_clients })
     }
 }
 

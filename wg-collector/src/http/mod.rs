@@ -3,11 +3,13 @@
 //! basic auth with bcrypt), bearer tokens from a file, per-client rate limiting of failed
 //! authentication, and reloading all of it without dropping a scrape.
 
+pub mod allow;
 pub mod api;
 pub mod auth;
 pub mod config;
 pub mod conn;
 pub mod listen;
+pub mod requests;
 pub mod router;
 pub mod serve;
 pub mod tokens;

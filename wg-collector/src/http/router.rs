@@ -20,7 +20,8 @@ use axum::{
 use super::{
     api,
     conn::Gate,
-    serve::{authenticate, Shared},
+    requests::{observe, EndpointCounts, Requests},
+    serve::{allow, authenticate, Shared},
 };
 use crate::{
     metrics::{encode, Encoded, ExportOptions, Format, Page},
@@ -50,8 +51,10 @@ pub fn router(
         export: export.clone(),
         max_age,
         gate: web.gate.clone(),
+        requests: web.requests.clone(),
         pages: Arc::default(),
     };
+    let observed = (web.requests.clone(), Arc::<str>::from(telemetry_path));
     let page = LIVE_PAGE.replace("href=\"metrics\"", &format!("href=\"{}\"", telemetry_path.trim_start_matches('/')));
     let state = move || {
         let (monitor, export) = (monitor.clone(), export.clone());
@@ -67,8 +70,13 @@ pub fn router(
         .with_state(source)
         .route("/", get(move || async move { Html(page) }))
         .route("/api/v1/state", get(state))
-        .layer(axum::middleware::from_fn_with_state(web, authenticate));
-    Router::new().route("/-/healthy", get(|| async { "OK\n" })).merge(protected)
+        .layer(axum::middleware::from_fn_with_state(web.clone(), authenticate));
+    // Outermost first: every request timed and counted, then only allowed clients let in.
+    Router::new()
+        .route("/-/healthy", get(|| async { "OK\n" }))
+        .merge(protected)
+        .layer(axum::middleware::from_fn_with_state(web, allow))
+        .layer(axum::middleware::from_fn_with_state(observed, observe))
 }
 
 /// What `/metrics` serves from.
@@ -78,6 +86,7 @@ struct MetricsState {
     export: ExportOptions,
     max_age: Duration,
     gate: Arc<Gate>,
+    requests: Arc<Requests>,
     pages: Arc<Pages>,
 }
 
@@ -121,9 +130,10 @@ async fn metrics(State(source): State<MetricsState>, headers: HeaderMap) -> Resp
     // Reading WireGuard and the maps is blocking work: keep it off the async workers.
     let encoded = tokio::task::spawn_blocking(move || {
         let snap = source.monitor.latest(source.max_age);
-        source
-            .pages
-            .get(&snap, format, || encode(Page::new(snap.clone(), &source.export, source.gate.counts()), format).ok())
+        source.pages.get(&snap, format, || {
+            let endpoint = EndpointCounts { conns: source.gate.counts(), requests: source.requests.counts() };
+            encode(Page::new(snap.clone(), &source.export, endpoint), format).ok()
+        })
     })
     .await;
     let Format { openmetrics, gzip } = format;

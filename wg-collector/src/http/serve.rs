@@ -25,9 +25,11 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 use super::{
+    allow::AllowedClients,
     auth::{Auth, Limiter, Verdict},
     config::WebConfig,
     conn::{Caps, Ended, Gate, TimeoutSettings, Timeouts, Watch, Watched},
+    requests::{Refused, Requests},
     tokens,
 };
 
@@ -39,6 +41,8 @@ pub struct Settings {
     pub client_certs_required: bool,
     /// What a connection may take (flags over the web configuration file over defaults).
     pub timeouts: Timeouts,
+    /// Who is answered at all (the flag over the web configuration file).
+    pub allowed: AllowedClients,
 }
 
 impl Settings {
@@ -55,6 +59,8 @@ pub struct SettingsFiles {
     pub token_file: Option<PathBuf>,
     /// The timeouts the flags set: they win over the file's.
     pub timeout_flags: TimeoutSettings,
+    /// --web.allowed-clients: wins over the file's allowed_clients when given.
+    pub allowed_flag: Vec<ipnet::IpNet>,
 }
 
 impl SettingsFiles {
@@ -65,6 +71,7 @@ impl SettingsFiles {
                 tls: None,
                 client_certs_required: false,
                 basic_auth_users: Default::default(),
+                allowed_clients: Vec::new(),
                 timeouts: TimeoutSettings::default(),
             },
         };
@@ -77,6 +84,11 @@ impl SettingsFiles {
             auth: Arc::new(Auth::new(web.basic_auth_users, &tokens)),
             client_certs_required: web.client_certs_required,
             timeouts: self.timeout_flags.over(web.timeouts),
+            allowed: AllowedClients(if self.allowed_flag.is_empty() {
+                web.allowed_clients
+            } else {
+                self.allowed_flag.clone()
+            }),
         })
     }
 
@@ -98,6 +110,8 @@ pub struct Shared {
     limiter: Limiter,
     /// Connections admitted within the caps, and the counts of those refused and ended.
     pub gate: Arc<Gate>,
+    /// Requests answered and refused.
+    pub requests: Arc<Requests>,
 }
 
 impl Shared {
@@ -108,6 +122,7 @@ impl Shared {
             may_be_open,
             limiter: Limiter::default(),
             gate: Gate::new(caps),
+            requests: Arc::default(),
         })
     }
 
@@ -156,6 +171,18 @@ impl Shared {
 #[derive(Clone, Copy, Debug)]
 pub struct ClientAddr(pub SocketAddr);
 
+/// Answers only clients of --web.allowed-clients (every client when none are listed); 403
+/// for others, before any other work. Every route, /-/healthy too.
+pub async fn allow(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Response {
+    let client = req.extensions().get::<ClientAddr>().map(|c| c.0);
+    if let Some(c) = client.filter(|c| !shared.current().allowed.permits(c.ip())) {
+        shared.requests.refuse(Refused::ForbiddenClient);
+        tracing::debug!(client = %c, "refused: not an allowed client");
+        return (StatusCode::FORBIDDEN, "forbidden: this address is not among --web.allowed-clients\n").into_response();
+    }
+    next.run(req).await
+}
+
 /// Lets a request through if its credentials are good; 401 (with the scheme to use) if not,
 /// 429 for a client that failed too often, 400 for credentials in the URL.
 pub async fn authenticate(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Response {
@@ -164,11 +191,16 @@ pub async fn authenticate(State(shared): State<Arc<Shared>>, req: Request, next:
     let ip = client.map(|c| c.ip());
     if let Some(ip) = ip {
         if shared.limiter.blocked(ip) {
+            shared.requests.refuse(Refused::RateLimited);
             return (StatusCode::TOO_MANY_REQUESTS, "too many failed authentications; try again later\n")
                 .into_response();
         }
     }
     let (verdict, user) = settings.auth.check(req.headers(), req.uri().query()).await;
+    if verdict != Verdict::Allow {
+        let why = if verdict == Verdict::TokenInUrl { Refused::TokenInUrl } else { Refused::Unauthenticated };
+        shared.requests.refuse(why);
+    }
     match verdict {
         Verdict::Allow => next.run(req).await,
         Verdict::TokenInUrl => (
@@ -206,7 +238,7 @@ pub async fn serve(
         };
         // Over a cap: closed at once (dropped), counted.
         let Ok(place) = shared.gate.admit(remote.ip()) else { continue };
-        let (router, gate) = (router.clone(), shared.gate.clone());
+        let (router, gate, requests) = (router.clone(), shared.gate.clone(), shared.requests.clone());
         // Each connection takes the settings in force when it arrives.
         let settings = shared.current();
         let (tls, timeouts) = (settings.tls.clone(), settings.timeouts);
@@ -219,6 +251,7 @@ pub async fn serve(
                     Ok(Ok(stream)) => Box::new(stream),
                     Ok(Err(e)) => {
                         tracing::debug!(client = %remote, "TLS handshake failed: {e}");
+                        requests.refuse(Refused::TlsHandshake);
                         return;
                     }
                     Err(_) => {

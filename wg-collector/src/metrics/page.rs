@@ -10,7 +10,7 @@ use wg_common::PeerCounters;
 use super::budget;
 use crate::{
     histogram::{Buckets, Series},
-    http::conn::ConnCounts,
+    http::requests::EndpointCounts,
     refresh::{DeviceLink, DeviceSnapshot, Snapshot},
     wireguard::{discovery::Found, Key, KeySet, Peer},
 };
@@ -66,8 +66,8 @@ pub struct Page {
     /// Per device.
     pub latency: Vec<LatencySeries>,
     pub opts: ExportOptions,
-    /// The metrics endpoint's connections as of this scrape.
-    pub conns: ConnCounts,
+    /// The metrics endpoint's connections and requests as of this scrape.
+    pub endpoint: EndpointCounts,
 }
 
 impl std::fmt::Debug for Page {
@@ -77,7 +77,7 @@ impl std::fmt::Debug for Page {
 }
 
 impl Page {
-    pub fn new(snap: Arc<Snapshot>, opts: &ExportOptions, conns: ConnCounts) -> Self {
+    pub fn new(snap: Arc<Snapshot>, opts: &ExportOptions, endpoint: EndpointCounts) -> Self {
         let latency: Vec<LatencySeries> = snap.devices.iter().map(latency_series).collect();
         let (snap, omitted, left_out) =
             if opts.max_series == 0 || budget::total(&snap, &latency, opts) <= opts.max_series {
@@ -89,7 +89,7 @@ impl Page {
                 (Arc::new(trimmed), omitted, left_out)
             };
         let rows = snap.devices.iter().map(|d| d.state.peers.iter().map(|p| Row::of(d, p)).collect()).collect();
-        Self { snap, omitted, left_out, rows, latency, opts: opts.clone(), conns }
+        Self { snap, omitted, left_out, rows, latency, opts: opts.clone(), endpoint }
     }
 
     /// Every peer with its row and the labels all per-peer families start with.
