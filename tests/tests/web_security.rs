@@ -242,14 +242,36 @@ fn settings_reload_without_a_restart_and_a_bad_file_keeps_the_old_ones() {
     assert!(c.is_running());
 }
 
+/// `--redact all` reaches every output: the page in both formats, the state API, the live
+/// page, and the log, where configuration changes of endpoints and allowed IPs are logged.
 #[test]
-fn redaction_leaves_no_endpoint_or_allowed_ip_on_the_page() {
+fn redaction_reaches_every_output_and_the_log() {
     let lab = Lab::new(Implementation::WireguardGo).unwrap();
     let c = Collector::start(&lab.a.ns, &["--redact", "all"]).unwrap();
-    let page = c.scrape().unwrap().text;
-    assert!(page.contains("wireguard_peer_info"));
-    for leak in ["10.200.0.2", "10.99.0.2", "fd99::2", ":51820"] {
-        assert!(!page.contains(leak), "{leak} on the page:\n{page}");
+    // A change of each kind it hides, made and taken back: both are logged.
+    let key = lab.b.public_key.clone();
+    let changes = [("10.200.0.2:51999", "10.99.0.2/32,10.99.0.77/32"), ("10.200.0.2:51820", "10.99.0.2/32")];
+    for (n, (endpoint, ips)) in changes.into_iter().enumerate() {
+        lab.wg('a', &["set", "{iface}", "peer", &key, "endpoint", endpoint, "allowed-ips", ips]).unwrap();
+        // Seen: an endpoint and an allowed-IPs change logged.
+        wait_until(Duration::from_secs(5), || c.log_text().matches("configuration changed").count() >= 2 * (n + 1))
+            .unwrap();
+    }
+    let ns = &lab.a.ns;
+    let outputs = [
+        ("text page", plain(ns, &[], "/metrics").1),
+        ("OpenMetrics page", plain(ns, &[("Accept", "application/openmetrics-text")], "/metrics").1),
+        ("state API", plain(ns, &[], "/api/v1/state").1),
+        ("live page", plain(ns, &[], "/").1),
+        ("log", c.log_text()),
+    ];
+    assert!(outputs[0].1.contains("wireguard_peer_info") && outputs[2].1.contains(&key));
+    let log = &outputs[4].1;
+    assert_eq!(log.matches("configuration changed: (redacted)").count(), 4, "{log}");
+    for (what, text) in &outputs {
+        for leak in ["10.200.0.2", "10.99.0.2", "10.99.0.77", "fd99::2", "2:51820", ":51999"] {
+            assert!(!text.contains(leak), "{leak} in the {what}:\n{text}");
+        }
     }
 }
 

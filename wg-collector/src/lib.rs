@@ -18,5 +18,6 @@ pub mod netns;
 pub mod open_files;
 pub mod pool;
 pub mod privileges;
+pub mod redact;
 pub mod refresh;
 pub mod wireguard;

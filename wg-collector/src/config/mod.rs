@@ -19,6 +19,7 @@ use crate::{
     metrics::ExportOptions,
     names::NameSources,
     netns::Selection,
+    redact::Redact,
     refresh,
 };
 
@@ -159,6 +160,7 @@ impl TryFrom<Args> for Config {
                 underlays: a.underlays,
                 pins: None,
                 netns,
+                redact: Redact { endpoints: redact("endpoints"), allowed_ips: redact("allowed-ips") },
             },
             poll_interval,
             scrape_max_age,

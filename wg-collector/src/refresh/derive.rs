@@ -1,5 +1,5 @@
 //! The last step of a refresh: what follows from a device's reading and the collector's
-//! memory of earlier ones: peers added and removed, configuration changes (logged),
+//! memory of earlier ones: peers added and removed, configuration changes,
 //! counters that never go backwards, live sessions, address pools and names.
 
 use std::time::Duration;
@@ -32,16 +32,6 @@ pub fn derive(
     read_at: Duration,
 ) -> DeviceSnapshot {
     let lifecycle = history.observe(&state);
-    for c in &lifecycle.changed {
-        match c.peer {
-            Some(peer) => {
-                tracing::warn!(device = %found.name, field = %c.field.label(), %peer, "configuration changed: {}", c.value)
-            }
-            None => {
-                tracing::warn!(device = %found.name, field = %c.field.label(), "configuration changed: {}", c.value)
-            }
-        }
-    }
     never_falling(history, &mut state, reading.as_mut());
     let active =
         state.peers.iter().filter(|p| p.last_handshake.is_some_and(|t| now.saturating_sub(t) < ACTIVE_WITHIN)).count();

@@ -22,6 +22,7 @@ use crate::{
     history::History,
     interfaces,
     names::Names,
+    redact::Redact,
     wireguard::{
         discovery::{Api, Found},
         netlink, uapi, Device,
@@ -53,9 +54,9 @@ pub struct ReadError {
     text: String,
 }
 
-impl From<uapi::UapiError> for ReadError {
-    fn from(e: uapi::UapiError) -> Self {
-        ReadError { kind: e.kind(), text: e.to_string() }
+impl ReadError {
+    fn uapi(e: uapi::UapiError, r: &Redact) -> Self {
+        ReadError { kind: e.kind(), text: e.redacted(r) }
     }
 }
 
@@ -100,7 +101,22 @@ impl Monitor {
         *pass.spent.entry(ErrorSource::Bpf).or_default() += t0.elapsed();
         let mut snap = derive(pass.history, pass.names, f, state, reading, pass.now, read_at);
         snap.read_errors = t.read_errors.iter().map(|(k, n)| (*k, *n)).collect();
+        self.log_changes(&snap);
         Some(snap)
+    }
+
+    /// Each configuration change the refresh saw, as a warning (`--redact` holds here too).
+    fn log_changes(&self, d: &DeviceSnapshot) {
+        let device = &d.found.name;
+        for c in &d.lifecycle.changed {
+            let value = self.opts.redact.change(c.field, &c.value);
+            match c.peer {
+                Some(peer) => {
+                    tracing::warn!(%device, field = %c.field.label(), %peer, "configuration changed: {value}")
+                }
+                None => tracing::warn!(%device, field = %c.field.label(), "configuration changed: {value}"),
+            }
+        }
     }
 
     /// WireGuard's state of the device and when it was read: now, or while it cannot be read,
@@ -121,7 +137,8 @@ impl Monitor {
             None => match (&f.api, t.failing) {
                 (Api::Uapi(path), true) => {
                     let (path, name, imp, now) = (path.clone(), f.name.clone(), f.implementation.clone(), pass.now);
-                    let read = move || uapi::get(&path, &name, &imp, now).map_err(ReadError::from);
+                    let redact = self.opts.redact;
+                    let read = move || uapi::get(&path, &name, &imp, now).map_err(|e| ReadError::uapi(e, &redact));
                     match std::thread::Builder::new().name("uapi-read".into()).spawn(read) {
                         Ok(h) => t.background = Some((h, pass.now)),
                         Err(e) => {
@@ -155,7 +172,9 @@ impl Monitor {
     fn read_wireguard(&self, f: &Found, pass: &mut Pass) -> Result<Device, ReadError> {
         let t0 = Instant::now();
         let state = match &f.api {
-            Api::Uapi(path) => uapi::get(path, &f.name, &f.implementation, pass.now).map_err(ReadError::from),
+            Api::Uapi(path) => {
+                uapi::get(path, &f.name, &f.implementation, pass.now).map_err(|e| ReadError::uapi(e, &self.opts.redact))
+            }
             Api::Netlink => netlink::get(&f.name)
                 .map(|(d, interrupted)| {
                     self.dump_retries.fetch_add(interrupted.into(), std::sync::atomic::Ordering::Relaxed);

@@ -52,6 +52,8 @@ pub struct Options {
     pub pins: Option<PinOptions>,
     /// Network namespaces to read besides the collector's own (`--netns`).
     pub netns: Selection,
+    /// What logs must not show (`--redact`).
+    pub redact: crate::redact::Redact,
 }
 
 pub struct Monitor {

@@ -29,6 +29,16 @@ pub enum UapiError {
 pub const TIMEOUT: Duration = Duration::from_secs(2);
 
 impl UapiError {
+    /// The message, with what `r` hides left out of the line it quotes.
+    pub fn redacted(&self, r: &crate::redact::Redact) -> String {
+        match self {
+            Self::Parse { path, line, what, text } => {
+                format!("UAPI socket {path}: line {line}: {what}: {:?}", r.uapi_line(text))
+            }
+            e => e.to_string(),
+        }
+    }
+
     /// What went wrong, as wireguard_collector_device_read_errors_total's `kind` says it.
     pub fn kind(&self) -> &'static str {
         match self {
