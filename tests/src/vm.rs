@@ -25,7 +25,7 @@ pub const KERNEL: Suite = Suite { name: "vm-suite", checks: 10 };
 /// On kernels the programs cannot run on (before 5.12): the collector's refusal.
 pub const REFUSED: Suite = Suite { name: "vm-refusal", checks: 1 };
 /// The .deb and its unit under systemd on Debian 13 (tests/src/bin/boot-suite.rs).
-pub const BOOT: Suite = Suite { name: "boot-suite", checks: 7 };
+pub const BOOT: Suite = Suite { name: "boot-suite", checks: 8 };
 
 /// A named check of a suite.
 pub type Check = (&'static str, fn() -> anyhow::Result<()>);

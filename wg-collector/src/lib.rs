@@ -15,6 +15,7 @@ pub mod memlock;
 pub mod metrics;
 pub mod names;
 pub mod netns;
+pub mod notify;
 pub mod open_files;
 pub mod pool;
 pub mod privileges;

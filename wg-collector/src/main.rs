@@ -11,6 +11,7 @@ use wg_collector::{
     },
     memlock,
     names::Names,
+    notify::Notifier,
     open_files, privileges,
     refresh::Monitor,
 };
@@ -210,10 +211,19 @@ fn unpin(config: &Config) -> Result<()> {
 
 async fn run(config: Config, prepared: Prepared) -> Result<()> {
     let Prepared { _stats, web, listen, names, pins } = prepared;
+    let notifier = Arc::new(Notifier::from_env().context("NOTIFY_SOCKET")?);
+    if let Some(every) = notifier.ping_every().filter(|e| *e < config.poll_interval) {
+        tracing::warn!(
+            "--poll-interval {:?} is longer than half of WatchdogSec= ({every:?} between pings): systemd will restart the collector",
+            config.poll_interval
+        );
+    }
     let monitor = Arc::new(Monitor::new(wg_collector::refresh::Options { pins, ..config.refresh }, names));
     // First sync before serving, so the first scrape already finds the programs attached.
     let first = monitor.clone();
-    tokio::task::spawn_blocking(move || first.refresh()).await?;
+    let snap = tokio::task::spawn_blocking(move || first.refresh()).await?;
+    let serving = format!("serving {listen}");
+    let status = format!("{serving}: {}", summary(&snap));
 
     // Link events (a device down, deleted, created) refresh at once rather than at the next tick.
     let wake = Arc::new(tokio::sync::Notify::new());
@@ -223,6 +233,8 @@ async fn run(config: Config, prepared: Prepared) -> Result<()> {
     }
     let poller = monitor.clone();
     let interval = config.poll_interval;
+    let watchdog = notifier.clone();
+    let mut last_status = status.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -232,7 +244,15 @@ async fn run(config: Config, prepared: Prepared) -> Result<()> {
                 _ = wake.notified() => {}
             }
             let m = poller.clone();
-            let _ = tokio::task::spawn_blocking(move || m.refresh()).await;
+            // A refresh that completes is the sign of life systemd's watchdog waits for.
+            if let Ok(snap) = tokio::task::spawn_blocking(move || m.refresh()).await {
+                let _ = watchdog.ping();
+                let now = format!("{serving}: {}", summary(&snap));
+                if now != last_status {
+                    let _ = watchdog.status(&now);
+                    last_status = now;
+                }
+            }
         }
     });
 
@@ -242,7 +262,17 @@ async fn run(config: Config, prepared: Prepared) -> Result<()> {
     let tls = web.current().tls.is_some();
     tracing::info!(address = %listen, path = %path, tls, authentication = web.current().authenticates(), "serving metrics");
     web.clone().watch();
+    if let Err(e) = notifier.ready(&status) {
+        tracing::warn!("could not tell systemd the collector is ready (NOTIFY_SOCKET): {e}");
+    }
     serve(listeners, app, web, shutdown()).await
+}
+
+/// What STATUS= says: the devices and peers followed, and the errors so far.
+fn summary(snap: &wg_collector::refresh::Snapshot) -> String {
+    let peers: usize = snap.devices.iter().map(|d| d.state.peers.len()).sum();
+    let errors: u64 = snap.errors.iter().map(|(_, n)| n).sum();
+    format!("{} WireGuard devices, {peers} peers, {errors} errors", snap.devices.len())
 }
 
 async fn shutdown() {

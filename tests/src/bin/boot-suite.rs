@@ -29,6 +29,7 @@ fn main() {
         ("dpkg -i: files in place, the service neither enabled nor started", installed),
         ("wg-quick up wg0, systemctl enable --now: loopback only, its capabilities, 20 pings exact", enabled),
         ("systemctl reload: the same process, the counts go on", reloaded),
+        ("Type=notify: STATUS= says what it follows; the watchdog restarts a hung collector", watched),
         ("stopped: the pinned programs count on; start and restart keep the counts", stopped_and_restarted),
         ("dpkg -i again (upgrade): restarted by the package, the counts kept", upgraded),
         ("systemctl stop and wg-collector --bpf.unpin leave nothing attached", unpinned),
@@ -174,6 +175,36 @@ fn reloaded() -> Result<()> {
         .with_context(|| format!("the collector never said it reloaded:\n{}", journal()))?;
     ping(10)?;
     expect(before, 10, "after the reload")?;
+    Ok(())
+}
+
+fn watched() -> Result<()> {
+    let show = |p: &str| cmd("systemctl", &["show", &format!("--property={p}"), "--value", "wg-collector"]);
+    ensure!(show("Type")?.trim() == "notify" && show("WatchdogUSec")?.trim() == "30s", "the shipped unit");
+    let status = show("StatusText")?;
+    ensure!(status.trim() == "serving 127.0.0.1:9586: 1 WireGuard devices, 1 peers, 0 errors", "STATUS: {status}");
+    // A hang, made with SIGSTOP, under a 4 s watchdog (a drop-in, for the test's sake):
+    // systemd kills and restarts it, and the pinned maps keep the counts.
+    let dropin = std::path::Path::new("/run/systemd/system/wg-collector.service.d");
+    std::fs::create_dir_all(dropin)?;
+    std::fs::write(dropin.join("watchdog.conf"), "[Service]\nWatchdogSec=4s\n")?;
+    cmd("systemctl", &["daemon-reload"])?;
+    cmd("systemctl", &["restart", "wg-collector"])?;
+    let pid = serving(None)?;
+    let before = counts()?;
+    cmd("kill", &["-STOP", &pid.to_string()])?;
+    let stopped = Instant::now();
+    let restarted = serving(Some(pid))?;
+    let took = stopped.elapsed();
+    let log = journal();
+    ensure!(log.contains("Watchdog timeout"), "restarted, but not by the watchdog:\n{log}");
+    println!("boot-suite: the watchdog restarted the hung collector ({pid} → {restarted}) {took:.1?} after it stopped");
+    ping(5)?;
+    expect(before, 5, "after the watchdog's restart")?;
+    std::fs::remove_dir_all(dropin)?;
+    cmd("systemctl", &["daemon-reload"])?;
+    cmd("systemctl", &["restart", "wg-collector"])?;
+    serving(Some(restarted))?;
     Ok(())
 }
 
