@@ -372,3 +372,33 @@ fn allowed_clients_and_the_endpoint_s_own_metrics() {
     assert_eq!(m.get("wireguard_collector_http_request_duration_seconds_count", &[("handler", "metrics")]), Some(4.0));
     assert_eq!(c.log_text().matches("refused: not an allowed client").count(), 0, "logged at debug only");
 }
+
+/// The allowlist from the web configuration file, behind TLS, on an INTERFACE:PORT listener
+/// (wg0's addresses only): over the tunnel, the peer's IPv6 address is let in and its IPv4
+/// one gets 403 after the TLS handshake; the file changed and reloaded (SIGHUP) lets both in.
+#[test]
+fn allowed_clients_behind_tls_on_an_interface_listener() {
+    let lab = Lab::new(Implementation::WireguardGo).unwrap();
+    let dir = Dir::new("allow-tls");
+    let pki = Pki::new("test CA");
+    let (cert, key) = pki.leaf(&["127.0.0.1"]);
+    let (cert, key) = (dir.file("server.crt", cert), dir.file("server.key", key));
+    let config = |allowed: &str| {
+        format!("tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\nhttp_server_config:\n  allowed_clients: [{allowed}]\n")
+    };
+    let web = dir.file("web.yml", config("\"fd99::2\""));
+    let listen = format!("{}:9586", lab.a.iface);
+    let c =
+        Collector::start(&lab.a.ns, &["--web.config.file", &web, "--web.listen-address", &listen, "--web.insecure"])
+            .unwrap();
+    let v6: SocketAddr = format!("[{}]:9586", lab.a.tunnel_v6).parse().unwrap();
+    let v4: SocketAddr = format!("{}:9586", lab.a.tunnel_v4).parse().unwrap();
+    let get = |addr| https_get(&lab.b.ns, addr, &pki.ca_pem, None, rustls::DEFAULT_VERSIONS, &[]).unwrap();
+    let (status, body) = get(v6);
+    assert!(status.contains("200") && body.contains("wireguard_device_info"), "{status}");
+    let (status, body) = get(v4);
+    assert!(status.contains("403") && body.contains("--web.allowed-clients"), "{status} {body}");
+    std::fs::write(&web, config("\"fd99::2\", 10.99.0.2")).unwrap();
+    netns::sh(&["kill", "-HUP", &c.pid().to_string()]).unwrap();
+    wait_until(Duration::from_secs(5), || get(v4).0.contains("200")).unwrap();
+}
