@@ -107,7 +107,7 @@ fn measured() -> DeviceSnapshot {
             api: Api::Uapi(PathBuf::from("/var/run/wireguard/wg0.sock")),
             netns: None,
         },
-        state,
+        state: state.into(),
         reading: Some(Reading {
             counters: c,
             unattributed: [
@@ -162,13 +162,13 @@ fn unmeasured() -> DeviceSnapshot {
             api: Api::Netlink,
             netns: None,
         },
-        state: Device {
+        state: Arc::new(Device {
             name: "wg1".into(),
             public_key: None,
             listen_port: 0,
             fwmark: 0,
             peers: vec![peer(4, Some("198.51.100.4:1"), &["0.0.0.0/0", "::/0"], 77, 88, Some(1_700_000_100))],
-        },
+        }),
         reading: None,
         lifecycle: Lifecycle {
             config_changes: ConfigField::ALL.iter().map(|f| (*f, 0)).collect(),

@@ -140,6 +140,19 @@ struct DeviceHistory {
 }
 
 impl DeviceHistory {
+    fn lifecycle(&self, changed: Vec<Change>) -> Lifecycle {
+        Lifecycle {
+            added: self.added,
+            removed: self.removed,
+            endpoint_changes: self.peers.iter().map(|(k, p)| (*k, p.endpoint_changes)).collect(),
+            config_changes: ConfigField::ALL
+                .iter()
+                .map(|f| (*f, self.config_changes.get(f).copied().unwrap_or(0)))
+                .collect(),
+            changed,
+        }
+    }
+
     /// Changes of the device's own settings since the last reading (none at the first).
     fn settings_changes(&mut self, dev: &Device, first: bool) -> Vec<Change> {
         let mut changed = Vec::new();
@@ -253,16 +266,13 @@ impl History {
         for c in &changed {
             *h.config_changes.entry(c.field).or_default() += 1;
         }
-        Lifecycle {
-            added: h.added,
-            removed: h.removed,
-            endpoint_changes: h.peers.iter().map(|(k, p)| (*k, p.endpoint_changes)).collect(),
-            config_changes: ConfigField::ALL
-                .iter()
-                .map(|f| (*f, h.config_changes.get(f).copied().unwrap_or(0)))
-                .collect(),
-            changed,
-        }
+        h.lifecycle(changed)
+    }
+
+    /// The lifecycle of `dev` as of its last reading, nothing changed since (while WireGuard
+    /// cannot be read and its last state stands in).
+    pub fn lifecycle(&self, dev: &str) -> Lifecycle {
+        self.devices.get(dev).map(|h| h.lifecycle(Vec::new())).unwrap_or_default()
     }
 
     /// The never-falling value of a peer's counter (the peer must have been observed).

@@ -37,18 +37,19 @@ pub fn limit(snap: &mut Snapshot, latency: &[LatencySeries], opts: &ExportOption
     for (d, l) in snap.devices.iter_mut().zip(latency) {
         let mut keep = Vec::with_capacity(d.state.peers.len());
         let mut dropped = 0;
-        for p in std::mem::take(&mut d.state.peers) {
-            let n = peer_series(d, &p, l, opts);
+        for p in &d.state.peers {
+            let n = peer_series(d, p, l, opts);
             if n <= budget {
                 budget -= n;
-                keep.push(p);
+                keep.push(p.clone());
             } else {
                 budget = 0;
                 dropped += 1;
                 left_out.insert(p.public_key);
             }
         }
-        d.state.peers = keep;
+        // The trimmed copy's own state; the refresh's stays whole.
+        d.state = std::sync::Arc::new(crate::wireguard::Device { peers: keep, ..(*d.state).clone() });
         if dropped > 0 {
             omitted.push((d.found.key(), dropped));
         }

@@ -12,11 +12,16 @@
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     net::SocketAddr,
+    sync::Arc,
     thread::JoinHandle,
     time::{Duration, Instant},
 };
 
-use super::{derive::derive, snapshot::DeviceSnapshot, ErrorSource, Monitor};
+use super::{
+    derive::{derive, State},
+    snapshot::DeviceSnapshot,
+    ErrorSource, Monitor,
+};
 use crate::{
     bpf::{DeviceProbe, PinDir, Reading},
     history::History,
@@ -37,9 +42,9 @@ pub struct Tracked {
     routed: HashSet<SocketAddr>,
     /// The last attach error, so it is logged once, not at every refresh.
     attach_error: Option<String>,
-    /// WireGuard's state at the last reading that succeeded, and when it was read (time since
-    /// the Unix epoch).
-    last: Option<(Device, Duration)>,
+    /// WireGuard's state as last derived (shared with the snapshot that shows it), and when it
+    /// was read (time since the Unix epoch).
+    last: Option<(Arc<Device>, Duration)>,
     /// Whether the last reading failed: the next one goes to a thread of its own.
     failing: bool,
     /// That reading, under way, and when it began.
@@ -97,10 +102,15 @@ impl Monitor {
         let (state, read_at) = self.wireguard_state(t, &f, pass)?;
         let t0 = Instant::now();
         self.ensure_probe(t, &f);
-        let reading = t.probe.as_mut().and_then(|p| self.measure(p, &mut t.routed, &state));
+        let device = match &state {
+            State::Fresh(d) => d,
+            State::Stale(d) => d.as_ref(),
+        };
+        let reading = t.probe.as_mut().and_then(|p| self.measure(p, &mut t.routed, device));
         *pass.spent.entry(ErrorSource::Bpf).or_default() += t0.elapsed();
         let mut snap = derive(pass.history, pass.names, f, state, reading, pass.now, read_at);
         snap.read_errors = t.read_errors.iter().map(|(k, n)| (*k, *n)).collect();
+        t.last = Some((snap.state.clone(), read_at));
         self.log_changes(&snap);
         Some(snap)
     }
@@ -120,8 +130,8 @@ impl Monitor {
     }
 
     /// WireGuard's state of the device and when it was read: now, or while it cannot be read,
-    /// the last state read.
-    fn wireguard_state(&self, t: &mut Tracked, f: &Found, pass: &mut Pass) -> Option<(Device, Duration)> {
+    /// the last state derived.
+    fn wireguard_state(&self, t: &mut Tracked, f: &Found, pass: &mut Pass) -> Option<(State, Duration)> {
         let fresh = match t.background.take() {
             // Still waiting for the device: this refresh does not.
             Some((h, began)) if !h.is_finished() => {
@@ -154,17 +164,17 @@ impl Monitor {
                 }
             },
         };
+        let stale = || t.last.as_ref().map(|(d, at)| (State::Stale(d.clone()), *at));
         match fresh {
             Some(Ok((d, at))) => {
                 t.failing = false;
-                t.last = Some((d.clone(), at));
-                Some((d, at))
+                Some((State::Fresh(d), at))
             }
             Some(Err(())) => {
                 t.failing = true;
-                t.last.clone()
+                stale()
             }
-            None => t.last.clone(),
+            None => stale(),
         }
     }
 

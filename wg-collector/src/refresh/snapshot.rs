@@ -1,7 +1,10 @@
 //! What one refresh saw: the one contract between reading and serving. The page, the state
 //! API and the tests read nothing else.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use crate::{
     bpf::Reading,
@@ -37,8 +40,9 @@ impl ErrorSource {
 #[derive(Clone)]
 pub struct DeviceSnapshot {
     pub found: Found,
-    /// WireGuard's own state, its counters made never-falling.
-    pub state: Device,
+    /// WireGuard's own state, its counters made never-falling (shared with the refresh that
+    /// keeps it as the last state known).
+    pub state: Arc<Device>,
     /// What the programs counted and measured, counters made never-falling; None when they
     /// are not attached or could not be read.
     pub reading: Option<Reading>,
