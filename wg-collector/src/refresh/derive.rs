@@ -63,9 +63,9 @@ pub fn derive(
 /// Rewrites the counters as values that never go backwards within this process (see
 /// history.rs): WireGuard's, when `state` was read now, and the programs'. The device was
 /// observed just before.
-fn never_falling(h: &mut History, mut state: Option<&mut Device>, mut reading: Option<&mut Reading>, dev: &str) {
+fn never_falling(h: &mut History, state: Option<&mut Device>, mut reading: Option<&mut Reading>, dev: &str) {
     if let Some(mut peers) = h.peers_of(dev) {
-        if let Some(state) = state.as_deref_mut() {
+        if let Some(state) = state {
             for p in &mut state.peers {
                 let Some(mut c) = peers.get(&p.public_key) else { continue };
                 p.rx_bytes = c.update(PeerCounter::ReceiveBytes, p.rx_bytes);
