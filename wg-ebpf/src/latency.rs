@@ -264,29 +264,32 @@ fn tcp<const DIR: usize>(ctx: &TcContext, ip: &Ip, l4: u32, slot: u32, clock: &C
         // inside whatever it reads.
         let mut opts = MaybeUninit::uninit();
         let opts = &mut zeroed::<Buf<48>>(&mut opts).0;
-        let loaded = if avail >= 40 {
+        // The walk reads only what was loaded: options the header claims beyond it (a
+        // packet cut short, or options longer than the size the packet allowed) are not
+        // looked at, rather than read as zeros.
+        let (loaded, read) = if avail >= 40 {
             let mut b = MaybeUninit::uninit();
             let b = &mut zeroed::<Buf<40>>(&mut b).0;
             let ok = load(ctx, l4 + 20, b);
             opts[..40].copy_from_slice(b);
-            ok
+            (ok, 40)
         } else if avail >= 20 {
             let mut b = MaybeUninit::uninit();
             let b = &mut zeroed::<Buf<20>>(&mut b).0;
             let ok = load(ctx, l4 + 20, b);
             opts[..20].copy_from_slice(b);
-            ok
+            (ok, 20)
         } else if avail >= 12 {
             let mut b = MaybeUninit::uninit();
             let b = &mut zeroed::<Buf<12>>(&mut b).0;
             let ok = load(ctx, l4 + 20, b);
             opts[..12].copy_from_slice(b);
-            ok
+            (ok, 12)
         } else {
-            false
+            (false, 0)
         };
         if loaded {
-            ts = timestamps(opts, core::cmp::min(optlen, core::cmp::min(avail, 40) as usize));
+            ts = timestamps(opts, core::cmp::min(optlen, read));
         }
     }
     let syn = flags & TCP_SYN != 0;

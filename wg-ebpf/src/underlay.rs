@@ -80,7 +80,8 @@ pub(crate) fn parse<const DIR: usize>(ctx: &TcContext) -> Option<Datagram> {
         }
     } else if proto == ETH_P_IPV6 {
         if let Some(p) = direct::<14, 74>(ctx) {
-            if p[6] != PROTO_UDP {
+            // Not IPv6 whatever the EtherType says (the stack drops it), or not UDP.
+            if p[0] >> 4 != 6 || p[6] != PROTO_UDP {
                 return None;
             }
             let udp = &p[40..48];
@@ -121,8 +122,13 @@ fn parse_slow<const DIR: usize>(ctx: &TcContext, port: u32) -> Option<Datagram> 
     let l4 = match proto {
         ETH_P_IP => {
             let mut ip = [0u8; 20];
-            if !load(ctx, l3, &mut ip) || ip[9] != PROTO_UDP || u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0 {
-                return None; // not UDP, or a fragment
+            if !load(ctx, l3, &mut ip)
+                || ip[0] >> 4 != 4
+                || (ip[0] & 0x0f) < 5
+                || ip[9] != PROTO_UDP
+                || u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0
+            {
+                return None; // not IPv4 (version, a header shorter than 20 bytes), not UDP, or a fragment
             }
             let off = if DIR == DIR_RX { 12 } else { 16 };
             remote.addr[10] = 0xff;
@@ -132,7 +138,7 @@ fn parse_slow<const DIR: usize>(ctx: &TcContext, port: u32) -> Option<Datagram> 
         }
         ETH_P_IPV6 => {
             let mut ip = [0u8; 40];
-            if !load(ctx, l3, &mut ip) || ip[6] != PROTO_UDP {
+            if !load(ctx, l3, &mut ip) || ip[0] >> 4 != 6 || ip[6] != PROTO_UDP {
                 return None;
             }
             let off = if DIR == DIR_RX { 8 } else { 24 };

@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-pub const TARGETS: [&str; 4] = ["uapi", "netlink", "names", "web_config"];
+pub const TARGETS: [&str; 5] = ["uapi", "netlink", "names", "web_config", "kernel"];
 
 /// What one target's run did.
 pub struct Outcome {
@@ -93,11 +93,12 @@ pub fn table(outcomes: &[Outcome], seconds: u64) -> String {
             "uapi" => "a userspace WireGuard's UAPI `get=1` answer",
             "netlink" => "kernel WireGuard's generic netlink datagrams, folded into a device",
             "names" => "names files and wg-quick configurations (friendly_name)",
+            "kernel" => "packets for the four TC programs, through the loaded programs (BPF_PROG_TEST_RUN) and the reference model (tests/model): every map compared after every packet, a difference counted as a crash",
             _ => "the exporter-toolkit web configuration and --web.listen-address",
         };
         s += &format!("| {} | {what} | {:.0} | {} | {} |\n", o.target, o.seconds, o.runs, o.crashed as u8);
     }
-    s += "\nCrashes found and fixed (their inputs are seeds now, so every run replays them): a names file with multi-byte characters before the key (the parser split the line at byte 44, inside a character); a netlink error message with code i32::MIN (netlink-packet-core's `ErrorMessage::to_io` overflows on it; the collector no longer calls it).\n";
+    s += "\nCrashes found and fixed (their inputs are seeds now, so every run replays them): a names file with multi-byte characters before the key (the parser split the line at byte 44, inside a character); a netlink error message with code i32::MIN (netlink-packet-core's `ErrorMessage::to_io` overflows on it; the collector no longer calls it).\n\nDifferences the `kernel` target found between the programs and the reference model (tests/model), each fixed in the programs and kept as a regression test in tests/model/tests/differential.rs: TCP options that the header claims but the packet does not hold (cut short) were walked over the zeros of the stack buffer, so a half-read timestamp was recorded as a question; a frame whose EtherType says IPv6 but whose version nibble is not 6, or IPv4 with an IHL below 5 (on the helper path), was parsed as a UDP datagram and counted as an invalid message.\n";
     s
 }
 

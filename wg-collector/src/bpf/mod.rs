@@ -12,7 +12,9 @@ mod probe;
 mod slots;
 
 pub use pins::{ensure_bpffs, sweep, PinDir, PinOptions, DEFAULT_PIN_ROOT};
-pub use probe::{detach_clsact, monotonic_ns, DeviceProbe, LatencyStats, ProbeOptions, ProgramStats, Reading};
+pub use probe::{
+    detach_clsact, monotonic_ns, DeviceProbe, LatencyStats, Owner, ProbeOptions, ProgramState, ProgramStats, Reading,
+};
 pub use slots::SlotTable;
 
 /// The wg-ebpf object built by build.rs.

@@ -6,7 +6,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use wg_common::latency::PendingEntry;
+use wg_common::latency::{PendingEntry, PendingKey};
 
 use super::mapped::MappedArray;
 
@@ -51,6 +51,26 @@ impl PendingTable {
             }
         }
         found
+    }
+
+    /// The questions waiting now: (place, key). For tests, which compare the table with a
+    /// model of it; a question being answered meanwhile may or may not be in it.
+    pub fn waiting(&self) -> Vec<(u32, PendingKey)> {
+        (0..self.entries.len())
+            .filter(|&i| self.sent(i).load(Ordering::Relaxed) != 0)
+            // SAFETY: an entry of the mapping; the key is plain data (a torn read only
+            // while a program rewrites the place, which a test does not do meanwhile).
+            .map(|i| (i as u32, unsafe { (*self.entries.entry(i)).key }))
+            .collect()
+    }
+
+    /// Empties every place (tests: a fresh table without reloading the programs).
+    pub fn clear(&self) {
+        for i in 0..self.entries.len() {
+            self.sent(i).store(0, Ordering::Relaxed);
+            // SAFETY: an entry of the mapping; with `sent` 0 no program reads the key.
+            unsafe { (*self.entries.entry(i)).key = PendingKey::default() };
+        }
     }
 
     fn sent(&self, i: usize) -> &AtomicU64 {

@@ -5,6 +5,7 @@
 mod attach;
 mod load;
 mod read;
+mod state;
 mod sync;
 
 use std::collections::{HashMap, HashSet};
@@ -25,6 +26,7 @@ use wg_common::{
 
 pub use attach::detach_clsact;
 pub use read::{monotonic_ns, LatencyStats, ProgramStats, Reading};
+pub use state::{Owner, ProgramState};
 
 use super::{endpoint_places::EndpointPlaces, host_block::HostBlock, pending::PendingTable, PinDir, SlotTable};
 use crate::wireguard::FastState;

@@ -1,0 +1,154 @@
+//! The kernel programs against the reference model, through BPF_PROG_TEST_RUN (needs root):
+//! packets that must be counted in known ways first (so the model itself is checked against
+//! the truth), then many pseudo-random inputs, as the fuzz target `kernel` feeds them for
+//! longer (cargo xtask fuzz).
+
+use wg_common::latency::{stats, Kind};
+use wg_model::{
+    harness::Harness,
+    input::{eth_udp6, Hook, Packet},
+};
+use wg_tests::packets::{eth_udp4, ipv4_with, tcp_segment, ts_option, wg, ACK, SYN};
+
+fn packet(hook: Hook, data: Vec<u8>) -> Packet {
+    Packet { hook, data, gso_size: 0, gso_segs: 0 }
+}
+
+#[test]
+fn a_handshake_and_a_timestamp_round_trip_agree_and_are_counted_as_they_must_be() {
+    let mut h = Harness::new().unwrap();
+    let (us, peer) = ("192.0.2.1:51820".parse().unwrap(), "192.0.2.7:51821".parse().unwrap());
+    let (local, remote) = ("10.0.0.254".parse().unwrap(), "10.0.0.1".parse().unwrap());
+    let packets = vec![
+        packet(Hook::UnderEgress, eth_udp4(us, peer, &wg::initiation(5))),
+        packet(Hook::UnderIngress, eth_udp4(peer, us, &wg::response(9, 5))),
+        packet(Hook::PlainEgress, ipv4_with(local, remote, 6, &tcp_segment(1, 2, 0, 0, ACK, &ts_option(77, 0), 10))),
+        packet(Hook::PlainIngress, ipv4_with(remote, local, 6, &tcp_segment(2, 1, 0, 0, ACK, &ts_option(1, 77), 0))),
+        packet(Hook::UnderIngress, eth_udp4(peer, us, &[1, 2, 3])),
+    ];
+    h.run(packets.clone()).unwrap().unwrap();
+    // The same through the model alone: what it holds is the truth for these packets.
+    let mut m = wg_model::model::Model::default();
+    packets.iter().for_each(|p| m.apply(p));
+    let s = &m.state;
+    let a = wg_collector::wireguard::Key([1; 32]);
+    assert_eq!(s.counters[&a].dir[1].packets, 1);
+    assert_eq!(s.counters[&a].dir[0].packets, 1);
+    assert_eq!(s.messages[&Some(a)].counts[1][0], 1, "one initiation sent");
+    assert_eq!(s.messages[&Some(a)].counts[0][1], 1, "one response received");
+    assert_eq!(s.invalid, [1, 0, 0, 0], "three bytes: too short");
+    assert_eq!(s.indices.get(&5), Some(&Some(a)));
+    assert_eq!(s.samples.len(), 2, "a handshake sample and a tcp_ts sample: {:?}", s.samples);
+    assert!(s.pending.is_empty());
+}
+
+/// Found by the differential fuzzer: options the TCP header claims but the packet does not
+/// hold (cut short) were walked over zeros, and a timestamp half read was recorded.
+#[test]
+fn a_timestamp_option_cut_off_by_the_packets_end_is_not_read() {
+    let mut h = Harness::new().unwrap();
+    let (local, remote) = ("10.0.0.254".parse().unwrap(), "10.0.1.5".parse().unwrap());
+    // MSS, SACK permitted, TS at option offset 6: 20 bytes of options, of which 16 arrive.
+    let opts = [&[2, 4, 5, 0xb4, 4, 2][..], &ts_option(0x0102_0304, 0x0506_0708)[2..], &[1, 3, 3, 7]].concat();
+    let mut seg = ipv4_with(local, remote, 6, &tcp_segment(443, 40000, 1, 0, SYN, &opts, 0));
+    seg.truncate(20 + 20 + 16);
+    let state = h.run(vec![packet(Hook::PlainEgress, seg)]).unwrap().unwrap();
+    assert_eq!(state.latency_stats[stats::RECORDED as usize], 1, "the SYN only, not a half-read TSval: {state:?}");
+}
+
+/// Found by the differential fuzzer: a frame whose EtherType says IPv6 (or IPv4) but whose
+/// header is no such header (version nibble, IPv4 IHL below 5) was parsed as a datagram.
+#[test]
+fn frames_that_only_claim_to_be_ip_are_not_datagrams() {
+    let mut h = Harness::new().unwrap();
+    let (us, peer) = ("192.0.2.1:51820".parse().unwrap(), "192.0.2.7:51821".parse().unwrap());
+    let mut v4 = eth_udp4(peer, us, &[1, 2, 3]);
+    v4[14] = 0x44; // IHL 4: 16 bytes, less than an IPv4 header
+    let (us6, peer6) = ("[2001:db8::1]:51820".parse().unwrap(), "[2001:db8::7]:51822".parse().unwrap());
+    let mut v6 = eth_udp6(peer6, us6, &[1, 2, 3]);
+    v6[14] = 0x10; // version 1
+    let mut not_v4 = eth_udp4(peer, us, &[1, 2, 3]);
+    not_v4[14] = 0x65;
+    let state = h
+        .run(vec![packet(Hook::UnderIngress, v4), packet(Hook::UnderIngress, v6), packet(Hook::UnderIngress, not_v4)])
+        .unwrap()
+        .unwrap();
+    assert_eq!(state.invalid, [0; 4], "none of them is a datagram of ours: {state:?}");
+}
+
+#[test]
+fn pseudo_random_inputs_leave_the_kernel_and_the_model_in_the_same_state() {
+    let mut h = Harness::new().unwrap();
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    // What the inputs reached, so this cannot pass by never getting past the first check.
+    let mut reached = Reached::default();
+    for i in 0..3000 {
+        let len = (next() % 400) as usize;
+        let data: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+        match h.check(&data).unwrap() {
+            Ok(state) => reached.add(&state),
+            Err(d) => panic!("input {i} ({} bytes: {data:02x?}):\n{d}", data.len()),
+        }
+    }
+    println!("{reached:?}");
+    assert!(reached.peers.len() == 4, "every peer counted: {reached:?}");
+    assert!(reached.unattributed.iter().all(|n| *n > 0), "every direction and reason: {reached:?}");
+    assert!(reached.invalid.iter().all(|n| *n > 0), "every invalid reason: {reached:?}");
+    assert!(reached.message_types.iter().all(|n| *n > 0), "every message type: {reached:?}");
+    assert!(reached.data_messages > 0 && reached.device_messages > 0, "{reached:?}");
+    assert!(Kind::RTT.iter().chain(&Kind::HANDSHAKE).all(|k| reached.samples[*k as usize] > 0), "{reached:?}");
+    assert!(reached.stats[stats::DISPLACED as usize] > 0, "questions displaced: {reached:?}");
+    assert!(reached.indices_of_nobody > 0, "an index given out to an endpoint not synced: {reached:?}");
+}
+
+/// Totals over many final states.
+#[derive(Debug, Default)]
+struct Reached {
+    peers: std::collections::BTreeSet<[u8; 32]>,
+    unattributed: [u64; 6],
+    invalid: [u64; 4],
+    message_types: [u64; 5],
+    data_messages: u64,
+    device_messages: u64,
+    samples: [u64; 7],
+    stats: [u64; 6],
+    indices_of_nobody: u64,
+}
+
+impl Reached {
+    fn add(&mut self, s: &wg_collector::bpf::ProgramState) {
+        for (k, c) in &s.counters {
+            self.peers.insert(k.0);
+            self.data_messages += c.data_messages.iter().sum::<u64>();
+        }
+        for (i, c) in s.unattributed.iter().flatten().enumerate() {
+            self.unattributed[i] += c.packets;
+        }
+        for (i, n) in s.invalid.iter().enumerate() {
+            self.invalid[i] += n;
+        }
+        for (owner, m) in &s.messages {
+            for row in m.counts {
+                for (t, n) in row.iter().enumerate() {
+                    self.message_types[t] += n;
+                    if owner.is_none() {
+                        self.device_messages += n;
+                    }
+                }
+            }
+        }
+        for ((_, kind), n) in &s.samples {
+            self.samples[*kind as usize] += n;
+        }
+        for (i, n) in s.latency_stats.iter().enumerate() {
+            self.stats[i] += n;
+        }
+        self.indices_of_nobody += s.indices.values().filter(|o| o.is_none()).count() as u64;
+    }
+}
