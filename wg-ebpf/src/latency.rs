@@ -389,18 +389,6 @@ fn place(k: &PendingKey) -> Option<&'static mut PendingEntry> {
     PENDING.get_ptr_mut(k.place() & mask).map(|e| unsafe { &mut *e })
 }
 
-/// Swaps 0 into `*v` atomically and returns what was there: BPF_XCHG (kernel 5.12). Written
-/// out because the BPF target declares no atomics (no `AtomicU64::swap`), and building
-/// everything for cpu v3, which would let LLVM emit it, changes code elsewhere that the
-/// verifier then refuses.
-#[inline(always)]
-fn take(v: &mut u64) -> u64 {
-    let mut old = 0u64;
-    // SAFETY: `v` is a valid, 8-aligned u64; the instruction reads and writes only it.
-    unsafe { core::arch::asm!("{old} = xchg_64({v} + 0, {old})", v = in(reg) v as *mut u64, old = inout(reg) old) };
-    old
-}
-
 /// Whole-key equality, a word at a time.
 #[inline(always)]
 fn same(a: &PendingKey, b: &PendingKey) -> bool {
@@ -446,7 +434,7 @@ pub(crate) fn answer(k: &PendingKey, slot: u32, kind: Kind, now: impl FnOnce() -
     }
     // Whoever swaps the time out takes the sample (another CPU with the same answer, or
     // the collector expiring it, finds 0), so an answer seen twice counts once.
-    let sent = take(&mut e.sent);
+    let sent = crate::atomic::swap(&mut e.sent, 0);
     let now = now();
     if sent == 0 || now < sent {
         return;

@@ -12,8 +12,10 @@
 // BPF_XCHG by hand (see latency::take).
 #![feature(asm_experimental_arch)]
 
+mod atomic;
 mod delay;
 mod latency;
+mod path;
 mod underlay;
 
 use aya_ebpf::{
@@ -113,6 +115,11 @@ static SLOT_KEYS: HashMap<MapKey<maps::SlotKeys>, Value<maps::SlotKeys>> =
 #[map(name = "META")]
 static META: aya_ebpf::maps::Array<Value<maps::Meta>> =
     aya_ebpf::maps::Array::with_max_entries(wg_common::pinning::META_ENTRIES, 0);
+
+/// Each peer slot's receive session: the window of message counters (see path.rs). Shared by
+/// all CPUs, changed under the session's lock.
+#[map(name = "RX_SESSIONS")]
+static RX_SESSIONS: Array<Value<maps::RxSessions>> = Array::with_max_entries(DEFAULT_MAX_PEERS, 0);
 
 #[map(name = "LATENCY_STATS")]
 static LATENCY_STATS: PerCpuArray<Value<maps::LatencyStats>> =

@@ -39,6 +39,8 @@ pub(crate) struct Datagram {
     pub remote: Endpoint,
     /// Length of the WireGuard message (the UDP payload).
     pub len: u32,
+    /// Offset of the message in the packet.
+    pub msg: u32,
     /// The message's first 12 bytes: type, then two indices (little-endian).
     pub head: [u8; 12],
 }
@@ -75,7 +77,12 @@ pub(crate) fn parse<const DIR: usize>(ctx: &TcContext) -> Option<Datagram> {
                 remote.port = theirs;
                 let mut head = [0u8; 12];
                 head.copy_from_slice(&p[28..40]);
-                return Some(Datagram { remote, len: ctx.len().saturating_sub(ETH_HLEN + 28), head });
+                return Some(Datagram {
+                    remote,
+                    len: ctx.len().saturating_sub(ETH_HLEN + 28),
+                    msg: ETH_HLEN + 28,
+                    head,
+                });
             }
         }
     } else if proto == ETH_P_IPV6 {
@@ -95,7 +102,7 @@ pub(crate) fn parse<const DIR: usize>(ctx: &TcContext) -> Option<Datagram> {
             remote.port = theirs;
             let mut head = [0u8; 12];
             head.copy_from_slice(&p[48..60]);
-            return Some(Datagram { remote, len: ctx.len().saturating_sub(ETH_HLEN + 48), head });
+            return Some(Datagram { remote, len: ctx.len().saturating_sub(ETH_HLEN + 48), msg: ETH_HLEN + 48, head });
         }
     }
     parse_slow::<DIR>(ctx, port)
@@ -172,7 +179,7 @@ fn parse_slow<const DIR: usize>(ctx: &TcContext, port: u32) -> Option<Datagram> 
         }
         head[..4].copy_from_slice(&h4);
     }
-    Some(Datagram { remote, len, head })
+    Some(Datagram { remote, len, msg, head })
 }
 
 /// The endpoint table's size − 1 (a power of two): set by the collector at load time.
@@ -307,6 +314,9 @@ pub(crate) fn observe<const DIR: usize>(ctx: &TcContext) {
         (true, MessageType::Data | MessageType::Keepalive) => {
             // Most data finds no question waiting: the clock is read only when one does.
             answer(&index_key(Kind::HandshakeResponder, first), slot, Kind::HandshakeResponder, now);
+            if slot != NO_SLOT {
+                crate::path::receive(ctx, &d, slot, first, n, gso);
+            }
             if t == MessageType::Data {
                 data::<DIR>(ctx, &d, slot);
             }

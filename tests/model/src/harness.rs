@@ -85,6 +85,43 @@ impl Harness {
         Ok(Ok(model.state))
     }
 
+    /// Empties the maps, as before each input of [`Harness::run`].
+    pub fn clear(&mut self) -> Result<()> {
+        self.probe.clear_state()
+    }
+
+    /// What the programs' maps hold now.
+    pub fn state(&self) -> Result<ProgramState> {
+        self.probe.state()
+    }
+
+    /// Runs `packets[i]` `repeat` times on CPU i, all at once (each thread pinned to its CPU):
+    /// the programs' own concurrency, which a model run one packet at a time cannot show.
+    pub fn run_on_cpus(&mut self, packets: &[Packet], repeat: u32) -> Result<()> {
+        let hook = packets.first().context("no packet")?.hook;
+        anyhow::ensure!(packets.iter().all(|p| p.hook == hook), "one hook at a time");
+        let prog: &aya::programs::SchedClassifier = self.probe.program(hook.program())?;
+        let start = std::sync::Barrier::new(packets.len());
+        std::thread::scope(|scope| {
+            let runs: Vec<_> = packets
+                .iter()
+                .enumerate()
+                .map(|(cpu, p)| {
+                    let start = &start;
+                    scope.spawn(move || -> Result<()> {
+                        pin_to_cpu(cpu)?;
+                        start.wait();
+                        let r =
+                            prog.test_run(TestRunOptions { data_in: Some(&p.data), repeat, ..Default::default() })?;
+                        anyhow::ensure!(r.return_value == wg_common::TC_NEXT as u32, "returned {}", r.return_value);
+                        Ok(())
+                    })
+                })
+                .collect();
+            runs.into_iter().try_for_each(|t| t.join().map_err(|_| anyhow::anyhow!("a test-run thread panicked"))?)
+        })
+    }
+
     fn test_run(&mut self, p: &Packet) -> Result<(u32, Vec<u8>)> {
         let ctx = (p.gso_size > 0 || p.gso_segs > 0).then(|| gso_ctx(p.gso_size, p.gso_segs));
         let mut out = vec![0u8; p.data.len() + 64];
@@ -100,6 +137,18 @@ impl Harness {
         out.truncate(r.data_size_out as usize);
         Ok((r.return_value, out))
     }
+}
+
+fn pin_to_cpu(cpu: usize) -> Result<()> {
+    // SAFETY: a zeroed cpu_set_t with one bit set, for this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            anyhow::bail!("pinning to CPU {cpu}: {}", std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// The fields in which the kernel's state and the model's differ, each side shown.

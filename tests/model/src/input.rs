@@ -62,6 +62,9 @@ struct Bytes<'a> {
     asked: Option<Vec<u8>>,
     /// The last handshake message sent: (to whom, its type, its sender index).
     handshake: Option<(SocketAddr, u8, u32)>,
+    /// The last transport message counter made: the next is mostly near it, so sessions'
+    /// windows see runs, gaps, swaps and repeats.
+    counter: u64,
 }
 
 impl Bytes<'_> {
@@ -83,6 +86,15 @@ impl Bytes<'_> {
     fn pick<T: Copy>(&mut self, from: &[T]) -> T {
         from[self.u8() as usize % from.len()]
     }
+    fn counter(&mut self) -> u64 {
+        self.counter = match self.u8() % 8 {
+            0 => self.counter.saturating_sub(self.u8() as u64 % 80),
+            1 => self.counter + self.u16() as u64 % 300,
+            2 => self.counter,
+            n => self.counter + n as u64 - 2,
+        };
+        self.counter
+    }
     fn take(&mut self, n: usize) -> Vec<u8> {
         (0..n).map(|_| self.u8()).collect()
     }
@@ -93,7 +105,7 @@ impl Bytes<'_> {
 
 /// The packets `data` stands for (at least one, at most [`MAX_PACKETS`]).
 pub fn packets(data: &[u8]) -> Vec<Packet> {
-    let mut b = Bytes { data, asked: None, handshake: None };
+    let mut b = Bytes { data, asked: None, handshake: None, counter: 0 };
     let mut out = Vec::new();
     while out.len() < MAX_PACKETS && (out.is_empty() || !b.is_empty()) {
         out.push(packet(&mut b));
@@ -254,7 +266,8 @@ fn datagram(b: &mut Bytes, ingress: bool) -> Vec<u8> {
         Some((to, t, index)) if ingress && b.u8().is_multiple_of(2) => {
             let from = if b.u8().is_multiple_of(4) { remote } else { to };
             let local = SocketAddr::new(local.ip(), LISTEN_PORT);
-            let msg = if t == 1 { packets::wg::response(b.u32(), index) } else { packets::wg::data(index, 0, 16) };
+            let msg =
+                if t == 1 { packets::wg::response(b.u32(), index) } else { packets::wg::data(index, b.counter(), 16) };
             return match (from, local) {
                 (SocketAddr::V4(s), SocketAddr::V4(d)) => packets::eth_udp4(s, d, &msg),
                 (s, d) => eth_udp6(s, d, &msg),
@@ -305,8 +318,9 @@ fn message(b: &mut Bytes) -> Vec<u8> {
             m[4..8].copy_from_slice(&i1.to_le_bytes());
             m
         }
-        3 => packets::wg::data(i1, 0, 0),
-        4 | 5 => packets::wg::data(i1, b.u32() as u64, b.pick(&[1, 16, 84, 1400])),
+        3 => packets::wg::data(i1, b.counter(), 0),
+        4 => packets::wg::data(i1, b.u32() as u64, b.pick(&[1, 16, 84, 1400])),
+        5 => packets::wg::data(i1, b.counter(), b.pick(&[1, 16, 84, 1400])),
         6 => {
             let n = b.u8() as usize;
             b.take(n)

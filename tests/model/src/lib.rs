@@ -9,7 +9,8 @@
 //!
 //! - [`world`]: the peers both sides know (allowed IPs, endpoints, the listen port).
 //! - [`input`]: arbitrary bytes → a sequence of packets, most of them close to real ones.
-//! - [`model`]: what the programs should do to their maps for each packet.
+//! - [`model`]: what the programs should do to their maps for each packet (path.rs: the
+//!   receive sessions' windows, from their definitions).
 //! - [`harness`]: the loaded programs, the model beside them, and the comparison.
 
 pub mod harness;
@@ -17,6 +18,7 @@ pub mod input;
 pub mod model;
 pub mod world;
 
+mod path;
 mod pending;
 mod plain;
 mod underlay;

@@ -13,6 +13,9 @@ use crate::input::{Hook, Packet};
 #[derive(Default)]
 pub struct Model {
     pub state: ProgramState,
+    /// Each peer's receive sessions (path.rs): the programs keep them in a map the state
+    /// leaves out; what they count is in the peers' counters.
+    pub(crate) sessions: std::collections::BTreeMap<wg_collector::wireguard::Key, crate::path::Peer>,
 }
 
 impl Model {

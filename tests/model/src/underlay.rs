@@ -16,6 +16,9 @@ use wg_common::{
 
 use crate::{input::Packet, model::Model, pending::key, world};
 
+/// Messages of a batch whose counters the programs read.
+const MAX_SEGMENTS: u64 = 64;
+
 fn at(p: &[u8], off: usize, n: usize) -> Option<&[u8]> {
     p.get(off..off.checked_add(n)?)
 }
@@ -129,7 +132,19 @@ pub(crate) fn observe(m: &mut Model, dir: usize, p: &Packet) {
             m.answer(index(Kind::HandshakeInitiator, second), owner, Kind::HandshakeInitiator)
         }
         (true, MessageType::Data | MessageType::Keepalive) => {
-            m.answer(index(Kind::HandshakeResponder, first), owner, Kind::HandshakeResponder)
+            m.answer(index(Kind::HandshakeResponder, first), owner, Kind::HandshakeResponder);
+            if let Some(peer) = owner {
+                // Each message's counter (bytes 8..16), the first 64 of a batch; one the
+                // packet does not hold (a batch cut short) cannot be checked.
+                let checked = n.min(MAX_SEGMENTS);
+                for i in 0..checked as usize {
+                    let c = at(msg, i * len + 8, 8).map(|b| u64::from_le_bytes(b.try_into().unwrap()));
+                    m.transport(peer, first, c);
+                }
+                for _ in checked..n {
+                    m.transport(peer, first, None);
+                }
+            }
         }
         _ => {}
     }

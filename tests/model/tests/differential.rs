@@ -105,6 +105,8 @@ fn pseudo_random_inputs_leave_the_kernel_and_the_model_in_the_same_state() {
     assert!(Kind::RTT.iter().chain(&Kind::HANDSHAKE).all(|k| reached.samples[*k as usize] > 0), "{reached:?}");
     assert!(reached.stats[stats::DISPLACED as usize] > 0, "questions displaced: {reached:?}");
     assert!(reached.indices_of_nobody > 0, "an index given out to an endpoint not synced: {reached:?}");
+    assert!(reached.path.lost > 0 && reached.path.reordered > 0 && reached.path.duplicate > 0, "{reached:?}");
+    assert!(reached.path.unchecked > 0, "a batch cut short: {reached:?}");
 }
 
 /// Totals over many final states.
@@ -119,6 +121,7 @@ struct Reached {
     samples: [u64; 7],
     stats: [u64; 6],
     indices_of_nobody: u64,
+    path: wg_common::path::PathCounts,
 }
 
 impl Reached {
@@ -126,6 +129,7 @@ impl Reached {
         for (k, c) in &s.counters {
             self.peers.insert(k.0);
             self.data_messages += c.data_messages.iter().sum::<u64>();
+            self.path.add(&c.path);
         }
         for (i, c) in s.unattributed.iter().flatten().enumerate() {
             self.unattributed[i] += c.packets;
@@ -151,4 +155,62 @@ impl Reached {
         }
         self.indices_of_nobody += s.indices.values().filter(|o| o.is_none()).count() as u64;
     }
+}
+
+/// Transport messages of one session (index 5, which this device gave out in its response,
+/// so counter 0 is expected) in a known order: every counter is lost, reordered or a
+/// duplicate as it must be, and the kernel's window equals the model's after every packet.
+#[test]
+fn transport_counters_lost_reordered_and_duplicated_are_counted_exactly() {
+    let mut h = Harness::new().unwrap();
+    let (us, peer) = ("192.0.2.1:51820".parse().unwrap(), "192.0.2.7:51821".parse().unwrap());
+    let mut packets = vec![packet(Hook::UnderEgress, eth_udp4(us, peer, &wg::response(5, 77)))];
+    // 0 missing; 3 and 2 swapped; 4 twice; 6..=70 missing, 71 far ahead; then a new session
+    // (index 6, its handshake not seen: it starts at its first counter) settles the first.
+    let order = [1u64, 3, 2, 4, 4, 5, 71, 72, 9];
+    packets.extend(order.iter().map(|&c| packet(Hook::UnderIngress, eth_udp4(peer, us, &wg::data(5, c, 16)))));
+    packets.push(packet(Hook::UnderIngress, eth_udp4(peer, us, &wg::data(6, 1000, 16))));
+    // A late message of the first session: reordered, the second goes on.
+    packets.push(packet(Hook::UnderIngress, eth_udp4(peer, us, &wg::data(5, 73, 16))));
+    packets.push(packet(Hook::UnderIngress, eth_udp4(peer, us, &wg::data(6, 1002, 16))));
+    let state = h.run(packets).unwrap().unwrap_or_else(|d| panic!("{}", d.what));
+    let path = state.counters[&wg_collector::wireguard::Key([1; 32])].path;
+    // Lost: 0 and 6..=7 left the window when 71 came (71 − 63 = 8 is the lowest kept),
+    // 8 and 10..=70 when the session was settled; 1001 is still in the second's window.
+    assert_eq!(path.lost, 1 + 2 + 1 + 61, "{path:?}");
+    // Reordered: 2, 9 (inside the window, unseen), 73 (the session before).
+    assert_eq!((path.reordered, path.duplicate, path.unchecked), (3, 1, 0), "{path:?}");
+}
+
+/// One session's messages arriving on two CPUs at once (as RSS, RPS or a userspace
+/// WireGuard's threads deliver them), each packet test-run thousands of times while the
+/// other CPU runs its neighbour: the window is shared and changed under its lock, so every
+/// arrival is accounted for exactly: no bit of the window lost to a race (which would show
+/// as loss when the session is settled), every repeat a duplicate or, when the CPU holding
+/// the lock was taken away for longer than the other waits (a test run is preemptible, and a
+/// VM's vCPU can be descheduled), unchecked: counted, and rare.
+#[test]
+fn one_session_on_two_cpus_is_counted_exactly() {
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+        panic!("this test needs two CPUs");
+    }
+    let mut h = Harness::new().unwrap();
+    h.clear().unwrap();
+    let (us, peer) = ("192.0.2.1:51820".parse().unwrap(), "192.0.2.7:51821".parse().unwrap());
+    let data = |index: u32, c: u64| packet(Hook::UnderIngress, eth_udp4(peer, us, &wg::data(index, c, 16)));
+    h.run_on_cpus(&[packet(Hook::UnderEgress, eth_udp4(us, peer, &wg::response(5, 77)))], 1).unwrap();
+    let (steps, repeat) = (300u64, 2000u32);
+    for k in 0..steps {
+        h.run_on_cpus(&[data(5, 2 * k), data(5, 2 * k + 1)], repeat).unwrap();
+    }
+    // A new session settles the first: nothing of it may be unseen.
+    h.run_on_cpus(&[data(6, 0)], 1).unwrap();
+    let path = h.state().unwrap().counters[&wg_collector::wireguard::Key([1; 32])].path;
+    println!("{path:?}");
+    let repeats = 2 * steps * (repeat as u64 - 1);
+    assert_eq!(path.lost, 0, "{path:?}");
+    assert_eq!(path.duplicate + path.unchecked, repeats, "{path:?}");
+    assert!(path.unchecked * 1000 <= repeats, "more than 0.1 % unchecked: {path:?}");
+    // Of each pair, the odd one may win the lock first: then the even one is reordered.
+    assert!(path.reordered <= steps, "{path:?}");
 }

@@ -6,6 +6,7 @@
 #![no_std]
 
 pub mod latency;
+pub mod path;
 pub mod pinning;
 pub mod protocol;
 
@@ -90,6 +91,9 @@ pub mod maps {
         SlotKeys, SLOT_KEYS: u32 => [u8; 32];
         /// Array of u64 indexed by [`crate::pinning`]: what the pinned maps are.
         Meta, META: u32 => u64;
+        /// Array indexed by peer slot: the peer's receive session and its window of message
+        /// counters ([`crate::path::RxSession`]), shared by all CPUs.
+        RxSessions, RX_SESSIONS: u32 => crate::path::RxSession;
     }
 }
 
@@ -117,9 +121,10 @@ pub mod names {
     pub const LISTEN_PORT: &str = maps::ListenPort::NAME;
     pub const SLOT_KEYS: &str = maps::SlotKeys::NAME;
     pub const META: &str = maps::Meta::NAME;
+    pub const RX_SESSIONS: &str = maps::RxSessions::NAME;
     /// The maps pinned per device, so a collector restart or upgrade keeps counting: all
     /// state. (The programs' logs and read-only settings are made anew at each load.)
-    pub const PINNED: [&str; 20] = [
+    pub const PINNED: [&str; 21] = [
         HOSTS_V4,
         HOSTS_V6,
         PEERS_V4,
@@ -140,6 +145,7 @@ pub mod names {
         HOST_BLOCK_V4,
         HOST_BLOCK_AT,
         ENDPOINT_PLACES,
+        RX_SESSIONS,
     ];
     /// TC program on the underlay's ingress (encrypted datagrams from peers).
     pub const PROG_UNDER_INGRESS: &str = "wg_under_ingress";
@@ -198,6 +204,9 @@ pub struct PeerCounters {
     /// `MESSAGES` with the rarer types, because a per-CPU array lookup is inlined and that
     /// hash cost ~20 ns on every datagram.
     pub data_messages: [u64; DIRECTIONS],
+    /// Received transport messages lost, reordered and duplicated on the path (the
+    /// underlay's ingress, from their counters: see [`crate::path`]).
+    pub path: crate::path::PathCounts,
 }
 
 /// Why a packet on the WireGuard interface could not be given to a peer.
@@ -249,4 +258,5 @@ mod pod {
     unsafe impl aya::Pod for super::latency::Endpoint {}
     unsafe impl aya::Pod for super::latency::Fifo {}
     unsafe impl aya::Pod for super::protocol::MessageCounts {}
+    unsafe impl aya::Pod for super::path::RxSession {}
 }

@@ -5,6 +5,7 @@ use core::mem::size_of;
 
 use crate::{
     latency::{Endpoint, EndpointPlace, Fifo, HistKey, HistValue, PendingEntry, PendingKey},
+    path::RxSession,
     protocol::MessageCounts,
     Counter, HostBlockAt, PeerCounters,
 };
@@ -28,6 +29,7 @@ pub const fn layout() -> u64 {
         size_of::<Fifo>(),
         size_of::<MessageCounts>(),
         size_of::<HostBlockAt>(),
+        size_of::<RxSession>(),
     ];
     // FNV-1a over the sizes: stable across builds and compilers.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;

@@ -167,6 +167,7 @@ fn open_maps(ebpf: &mut Ebpf, opts: &ProbeOptions, adopt: bool) -> Result<Maps> 
         invalid: per_cpu_array::<maps::Invalid>(ebpf)?,
         indices: hash::<maps::Indices>(ebpf)?,
         listen_port: array::<maps::ListenPort>(ebpf)?,
+        rx_sessions: array::<maps::RxSessions>(ebpf)?,
         slot_keys: hash::<maps::SlotKeys>(ebpf)?,
     })
 }
@@ -238,6 +239,7 @@ fn map_sizes(opts: &ProbeOptions) -> Vec<(&'static str, u32)> {
         (names::PENDING, opts.max_pending),
         (names::LATENCY_HIST, opts.max_hist_entries),
         (names::PEER_COUNTERS, opts.max_peers),
+        (names::RX_SESSIONS, opts.max_peers),
         (names::SLOT_KEYS, opts.max_peers),
         (names::ENDPOINTS, opts.max_peers),
         (names::ENDPOINT_PLACES, endpoint_places(opts)),

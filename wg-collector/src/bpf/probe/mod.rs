@@ -86,6 +86,8 @@ struct Maps {
     invalid: PerCpuArray<MapData, Value<maps::Invalid>>,
     indices: BpfHashMap<MapData, MapKey<maps::Indices>, Value<maps::Indices>>,
     listen_port: Array<MapData, Value<maps::ListenPort>>,
+    /// Slot → the peer's receive session (its window of message counters).
+    rx_sessions: Array<MapData, Value<maps::RxSessions>>,
     /// Slot → public key, so a later collector knows the slots (see pins.rs).
     slot_keys: BpfHashMap<MapData, MapKey<maps::SlotKeys>, Value<maps::SlotKeys>>,
 }

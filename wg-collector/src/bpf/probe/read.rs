@@ -223,6 +223,7 @@ fn sum_counters<'a>(per_cpu: impl Iterator<Item = &'a PeerCounters>) -> PeerCoun
             sum.dir[d].bytes += c.dir[d].bytes;
             sum.data_messages[d] += c.data_messages[d];
         }
+        sum.path.add(&c.path);
     }
     sum
 }

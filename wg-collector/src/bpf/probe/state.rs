@@ -9,6 +9,7 @@ use anyhow::{anyhow, Result};
 use aya::maps::{MapData, PerCpuArray, PerCpuValues};
 use wg_common::{
     latency::{stats, PendingKey},
+    path::RxSession,
     protocol::{Invalid, MessageCounts, NO_SLOT},
     unattributed_index, Counter, PeerCounters, Unattributed, DIRECTIONS,
 };
@@ -90,13 +91,14 @@ impl DeviceProbe {
         Ok(s)
     }
 
-    /// Empties everything [`ProgramState`] holds (and the delay FIFOs), leaving the peers,
+    /// Empties everything [`ProgramState`] holds (and the delay FIFOs and receive sessions), leaving the peers,
     /// their prefixes and endpoints as synced: the programs then run as on a fresh load.
     pub fn clear_state(&mut self) -> Result<()> {
         let cpus = self.cpus;
         let m = &mut self.maps;
         for slot in 0..self.synced.slots.high_water() {
             zero(&mut m.counters, slot, cpus)?;
+            m.rx_sessions.set(slot, RxSession::default(), 0)?;
         }
         for d in 0..DIRECTIONS {
             for r in Unattributed::ALL {

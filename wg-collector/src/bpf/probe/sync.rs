@@ -12,6 +12,7 @@ use aya::maps::{lpm_trie::Key as LpmKey, PerCpuValues};
 use ipnet::IpNet;
 use wg_common::{
     latency::{fifo_key, Endpoint, HistKey},
+    path::RxSession,
     PeerCounters,
 };
 
@@ -45,6 +46,8 @@ impl DeviceProbe {
             if fresh {
                 let zero = PerCpuValues::try_from(vec![PeerCounters::default(); self.cpus])?;
                 self.maps.counters.set(slot, zero, 0).context("zeroing a peer slot")?;
+                // A slot used before: its last session is not this peer's.
+                self.maps.rx_sessions.set(slot, RxSession::default(), 0).context("clearing a slot's session")?;
                 self.maps.slot_keys.insert(slot, p.public_key.0, 0).context("recording a slot's peer")?;
             }
             for net in &p.allowed_ips {

@@ -1,0 +1,83 @@
+//! Path loss, reordering and duplicates per peer (wg_common::path): each transport message
+//! that arrives on the underlay moves its session's window, under the session's lock, and
+//! what it told is counted in the peer's per-CPU counters.
+
+use aya_ebpf::programs::TcContext;
+use wg_common::path::PathCounts;
+
+use crate::{
+    atomic::{compare_exchange, swap},
+    latency::{direct, load},
+    underlay::Datagram,
+    INDICES, PEER_COUNTERS, RX_SESSIONS,
+};
+
+/// Tries at the lock before a message is counted unchecked. The lock is held for a few dozen
+/// instructions in softirq, which nothing preempts: another CPU waits well under this.
+const SPINS: u32 = 4096;
+
+/// Segments of a GRO batch read one by one (UDP GRO makes at most 64).
+const MAX_SEGMENTS: u32 = 64;
+
+/// `n` transport messages (a GRO batch when more than one, `gso_size` bytes each) of the
+/// session `index`, from the peer in `slot`.
+#[inline(always)]
+pub(crate) fn receive(ctx: &TcContext, d: &Datagram, slot: u32, index: u32, n: u64, gso_size: u32) {
+    let Some(s) = RX_SESSIONS.get_ptr_mut(slot) else { return };
+    let mut out = PathCounts::default();
+    // SAFETY: an array value, valid for this run; `lock` is its first, 8-aligned field.
+    let lock = unsafe { core::ptr::addr_of_mut!((*s).lock) };
+    let mut held = false;
+    for _ in 0..SPINS {
+        if compare_exchange(lock, 0, 1) == 0 {
+            held = true;
+            break;
+        }
+    }
+    if !held {
+        out.unchecked = n;
+    } else {
+        // SAFETY: the lock is ours: no other CPU touches the session until it is released.
+        let s = unsafe { &mut *s };
+        let seen = || INDICES.get_ptr(&index).is_some();
+        if let Some(c) = counter(ctx, d.msg) {
+            s.receive(index, c, seen, &mut out);
+        } else {
+            out.unchecked += 1;
+        }
+        let mut i = 1;
+        while i < n as u32 && i < MAX_SEGMENTS {
+            let mut b = [0u8; 8];
+            if load(ctx, d.msg + i * gso_size + 8, &mut b) {
+                s.receive(index, u64::from_le_bytes(b), || INDICES.get_ptr(&index).is_some(), &mut out);
+            } else {
+                out.unchecked += 1;
+            }
+            i += 1;
+        }
+        if n > MAX_SEGMENTS as u64 {
+            out.unchecked += n - MAX_SEGMENTS as u64;
+        }
+        swap(lock, 0);
+    }
+    if let Some(c) = PEER_COUNTERS.get_ptr_mut(slot) {
+        // SAFETY: a per-CPU value.
+        unsafe { (*c).path.add(&out) };
+    }
+}
+
+/// The message counter (bytes 8..16 of a transport message at `msg`): by direct access at
+/// the usual offsets (untagged IPv4 without options, IPv6), else through the helper.
+#[inline(always)]
+fn counter(ctx: &TcContext, msg: u32) -> Option<u64> {
+    let direct = match msg {
+        42 => direct::<50, 8>(ctx),
+        62 => direct::<70, 8>(ctx),
+        _ => None,
+    };
+    if let Some(b) = direct {
+        return Some(u64::from_le_bytes(*b));
+    }
+    let mut b = [0u8; 8];
+    load(ctx, msg + 8, &mut b).then(|| u64::from_le_bytes(b))
+}
