@@ -157,6 +157,11 @@ impl Lab {
         self.wait_tunnel()
     }
 
+    /// The relay of a lab made [`Lab::with_delay`].
+    pub fn relay(&self) -> Result<&Relay> {
+        self.relay.as_ref().map(|(_, r)| r).context("this lab has no relay (Lab::with_delay makes one)")
+    }
+
     /// Where side `name` sends its WireGuard datagrams for the other side: the other side's
     /// underlay address, or the relay's address on this side's link.
     fn endpoint_for(&self, name: char) -> SocketAddr {

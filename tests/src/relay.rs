@@ -4,13 +4,14 @@
 //!
 //! Each direction has a receiving thread that stamps datagrams with their due time and a
 //! sending thread that sleeps until then: a constant delay keeps their order, and no thread
-//! is spawned per packet.
+//! is spawned per packet. Each direction can also drop, swap and duplicate transport messages
+//! on purpose, counting what it did (impair.rs).
 
 use std::{
     net::{SocketAddr, UdpSocket},
     sync::{
         atomic::{AtomicBool, Ordering},
-        mpsc, Arc,
+        mpsc, Arc, Mutex,
     },
     thread::JoinHandle,
     time::{Duration, Instant},
@@ -18,17 +19,39 @@ use std::{
 
 use anyhow::{Context, Result};
 
-use crate::netns;
+use crate::{
+    impair::{Impaired, Impairment, State},
+    netns,
+};
+
+/// A direction through the relay, by the side the datagrams go to.
+#[derive(Clone, Copy, Debug)]
+pub enum Toward {
+    A,
+    B,
+}
 
 pub struct Relay {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
+    /// Toward b, toward a.
+    impair: [Arc<Mutex<State>>; 2],
 }
 
 impl Relay {
     /// A relay that runs nothing (a placeholder while the lab is built).
     pub fn idle() -> Self {
-        Self { stop: Arc::new(AtomicBool::new(true)), threads: Vec::new() }
+        Self { stop: Arc::new(AtomicBool::new(true)), threads: Vec::new(), impair: Default::default() }
+    }
+
+    /// From now on, treats the transport messages going `toward` a side as `how` says.
+    pub fn impair(&self, toward: Toward, how: Impairment) {
+        self.impair[toward as usize ^ 1].lock().unwrap().how = how;
+    }
+
+    /// What was done to the messages going `toward` a side so far.
+    pub fn impaired(&self, toward: Toward) -> Impaired {
+        self.impair[toward as usize ^ 1].lock().unwrap().done
     }
 
     /// Relays between `a` = (address the relay listens on for side a, side a's address) and
@@ -44,17 +67,25 @@ impl Relay {
         }
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
+        let impair: [Arc<Mutex<State>>; 2] = Default::default();
         // a → b: received on sock_a, sent from sock_b to b; and the reverse.
-        for (from, to, dest) in [(sock_a.try_clone()?, sock_b.try_clone()?, b.1), (sock_b, sock_a, a.1)] {
+        for (from, to, dest, impair) in [
+            (sock_a.try_clone()?, sock_b.try_clone()?, b.1, impair[0].clone()),
+            (sock_b, sock_a, a.1, impair[1].clone()),
+        ] {
             let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
             let stop_rx = stop.clone();
             threads.push(std::thread::spawn(move || {
                 let mut buf = vec![0u8; 65536];
                 while !stop_rx.load(Ordering::Relaxed) {
-                    if let Ok((n, _)) = from.recv_from(&mut buf) {
-                        if tx.send((Instant::now() + delay, buf[..n].to_vec())).is_err() {
-                            break;
-                        }
+                    let out = match from.recv_from(&mut buf) {
+                        Ok((n, _)) => impair.lock().unwrap().pass(buf[..n].to_vec()),
+                        // Quiet for a read timeout: a held message goes on.
+                        Err(_) => impair.lock().unwrap().flush().into_iter().collect(),
+                    };
+                    let due = Instant::now() + delay;
+                    if out.into_iter().any(|m| tx.send((due, m)).is_err()) {
+                        break;
                     }
                 }
             }));
@@ -69,7 +100,7 @@ impl Relay {
                 }
             }));
         }
-        Ok(Self { stop, threads })
+        Ok(Self { stop, threads, impair })
     }
 }
 

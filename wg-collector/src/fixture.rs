@@ -50,7 +50,7 @@ fn counters(rx: (u64, u64), tx: (u64, u64), data: [u64; DIRECTIONS]) -> PeerCoun
     PeerCounters {
         dir: [Counter { packets: rx.0, bytes: rx.1 }, Counter { packets: tx.0, bytes: tx.1 }],
         data_messages: data,
-        path: PathCounts { lost: data[0] / 10, reordered: data[0] / 20, duplicate: data[0] / 50, unchecked: 0 },
+        path: PathCounts { lost: data[0] + 1, reordered: data[0] + 2, duplicate: data[0] + 3, unchecked: 1 },
     }
 }
 

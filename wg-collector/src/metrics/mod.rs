@@ -14,6 +14,7 @@ mod http;
 mod latency;
 mod messages;
 mod page;
+mod path;
 mod peer;
 mod traffic;
 
@@ -23,12 +24,13 @@ pub use family::{Family, Group, Type};
 pub use page::{ExportOptions, Page, DEFAULT_MAX_SERIES};
 
 /// Every family of the page, in the page's order.
-pub const GROUPS: [Group; 8] = [
+pub const GROUPS: [Group; 9] = [
     device::GROUP,
     peer::GROUP,
     traffic::GROUP,
     latency::GROUP,
     messages::GROUP,
+    path::GROUP,
     collector::GROUP,
     http::GROUP,
     compat::GROUP,
