@@ -149,6 +149,18 @@ pub fn wg_under_egress(ctx: TcContext) -> i32 {
     TC_NEXT
 }
 
+/// Settles the receive session of the peer slot in the packet's first four bytes (little-
+/// endian): the collector runs it with BPF_PROG_TEST_RUN when WireGuard's session of that
+/// peer has expired, so the unseen counters of its window are counted lost then rather than
+/// when (if ever) the peer's next session starts. Never attached.
+#[classifier]
+pub fn wg_path_settle(ctx: TcContext) -> i32 {
+    if let Some(slot) = latency::direct::<0, 4>(&ctx) {
+        path::settle(u32::from_le_bytes(*slot));
+    }
+    TC_NEXT
+}
+
 /// Does nothing: the baseline the benchmark subtracts (BPF_PROG_TEST_RUN's own cost). Never
 /// attached.
 #[classifier]

@@ -3,7 +3,7 @@
 //! what it told is counted in the peer's per-CPU counters.
 
 use aya_ebpf::programs::TcContext;
-use wg_common::path::PathCounts;
+use wg_common::path::{PathCounts, RxSession};
 
 use crate::{
     atomic::{compare_exchange, swap},
@@ -23,22 +23,12 @@ const MAX_SEGMENTS: u32 = 64;
 /// session `index`, from the peer in `slot`.
 #[inline(always)]
 pub(crate) fn receive(ctx: &TcContext, d: &Datagram, slot: u32, index: u32, n: u64, gso_size: u32) {
-    let Some(s) = RX_SESSIONS.get_ptr_mut(slot) else { return };
     let mut out = PathCounts::default();
-    // SAFETY: an array value, valid for this run; `lock` is its first, 8-aligned field.
-    let lock = unsafe { core::ptr::addr_of_mut!((*s).lock) };
-    let mut held = false;
-    for _ in 0..SPINS {
-        if compare_exchange(lock, 0, 1) == 0 {
-            held = true;
-            break;
-        }
-    }
-    if !held {
+    let Some(s) = locked(slot) else {
         out.unchecked = n;
-    } else {
-        // SAFETY: the lock is ours: no other CPU touches the session until it is released.
-        let s = unsafe { &mut *s };
+        return count(slot, &out);
+    };
+    {
         let seen = || INDICES.get_ptr(&index).is_some();
         if let Some(c) = counter(ctx, d.msg) {
             s.receive(index, c, seen, &mut out);
@@ -58,11 +48,48 @@ pub(crate) fn receive(ctx: &TcContext, d: &Datagram, slot: u32, index: u32, n: u
         if n > MAX_SEGMENTS as u64 {
             out.unchecked += n - MAX_SEGMENTS as u64;
         }
-        swap(lock, 0);
+        unlock(s);
     }
+    count(slot, &out);
+}
+
+/// Settles the session of `slot` whose WireGuard session expired (the collector runs this
+/// with BPF_PROG_TEST_RUN, see the program `wg_path_settle`).
+#[inline(always)]
+pub(crate) fn settle(slot: u32) {
+    let mut out = PathCounts::default();
+    if let Some(s) = locked(slot) {
+        s.close(&mut out);
+        unlock(s);
+    }
+    count(slot, &out);
+}
+
+/// The session of `slot`, locked; `None` when the lock could not be had in [`SPINS`] tries.
+#[inline(always)]
+fn locked(slot: u32) -> Option<&'static mut RxSession> {
+    let s = RX_SESSIONS.get_ptr_mut(slot)?;
+    // SAFETY: an array value, valid for this run; `lock` is its first, 8-aligned field.
+    let lock = unsafe { core::ptr::addr_of_mut!((*s).lock) };
+    for _ in 0..SPINS {
+        if compare_exchange(lock, 0, 1) == 0 {
+            // SAFETY: the lock is ours: no other CPU touches the session until it is released.
+            return Some(unsafe { &mut *s });
+        }
+    }
+    None
+}
+
+#[inline(always)]
+fn unlock(s: &mut RxSession) {
+    swap(&mut s.lock, 0);
+}
+
+#[inline(always)]
+fn count(slot: u32, out: &PathCounts) {
     if let Some(c) = PEER_COUNTERS.get_ptr_mut(slot) {
         // SAFETY: a per-CPU value.
-        unsafe { (*c).path.add(&out) };
+        unsafe { (*c).path.add(out) };
     }
 }
 

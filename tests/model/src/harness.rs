@@ -90,6 +90,11 @@ impl Harness {
         self.probe.clear_state()
     }
 
+    /// Settles `peer`'s receive session as the collector does when WireGuard's expired.
+    pub fn settle(&mut self, peer: &wg_collector::wireguard::Key) -> Result<()> {
+        self.probe.settle_peer(peer)
+    }
+
     /// What the programs' maps hold now.
     pub fn state(&self) -> Result<ProgramState> {
         self.probe.state()

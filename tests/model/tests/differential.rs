@@ -180,6 +180,15 @@ fn transport_counters_lost_reordered_and_duplicated_are_counted_exactly() {
     assert_eq!(path.lost, 1 + 2 + 1 + 61, "{path:?}");
     // Reordered: 2, 9 (inside the window, unseen), 73 (the session before).
     assert_eq!((path.reordered, path.duplicate, path.unchecked), (3, 1, 0), "{path:?}");
+
+    // WireGuard's session expired: the collector settles it (1001 lost), once; a message of
+    // it after that is late.
+    let key = wg_collector::wireguard::Key([1; 32]);
+    h.settle(&key).unwrap();
+    h.settle(&key).unwrap();
+    h.run_on_cpus(&[packet(Hook::UnderIngress, eth_udp4(peer, us, &wg::data(6, 1003, 16)))], 1).unwrap();
+    let after = h.state().unwrap().counters[&key].path;
+    assert_eq!((after.lost, after.reordered), (path.lost + 1, path.reordered + 1), "{after:?}");
 }
 
 /// One session's messages arriving on two CPUs at once (as RSS, RPS or a userspace

@@ -147,6 +147,8 @@ pub mod names {
         ENDPOINT_PLACES,
         RX_SESSIONS,
     ];
+    /// Never attached: run by the collector (BPF_PROG_TEST_RUN) to settle an expired session.
+    pub const PROG_PATH_SETTLE: &str = "wg_path_settle";
     /// TC program on the underlay's ingress (encrypted datagrams from peers).
     pub const PROG_UNDER_INGRESS: &str = "wg_under_ingress";
     /// TC program on the underlay's egress (encrypted datagrams to peers).

@@ -164,6 +164,18 @@ impl RxSession {
         self.flags |= SESSION_OPEN;
         self.set_window(&w);
     }
+
+    /// The session ended without a successor (WireGuard's session expired: nothing of it can
+    /// arrive any more): its unseen counters are lost, and a late message of it is reordered.
+    /// Call with the lock held.
+    #[inline(always)]
+    pub fn close(&mut self, out: &mut PathCounts) {
+        if self.flags & SESSION_OPEN != 0 {
+            out.lost += self.window().settle();
+            self.prev = self.index;
+            self.flags = SESSION_PREV;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -242,5 +254,12 @@ mod tests {
         s.receive(11, 40, || false, &mut out);
         assert_eq!(out.lost, 2, "session 9's 0, settled; 11 starts at 40");
         assert_eq!((s.index, s.prev, s.start), (11, 9, 40));
+        s.receive(11, 42, || false, &mut out);
+        s.close(&mut out);
+        assert_eq!(out.lost, 3, "41, settled when the session expired");
+        s.receive(11, 43, || false, &mut out);
+        assert_eq!((out.lost, out.reordered), (3, 2), "a message of the closed session is late");
+        s.close(&mut out);
+        assert_eq!(out.lost, 3, "closing twice settles once");
     }
 }

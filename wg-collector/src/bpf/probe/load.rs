@@ -38,7 +38,8 @@ impl DeviceProbe {
         };
         let globals = Globals::of(&opts);
         let mut ebpf = loader(&globals, &sizes, pins.as_ref()).load(object()).context("loading the eBPF programs")?;
-        for (name, _) in PROGRAMS.iter().chain(&UNDERLAY_PROGRAMS) {
+        let never_attached = [names::PROG_PATH_SETTLE];
+        for name in PROGRAMS.iter().chain(&UNDERLAY_PROGRAMS).map(|(n, _)| *n).chain(never_attached) {
             let prog: &mut SchedClassifier = program(&mut ebpf, name)?;
             prog.load().with_context(|| format!("verifying program {name}"))?;
         }
@@ -61,6 +62,7 @@ impl DeviceProbe {
                 endpoints: Default::default(),
                 block_followed: false,
                 endpoints_placed: false,
+                settled: Default::default(),
             },
             pins,
             underlays: HashSet::new(),

@@ -3,6 +3,7 @@
 //! with WireGuard's peers (`sync.rs`), and the read side, one typed reading (`read.rs`).
 
 mod attach;
+mod expiry;
 mod load;
 mod read;
 mod state;
@@ -103,6 +104,8 @@ struct Synced {
     block_followed: bool,
     /// Whether a sync has placed the endpoints yet.
     endpoints_placed: bool,
+    /// Peer → the handshake (Unix time) whose expired session was settled (see expiry.rs).
+    settled: HashMap<crate::wireguard::Key, std::time::Duration, FastState>,
 }
 
 /// The programs of one device and the maps that attribute its packets to peers.

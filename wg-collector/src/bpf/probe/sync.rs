@@ -27,7 +27,8 @@ impl DeviceProbe {
         self.sync_prefixes(&wanted)?;
         self.sync_endpoints(peers)?;
         self.release_gone(peers);
-        Ok(())
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        self.settle_expired(peers, now)
     }
 
     /// Tells the underlay programs which UDP port is this device's.
