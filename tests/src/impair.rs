@@ -9,7 +9,11 @@
 //!   goes on unswapped).
 //! - Send every k-th twice.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, time::Duration};
+
+use anyhow::{ensure, Result};
+
+use crate::{relay::Toward, Collector, Lab, Metrics};
 
 /// Every k-th transport message (0: never).
 #[derive(Clone, Copy, Debug, Default)]
@@ -87,6 +91,60 @@ impl State {
     pub(crate) fn flush(&mut self) -> Option<Vec<u8>> {
         self.held.take()
     }
+}
+
+/// What the relay did to b's messages to a, and what the collector on a counted meanwhile:
+/// lost, reordered, duplicate.
+#[derive(Debug)]
+pub struct Outcome {
+    pub done: Impaired,
+    pub counted: [f64; 3],
+}
+
+/// With `lab` (made [`Lab::with_delay`]) and a collector on side a: the relay treats b's
+/// transport messages to a as `how` says while a pings b `pings` times, forces a handshake
+/// (a new session), pings as many again, then stops and forces another handshake, which
+/// settles the second session's window. The replies are b's messages.
+pub fn over_two_sessions(lab: &Lab, c: &Collector, how: Impairment, pings: u32) -> Result<Outcome> {
+    let before = path(&c.scrape()?, lab);
+    let relay = lab.relay()?;
+    relay.impair(Toward::A, how);
+    ping(lab, pings);
+    rekey(lab)?;
+    ping(lab, pings);
+    relay.impair(Toward::A, Impairment::default());
+    rekey(lab)?;
+    std::thread::sleep(Duration::from_millis(200));
+    let after = path(&c.scrape()?, lab);
+    let initiations = after[3] - before[3];
+    ensure!(initiations >= 2.0, "two handshakes, so three sessions: {initiations} initiations");
+    Ok(Outcome { done: relay.impaired(Toward::A), counted: [0, 1, 2].map(|i| after[i] - before[i]) })
+}
+
+/// Lost, reordered, duplicate for b on a; and the handshakes a initiated.
+fn path(m: &Metrics, lab: &Lab) -> [f64; 4] {
+    let l = [("device", lab.a.iface.as_str()), ("public_key", lab.b.public_key.as_str())];
+    let [lost, reordered, duplicate] = ["lost", "reordered", "duplicate"]
+        .map(|what| m.get_or_zero(&format!("wireguard_peer_{what}_messages_total"), &l));
+    let initiations = m.get_or_zero(
+        "wireguard_messages_total",
+        &[l[0], l[1], ("direction", "transmit"), ("type", "handshake_initiation")],
+    );
+    [lost, reordered, duplicate, initiations]
+}
+
+/// `n` pings from a to b, 5 ms apart. Some are lost on purpose: ping's verdict is not asked.
+fn ping(lab: &Lab, n: u32) {
+    let _ =
+        lab.exec('a', "ping", &["-q", "-c", &n.to_string(), "-i", "0.005", "-W", "1", &lab.b.tunnel_v4.to_string()]);
+}
+
+/// a forgets its session with b: its next ping starts a handshake (a initiates with a new
+/// index, and b's data to it starts at counter 0).
+fn rekey(lab: &Lab) -> Result<()> {
+    lab.reset_peer('a')?;
+    ping(lab, 3);
+    Ok(())
 }
 
 #[cfg(test)]

@@ -87,11 +87,13 @@ pub enum PeerCounter {
     PayloadBytes(usize),
     /// Underlay messages by direction and type.
     Messages(usize, MessageType),
+    /// Received messages lost, reordered, duplicated, unchecked (wg_common::path), by place.
+    Path(usize),
 }
 
 impl PeerCounter {
     /// How many there are: the size of a peer's array of them.
-    pub const COUNT: usize = 2 + 2 * DIRECTIONS + DIRECTIONS * MESSAGE_TYPES;
+    pub const COUNT: usize = 2 + 2 * DIRECTIONS + DIRECTIONS * MESSAGE_TYPES + PATH_COUNTS;
 
     /// Its place in a peer's array.
     fn index(self) -> usize {
@@ -101,9 +103,13 @@ impl PeerCounter {
             Self::Packets(dir) => 2 + dir,
             Self::PayloadBytes(dir) => 2 + DIRECTIONS + dir,
             Self::Messages(dir, t) => 2 + 2 * DIRECTIONS + dir * MESSAGE_TYPES + t as usize,
+            Self::Path(i) => 2 + 2 * DIRECTIONS + DIRECTIONS * MESSAGE_TYPES + i,
         }
     }
 }
+
+/// The counters of wg_common::path::PathCounts.
+const PATH_COUNTS: usize = 4;
 
 /// A counter of one device that never goes backwards.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -421,6 +427,7 @@ mod tests {
             all.extend([PeerCounter::Packets(d), PeerCounter::PayloadBytes(d)]);
             all.extend(MessageType::ALL.map(|t| PeerCounter::Messages(d, t)));
         }
+        all.extend((0..PATH_COUNTS).map(PeerCounter::Path));
         let mut places: Vec<usize> = all.iter().map(|c| c.index()).collect();
         places.sort();
         assert_eq!(places, (0..PeerCounter::COUNT).collect::<Vec<_>>());

@@ -21,6 +21,7 @@ fn main() {
         ("500+ peers over a multipart dump; added and removed", many_peers),
         ("latency, handshake and encap/decap samples", latency),
         ("a forced handshake counted exactly", forced_handshake),
+        ("messages dropped, swapped and duplicated on the path counted exactly", path_impaired),
         ("a device deleted and created again", device_recreated),
         ("pinned: counting on while stopped, once after the restart; --bpf.unpin detaches", pinned_restart),
         ("--bpf.stats: runs and run time of each program", bpf_stats),
@@ -213,6 +214,26 @@ fn forced_handshake() -> Result<()> {
         );
         Ok(())
     })
+}
+
+/// The relay drops every 5th of b's transport messages to a, then (a second lab) swaps every
+/// 4th and duplicates every 9th, over two sessions, the last settled (tests/src/impair.rs):
+/// a's collector counts exactly what the relay did.
+fn path_impaired() -> Result<()> {
+    use wg_tests::impair::{over_two_sessions, Impairment};
+    let drop = Impairment { drop_every: 5, ..Default::default() };
+    let shuffle = Impairment { swap_every: 4, duplicate_every: 9, ..Default::default() };
+    for how in [drop, shuffle] {
+        let mut lab = Lab::with_delay(Implementation::Kernel, Duration::from_millis(1))?;
+        with_collector(&mut lab, &[], |lab, c| {
+            let o = over_two_sessions(lab, c, how, 100)?;
+            println!("vm-suite: path {o:?}");
+            let want = [o.done.dropped, o.done.swapped, o.done.duplicated].map(|n| n as f64);
+            ensure!(o.counted == want && want.iter().sum::<f64>() >= 30.0, "{o:?}");
+            Ok(())
+        })?;
+    }
+    Ok(())
 }
 
 fn device_recreated() -> Result<()> {

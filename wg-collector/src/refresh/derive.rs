@@ -79,6 +79,12 @@ fn never_falling(h: &mut History, state: Option<&mut Device>, mut reading: Optio
                     dc.packets = c.update(PeerCounter::Packets(d), dc.packets);
                     dc.bytes = c.update(PeerCounter::PayloadBytes(d), dc.bytes);
                 }
+                let p = &mut pc.path;
+                for (i, v) in
+                    [&mut p.lost, &mut p.reordered, &mut p.duplicate, &mut p.unchecked].into_iter().enumerate()
+                {
+                    *v = c.update(PeerCounter::Path(i), *v);
+                }
             }
             for (key, m) in r.messages.iter_mut() {
                 let Some(mut c) = peers.get(key) else { continue };
