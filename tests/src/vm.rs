@@ -21,7 +21,7 @@ pub struct Suite {
 }
 
 /// Kernel WireGuard under our own init (tests/src/bin/vm-suite.rs).
-pub const KERNEL: Suite = Suite { name: "vm-suite", checks: 10 };
+pub const KERNEL: Suite = Suite { name: "vm-suite", checks: 11 };
 /// On kernels the programs cannot run on (before 5.12): the collector's refusal.
 pub const REFUSED: Suite = Suite { name: "vm-refusal", checks: 1 };
 /// The .deb and its unit under systemd on Debian 13 (tests/src/bin/boot-suite.rs).

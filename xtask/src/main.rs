@@ -71,10 +71,13 @@ enum Task {
         #[arg(long, default_value_t = 60)]
         minutes: u64,
     },
-    /// Run every fuzz target for --seconds each and write fuzz/RESULTS.md.
+    /// Run every fuzz target (or those named by --target) for --seconds each and write their
+    /// rows of fuzz/RESULTS.md.
     Fuzz {
         #[arg(long, default_value_t = 600)]
         seconds: u64,
+        #[arg(long = "target")]
+        targets: Vec<String>,
     },
     /// Start a lab of two WireGuard peers in namespaces and keep it until Ctrl-C.
     Lab {
@@ -151,7 +154,7 @@ fn main() -> Result<()> {
             // The README's demo, briefly, so it cannot rot.
             tally("the demo", demo::run(Implementation::WireguardGo, Some(3), "127.0.0.1:0".parse()?));
             // A few seconds of each fuzz target, so none of them rots.
-            match fuzz::run(5) {
+            match fuzz::run(5, &[]) {
                 Ok(outcomes) => {
                     for o in &outcomes {
                         tally(
@@ -200,10 +203,11 @@ fn main() -> Result<()> {
             setup::run()?;
             bench::soak(minutes)
         }
-        Task::Fuzz { seconds } => {
+        Task::Fuzz { seconds, targets } => {
             setup::run()?;
-            let outcomes = fuzz::run(seconds)?;
-            let table = fuzz::table(&outcomes, seconds);
+            let outcomes = fuzz::run(seconds, &targets)?;
+            let previous = std::fs::read_to_string("fuzz/RESULTS.md").unwrap_or_default();
+            let table = fuzz::table(&outcomes, &previous);
             print!("\n{table}");
             std::fs::write("fuzz/RESULTS.md", &table)?;
             if outcomes.iter().any(|o| o.crashed) {

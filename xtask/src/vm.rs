@@ -44,7 +44,7 @@ pub fn run(kernels: &[Kernel]) -> Result<()> {
             let initrd = initramfs(&kernel_dir, &version)?;
             println!("vmtest: booting {version} under qemu (TCG); prepared in {:.1} s", t0.elapsed().as_secs_f64());
             let suite = if k.runs_programs() { KERNEL } else { REFUSED };
-            boot(&kernel_dir.join(format!("boot/vmlinuz-{version}")), &initrd, suite, "1G", "quiet")
+            boot(&kernel_dir.join(format!("boot/vmlinuz-{version}")), &initrd, suite, "2G", "quiet")
         })();
         if let Err(e) = &outcome {
             eprintln!("vmtest {}: {e:#}", k.label());

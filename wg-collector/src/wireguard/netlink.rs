@@ -153,8 +153,12 @@ where
     let mut off = 0;
     let mut said = Decoded::default();
     while off < data.len() {
-        let msg = NetlinkMessage::<GenlMessage<F>>::deserialize(&data[off..])
-            .map_err(|e| NetlinkError::Decode { device: device.into(), what: e.to_string() })?;
+        // netlink-packet-wireguard 0.5.0 indexes an attribute's first byte without checking
+        // that it has one (a CIDR mask attribute of length 0; found by the netlink fuzz
+        // target): a malformed answer is an error of this reading, not a panic of the thread.
+        let parsed = std::panic::catch_unwind(|| NetlinkMessage::<GenlMessage<F>>::deserialize(&data[off..]))
+            .map_err(|_| NetlinkError::Decode { device: device.into(), what: "a malformed attribute".into() })?;
+        let msg = parsed.map_err(|e| NetlinkError::Decode { device: device.into(), what: e.to_string() })?;
         let len = msg.header.length as usize;
         said.interrupted |= msg.header.flags & NLM_F_DUMP_INTR != 0;
         match msg.payload {
@@ -255,6 +259,18 @@ mod tests {
     use std::net::IpAddr;
 
     use super::*;
+
+    /// Found by the netlink fuzz target: an allowed IP whose CIDR mask attribute is empty made
+    /// netlink-packet-wireguard index past its end. An error naming the device, no panic.
+    #[test]
+    fn an_empty_cidr_mask_attribute_is_an_error() {
+        let data = include_bytes!("../../../fuzz/seeds/netlink/regress-empty-cidr-mask");
+        let mut out: Vec<GenlMessage<WireguardMessage>> = Vec::new();
+        match decode(data, "wg0", &mut out) {
+            Err(NetlinkError::Decode { device, .. }) => assert_eq!(device, "wg0"),
+            other => panic!("{other:?}"),
+        }
+    }
 
     fn allowed(ip: &str, cidr: u8) -> WireguardAllowedIp {
         let addr: IpAddr = ip.parse().unwrap();

@@ -200,15 +200,17 @@ pub struct HostBlockAt {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PeerCounters {
+    /// Received transport messages lost, reordered and duplicated on the path (the
+    /// underlay's ingress, from their counters: see [`crate::path`]). First, at offset 0: the
+    /// program takes a pointer to it from a lookup that may be null, and LLVM moved the
+    /// offset's addition before the null check, which the verifier refuses.
+    pub path: crate::path::PathCounts,
     /// Plaintext packets and bytes (the WireGuard interface's programs).
     pub dir: [Counter; DIRECTIONS],
     /// Data messages on the underlay (the underlay's programs): here rather than in
     /// `MESSAGES` with the rarer types, because a per-CPU array lookup is inlined and that
     /// hash cost ~20 ns on every datagram.
     pub data_messages: [u64; DIRECTIONS],
-    /// Received transport messages lost, reordered and duplicated on the path (the
-    /// underlay's ingress, from their counters: see [`crate::path`]).
-    pub path: crate::path::PathCounts,
 }
 
 /// Why a packet on the WireGuard interface could not be given to a peer.
