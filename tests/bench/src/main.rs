@@ -147,7 +147,7 @@ fn cases(peers: u32) -> Vec<Case> {
         },
         Case {
             hook: "underlay ingress",
-            what: "data message: parse + responder check + decap FIFO",
+            what: "data message: parse + responder check + decap FIFO + path window (a repeat: the duplicate branch)",
             program: names::PROG_UNDER_INGRESS,
             packet: eth_udp4(there, here, &wg::data(1, 0, 1100)),
             delay: true,
