@@ -5,14 +5,8 @@
 use wg_common::path::PathCounts;
 
 use super::family::{always, Family, Group, Samples, Type};
-use super::page::{DeviceLabels, Page, PeerView};
-
-const PEER: &[&str] = &["device", "public_key"];
-
-/// A series per peer the programs count.
-fn measured(v: &PeerView) -> usize {
-    v.device.reading.as_ref().is_some_and(|r| r.counters.contains_key(&v.peer.public_key)) as usize
-}
+use super::page::{DeviceLabels, Page};
+use super::traffic::{measured, PEER};
 
 pub const GROUP: Group = Group {
     name: "path",

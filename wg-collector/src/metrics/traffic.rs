@@ -6,10 +6,10 @@ use wg_common::{Unattributed, DIR_RX, DIR_TX};
 use super::family::{always, Family, Group, Samples, Type};
 use super::page::{DeviceLabels, Page, PeerView};
 
-const PEER: &[&str] = &["device", "public_key"];
+pub(super) const PEER: &[&str] = &["device", "public_key"];
 
 /// A series per peer the programs count.
-fn measured(v: &PeerView) -> usize {
+pub(super) fn measured(v: &PeerView) -> usize {
     v.device.reading.as_ref().is_some_and(|r| r.counters.contains_key(&v.peer.public_key)) as usize
 }
 

@@ -99,14 +99,7 @@ impl DeviceProbe {
         let mut device = MessageCounts::default();
         for item in self.maps.messages.iter() {
             let (slot, per_cpu) = item?;
-            let mut sum = MessageCounts::default();
-            for c in per_cpu.iter() {
-                for (d, row) in c.counts.iter().enumerate() {
-                    for (t, n) in row.iter().enumerate() {
-                        sum.counts[d][t] += n;
-                    }
-                }
-            }
+            let sum = sum_messages(per_cpu.iter());
             if slot == NO_SLOT {
                 device = sum;
             } else if let Some(k) = by_slot.get(&slot) {
@@ -213,6 +206,19 @@ impl DeviceProbe {
             l.flush();
         }
     }
+}
+
+/// One slot's message counts summed over the CPUs.
+pub(super) fn sum_messages<'a>(per_cpu: impl Iterator<Item = &'a MessageCounts>) -> MessageCounts {
+    let mut sum = MessageCounts::default();
+    for c in per_cpu {
+        for (d, row) in c.counts.iter().enumerate() {
+            for (t, n) in row.iter().enumerate() {
+                sum.counts[d][t] += n;
+            }
+        }
+    }
+    sum
 }
 
 fn sum_counters<'a>(per_cpu: impl Iterator<Item = &'a PeerCounters>) -> PeerCounters {

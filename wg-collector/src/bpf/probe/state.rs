@@ -60,14 +60,7 @@ impl DeviceProbe {
         s.unattributed = self.unattributed()?;
         for item in self.maps.messages.iter() {
             let (slot, per_cpu) = item?;
-            let mut sum = MessageCounts::default();
-            for c in per_cpu.iter() {
-                for (d, row) in c.counts.iter().enumerate() {
-                    for (t, n) in row.iter().enumerate() {
-                        sum.counts[d][t] += n;
-                    }
-                }
-            }
+            let sum = super::read::sum_messages(per_cpu.iter());
             if sum != MessageCounts::default() {
                 s.messages.insert(owner(slot)?, sum);
             }
