@@ -226,3 +226,54 @@ fn one_session_on_two_cpus_is_counted_exactly() {
     // Of each pair, the odd one may win the lock first: then the even one is reordered.
     assert!(path.reordered <= steps, "{path:?}");
 }
+
+/// The window on long random sequences: one peer's transport messages over a few sessions
+/// (indices this device gave out, and one it did not), counters walking forward by small
+/// steps with gaps, swaps, repeats and jumps past the window, some in GRO batches; the kernel
+/// (BPF_PROG_TEST_RUN) and the model agree after every message.
+#[test]
+fn random_counter_sequences_agree_with_the_model() {
+    let mut h = Harness::new().unwrap();
+    let (us, peer) = ("192.0.2.1:51820".parse().unwrap(), "192.0.2.7:51821".parse().unwrap());
+    let mut x = 0x853c_49e6_748f_ea9bu64;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut total = wg_common::path::PathCounts::default();
+    for round in 0..60 {
+        // Our responses give out indices 10 and 11; 12 is never given out.
+        let mut packets: Vec<Packet> =
+            [10, 11].iter().map(|&i| packet(Hook::UnderEgress, eth_udp4(us, peer, &wg::response(i, 77)))).collect();
+        let mut counters = [0u64; 3];
+        for _ in 0..150 {
+            let s = (next() % 16).min(2) as usize; // mostly the first session
+            let c = &mut counters[s];
+            *c = match next() % 20 {
+                0 => c.saturating_sub(next() % 70),
+                1 => *c + 60 + next() % 100,
+                2 | 3 => *c,
+                _ => *c + 1 + next() % 3,
+            };
+            let mut p = packet(Hook::UnderIngress, eth_udp4(peer, us, &wg::data(10 + s as u32, *c, 16)));
+            if next() % 10 == 0 {
+                // A GRO batch of four 48-byte messages: the next counters (or a repeat).
+                let mut batch = wg::data(10 + s as u32, *c, 16);
+                for k in 1..4u64 {
+                    batch.extend(wg::data(10 + s as u32, *c + k - (next() % 2), 16));
+                }
+                *c += 3;
+                p = Packet { gso_size: 48, gso_segs: 4, ..packet(Hook::UnderIngress, eth_udp4(peer, us, &batch)) };
+            }
+            packets.push(p);
+        }
+        match h.run(packets).unwrap() {
+            Ok(state) => total.add(&state.counters[&wg_collector::wireguard::Key([1; 32])].path),
+            Err(d) => panic!("round {round}: {}", d.what),
+        }
+    }
+    println!("{total:?}");
+    assert!(total.lost > 0 && total.reordered > 0 && total.duplicate > 0 && total.unchecked == 0, "{total:?}");
+}
