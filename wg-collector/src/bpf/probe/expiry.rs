@@ -28,19 +28,22 @@ pub fn expired(handshake: Option<Duration>, now: Duration, settled: Option<Durat
 }
 
 impl DeviceProbe {
-    /// Settles the sessions of `peers` that have expired at `now` (Unix time).
-    pub(super) fn settle_expired(&mut self, peers: &[Peer], now: Duration) -> Result<()> {
+    /// Settles the sessions of `peers` that have expired at `now` (Unix time). A settling
+    /// that fails is logged and not tried again for that handshake: it costs the counts of
+    /// one window, never the device's sync.
+    pub(super) fn settle_expired(&mut self, peers: &[Peer], now: Duration) {
         for p in peers {
             let settled = self.synced.settled.get(&p.public_key).copied();
             if !expired(p.last_handshake, now, settled) {
                 continue;
             }
             let Some(slot) = self.synced.slots.get(&p.public_key) else { continue };
-            self.settle(slot)?;
+            if let Err(e) = self.settle(slot) {
+                tracing::warn!(peer = %p.public_key, "{e:#}");
+            }
             self.synced.settled.insert(p.public_key, p.last_handshake.unwrap_or_default());
         }
         self.synced.settled.retain(|k, _| self.synced.slots.get(k).is_some());
-        Ok(())
     }
 
     /// Settles the receive session of `peer` now (tests; the daemon settles on expiry).

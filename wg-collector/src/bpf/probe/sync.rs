@@ -28,7 +28,8 @@ impl DeviceProbe {
         self.sync_endpoints(peers)?;
         self.release_gone(peers);
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        self.settle_expired(peers, now)
+        self.settle_expired(peers, now);
+        Ok(())
     }
 
     /// Tells the underlay programs which UDP port is this device's.
