@@ -100,12 +100,13 @@ fn round_trips_match_the_probes(delay: Duration) {
     // The device-level histogram holds every peer's samples: the same 40.
     let dev = [("device", lab.a.iface.as_str()), ("method", "icmp")];
     assert_eq!(m.get("wireguard_device_latency_seconds_count", &dev), Some(40.0));
-    assert!(
-        m.get(
-            "wireguard_collector_latency_pending_evictions_total",
-            &[("device", lab.a.iface.as_str()), ("reason", "displaced")]
-        ) == Some(0.0)
-    );
+    let dev = [("device", lab.a.iface.as_str())];
+    let displaced = m.get("wireguard_collector_latency_pending_evictions_total", &[dev[0], ("reason", "displaced")]);
+    // A question is displaced when a newer one hashes to its place in the 65,536-place table
+    // while it waits. ~300 questions meet the ~20 left unanswered (the connections' last
+    // ACKs): ~0.05 displacements expected a run, so one in twenty runs sees one (CI did),
+    // and three or more (p ≈ 2e-5) would mean a broken hash or table.
+    assert!(displaced.is_some_and(|d| d <= 2.0), "displaced {displaced:?}");
     if !delay.is_zero() {
         assert!(icmp_truth >= 2.0 * delay.as_secs_f64(), "the relay adds {delay:?} each way; ping saw {icmp_truth} s");
     }
