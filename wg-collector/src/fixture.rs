@@ -10,7 +10,8 @@ use std::{
 };
 
 use wg_common::{
-    latency::{bucket_of, HistKey, HistValue, Kind},
+    buckets::bucket_of,
+    latency::{HistKey, HistValue, Kind},
     path::PathCounts,
     protocol::{MessageCounts, NO_SLOT},
     Counter, PeerCounters, DIRECTIONS,
@@ -189,7 +190,7 @@ fn unmeasured() -> DeviceSnapshot {
 pub fn conns() -> EndpointCounts {
     let mut durations = BTreeMap::new();
     let mut metrics = crate::histogram::Series::default();
-    metrics.add(wg_common::latency::bucket_of(3_000_000), 9, 27_000_000);
+    metrics.add(wg_common::buckets::bucket_of(3_000_000), 9, 27_000_000);
     durations.insert(Handler::Metrics, metrics);
     EndpointCounts {
         conns: ConnCounts { open: 3, refused: [4, 844], ended: [256, 1, 2, 5], accept_errors: 0 },

@@ -1,16 +1,17 @@
-//! Latency histograms from the kernel's log-linear buckets (16 per power of two, see
-//! wg_common::latency) to Prometheus' classic `le` buckets, at scrape time.
+//! Latency histograms from the kernel's buckets (Prometheus native buckets at schema 4, see
+//! wg_common::buckets) to what a scrape shows: native buckets at the served schema, classic
+//! `le` buckets folded from them, and quantiles.
 
 use std::collections::BTreeMap;
 
-use wg_common::latency::{bucket_lower_ns, bucket_of, bucket_upper_ns};
+use wg_common::buckets::{bucket_of, coarsen, lower_bound, native_index, upper_bound, SCHEMA, ZERO_THRESHOLD_SECONDS};
 
 /// The `le` boundaries a histogram is exposed with.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Buckets {
     /// These boundaries, in seconds, ascending.
     Classic(Vec<f64>),
-    /// Every kernel bucket edge from 1 µs to 10 s (~400 boundaries: full resolution).
+    /// Every kernel bucket bound from 1 µs to 10 s (~370 boundaries: full resolution).
     Full,
 }
 
@@ -61,13 +62,74 @@ impl std::str::FromStr for Buckets {
 }
 
 impl Buckets {
-    /// Upper boundaries in nanoseconds.
-    fn bounds_ns(&self) -> Vec<u64> {
+    /// Upper boundaries in seconds.
+    fn bounds(&self) -> Vec<f64> {
         match self {
-            Self::Classic(v) => v.iter().map(|s| (s * 1e9).round() as u64).collect(),
-            Self::Full => (bucket_of(1_000)..=bucket_of(10_000_000_000)).map(bucket_upper_ns).collect(),
+            Self::Classic(v) => v.clone(),
+            Self::Full => (bucket_of(1_000)..=bucket_of(10_000_000_000)).map(upper).collect(),
         }
     }
+}
+
+/// The served native schema: 0 (a bucket per doubling) to 4 (16, what the kernel bins at).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Schema(u32);
+
+/// 8 buckets per doubling, each ≤ 9 % wide: a quantile good to ~4 %, half the buckets of
+/// schema 4 to store.
+pub const DEFAULT_SCHEMA: Schema = Schema(3);
+
+impl Default for Schema {
+    fn default() -> Self {
+        DEFAULT_SCHEMA
+    }
+}
+
+impl Schema {
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+impl std::fmt::Display for Schema {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::str::FromStr for Schema {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().parse::<u32>() {
+            Ok(v) if v <= SCHEMA => Ok(Self(v)),
+            _ => Err(format!(
+                "{s:?}: the schema is 0 to {SCHEMA} (2^schema buckets per doubling; the kernel bins at {SCHEMA})"
+            )),
+        }
+    }
+}
+
+/// A kernel bucket's upper bound in seconds (the zero bucket's: the zero threshold).
+fn upper(bucket: u16) -> f64 {
+    native_index(bucket).map_or(ZERO_THRESHOLD_SECONDS, |i| upper_bound(i, SCHEMA))
+}
+
+/// A kernel bucket's lower bound in seconds.
+fn lower(bucket: u16) -> f64 {
+    native_index(bucket).map_or(0.0, |i| lower_bound(i, SCHEMA))
+}
+
+/// A native histogram's buckets as the protobuf carries them: the zero bucket's count, the
+/// populated buckets as spans (offset from the end of the span before, or the first index;
+/// length) and their counts as deltas (each from the bucket before).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Native {
+    pub schema: i32,
+    pub zero_threshold: f64,
+    pub zero_count: u64,
+    pub spans: Vec<(i32, u32)>,
+    pub deltas: Vec<i64>,
 }
 
 /// One histogram series: the kernel's buckets with samples, the count and the exact sum.
@@ -100,22 +162,55 @@ impl Series {
 
     /// (le in seconds, samples in that bucket alone), as prometheus-client encodes them; a
     /// final +Inf bucket holds what lies above the last boundary. A kernel bucket counts
-    /// under the first boundary at or above its upper edge, so `le` never counts a sample
-    /// that could be larger than it (a sample may show one kernel bucket, ≤ 6.25 %, high).
+    /// under the first boundary at or above its upper bound, so `le` never counts a sample
+    /// that could be larger than it. Where `le` is a kernel bound (every bound of `full`,
+    /// and 2^k s) this is exact; elsewhere the kernel bucket that straddles `le` counts
+    /// above it: `le` may miss samples up to one kernel bucket (≤ 4.4 %) below it.
     pub fn exposition(&self, buckets: &Buckets) -> Vec<(f64, u64)> {
-        let bounds = buckets.bounds_ns();
-        let mut out: Vec<(f64, u64)> = bounds.iter().map(|b| (*b as f64 / 1e9, 0)).collect();
+        let bounds = buckets.bounds();
+        let mut out: Vec<(f64, u64)> = bounds.iter().map(|b| (*b, 0)).collect();
         out.push((f64::INFINITY, 0));
         for (b, c) in &self.buckets {
-            let upper = bucket_upper_ns(*b);
+            let upper = upper(*b);
             let i = bounds.partition_point(|le| *le < upper);
             out[i].1 += c;
         }
         out
     }
 
+    /// The native histogram at `schema`: the kernel's buckets, merged in runs of
+    /// 2^(4-schema) (schemas nest, so this is what binning at `schema` would have given).
+    pub fn native(&self, schema: Schema) -> Native {
+        let mut n = Native { schema: schema.0 as i32, zero_threshold: ZERO_THRESHOLD_SECONDS, ..Native::default() };
+        let mut merged: Vec<(i32, u64)> = Vec::new();
+        for (b, c) in &self.buckets {
+            match native_index(*b) {
+                None => n.zero_count += c,
+                Some(i) => {
+                    let i = coarsen(i, schema.0);
+                    match merged.last_mut() {
+                        Some((last, count)) if *last == i => *count += c,
+                        _ => merged.push((i, *c)),
+                    }
+                }
+            }
+        }
+        let (mut end, mut before) = (None::<i32>, 0i64);
+        for (i, c) in merged {
+            match (end, n.spans.last_mut()) {
+                (Some(e), Some(span)) if e == i => span.1 += 1,
+                (Some(e), _) => n.spans.push((i - e, 1)),
+                (None, _) => n.spans.push((i, 1)),
+            }
+            end = Some(i + 1);
+            n.deltas.push(c as i64 - before);
+            before = c as i64;
+        }
+        n
+    }
+
     /// The q-quantile in seconds, interpolated linearly inside the kernel bucket it falls in
-    /// (what histogram_quantile does with classic buckets, at the kernel's resolution).
+    /// (what histogram_quantile does, at the kernel's resolution).
     pub fn quantile(&self, q: f64) -> Option<f64> {
         if self.count == 0 {
             return None;
@@ -124,13 +219,13 @@ impl Series {
         let mut seen = 0u64;
         for (b, c) in &self.buckets {
             if (seen + c) as f64 >= rank {
-                let (lo, hi) = (bucket_lower_ns(*b) as f64, bucket_upper_ns(*b) as f64);
+                let (lo, hi) = (lower(*b), upper(*b));
                 let frac = (rank - seen as f64) / *c as f64;
-                return Some((lo + (hi - lo) * frac) / 1e9);
+                return Some(lo + (hi - lo) * frac);
             }
             seen += c;
         }
-        self.buckets.keys().last().map(|b| bucket_upper_ns(*b) as f64 / 1e9)
+        self.buckets.keys().last().map(|b| upper(*b))
     }
 }
 
@@ -178,8 +273,38 @@ mod tests {
             s.add(bucket_of(ns), 1, ns);
         }
         let median = s.quantile(0.5).unwrap();
-        assert!((median - 0.015).abs() / 0.015 < 0.0625, "{median}");
+        assert!((median - 0.015).abs() / 0.015 < 0.044, "{median}");
         let full = s.exposition(&Buckets::Full);
         assert_eq!(full.iter().map(|(_, c)| c).sum::<u64>(), 1000);
+    }
+
+    #[test]
+    fn native_buckets_are_the_kernels_in_spans_and_deltas() {
+        let mut s = Series::default();
+        // 1 s is the upper bound of index 0 at every schema; 1.05 s is index 2 at schema 4
+        // (2^(1/16) = 1.044, 2^(2/16) = 1.09) and index 1 at schema 3; 4 s is index 32 / 16.
+        for (ns, n) in [(0u64, 2u64), (1_000_000_000, 3), (1_050_000_000, 1), (1_060_000_000, 1), (4_000_000_000, 5)] {
+            s.add(bucket_of(ns), n, ns * n);
+        }
+        let four = s.native(Schema(4));
+        assert_eq!((four.schema, four.zero_count, four.zero_threshold), (4, 2, ZERO_THRESHOLD_SECONDS));
+        assert_eq!(four.spans, vec![(0, 1), (1, 1), (29, 1)]);
+        assert_eq!(four.deltas, vec![3, -1, 3]);
+        let three = s.native(Schema(3));
+        assert_eq!(three.spans, vec![(0, 2), (14, 1)]);
+        assert_eq!(three.deltas, vec![3, -1, 3]);
+        let zero = s.native(Schema(0));
+        // Index 0 holds (0.5, 1], index 1 (1, 2], index 2 (2, 4].
+        assert_eq!(zero.spans, vec![(0, 3)]);
+        assert_eq!(zero.deltas, vec![3, -1, 3]);
+        assert_eq!(Series::default().native(Schema(3)).spans, vec![]);
+    }
+
+    #[test]
+    fn parses_schemas() {
+        assert_eq!("3".parse::<Schema>(), Ok(Schema(3)));
+        assert_eq!("0".parse::<Schema>(), Ok(Schema(0)));
+        assert!("5".parse::<Schema>().unwrap_err().contains("0 to 4"));
+        assert!("-1".parse::<Schema>().is_err());
     }
 }

@@ -18,7 +18,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use wg_common::{
-    latency::{bucket_of, stats, HistKey, HistValue, Kind, PendingEntry, PendingKey, PENDING_KEY_WORDS},
+    buckets::bucket_of,
+    latency::{stats, HistKey, HistValue, Kind, PendingEntry, PendingKey, PENDING_KEY_WORDS},
     DEFAULT_MAX_PENDING, DIR_RX,
 };
 

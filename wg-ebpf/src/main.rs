@@ -161,6 +161,18 @@ pub fn wg_path_settle(ctx: TcContext) -> i32 {
     TC_NEXT
 }
 
+/// Returns the bucket ([`wg_common::buckets::bucket_of`]) of the little-endian u64 in the
+/// packet's first eight bytes, or -1 without them: the test that the kernel bins exactly as
+/// userspace does runs it with BPF_PROG_TEST_RUN. Never attached (its return is not a TC
+/// verdict).
+#[classifier]
+pub fn check_bucket_of(ctx: TcContext) -> i32 {
+    match latency::direct::<0, 8>(&ctx) {
+        Some(v) => wg_common::buckets::bucket_of(u64::from_le_bytes(*v)) as i32,
+        None => -1,
+    }
+}
+
 /// Does nothing: the baseline the benchmark subtracts (BPF_PROG_TEST_RUN's own cost). Never
 /// attached.
 #[classifier]

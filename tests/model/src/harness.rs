@@ -127,6 +127,19 @@ impl Harness {
         })
     }
 
+    /// The kernel's bucket of a sample of `ns` (the program `check_bucket_of`).
+    pub fn kernel_bucket_of(&mut self, ns: u64) -> Result<u16> {
+        let prog = self.probe.program("check_bucket_of")?;
+        if prog.fd().is_err() {
+            prog.load()?;
+        }
+        // A test run wants at least an Ethernet header's worth.
+        let mut data = [0u8; 64];
+        data[..8].copy_from_slice(&ns.to_le_bytes());
+        let r = prog.test_run(TestRunOptions { data_in: Some(&data), ..Default::default() })?;
+        u16::try_from(r.return_value).with_context(|| format!("check_bucket_of returned {}", r.return_value as i32))
+    }
+
     fn test_run(&mut self, p: &Packet) -> Result<(u32, Vec<u8>)> {
         let ctx = (p.gso_size > 0 || p.gso_segs > 0).then(|| gso_ctx(p.gso_size, p.gso_segs));
         let mut out = vec![0u8; p.data.len() + 64];

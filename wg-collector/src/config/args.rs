@@ -7,7 +7,7 @@ use clap::{CommandFactory, FromArgMatches, Parser};
 use wg_common::{DEFAULT_MAX_ALLOWED_IPS, DEFAULT_MAX_HIST_ENTRIES, DEFAULT_MAX_PEERS, DEFAULT_MAX_PENDING};
 
 use crate::{
-    histogram::Buckets,
+    histogram::{Buckets, Schema},
     http::{
         conn::{parse_duration, DEFAULT_CAPS},
         listen::ListenAddress,
@@ -96,10 +96,14 @@ pub struct Args {
     /// Allowed-IP prefixes per address family and device in the eBPF maps.
     #[arg(long = "bpf.max-allowed-ips", default_value_t = DEFAULT_MAX_ALLOWED_IPS)]
     pub max_allowed_ips: u32,
-    /// Latency histogram boundaries in seconds, comma-separated, or "full" for every kernel
-    /// bucket (16 per power of two).
+    /// Classic latency histogram boundaries (`le`) in seconds, comma-separated, or "full"
+    /// for every kernel bucket (16 per power of two).
     #[arg(long = "latency.buckets", default_value_t = Buckets::default())]
     pub latency_buckets: Buckets,
+    /// Native histogram schema of the protobuf page: 2^schema buckets per doubling, 0 to 4
+    /// (the kernel bins at 4; a coarser schema merges its buckets exactly).
+    #[arg(long = "latency.schema", default_value_t = Schema::default())]
+    pub latency_schema: Schema,
     /// Record one in N matchable packets for latency (a power of two; 1 = every packet).
     #[arg(long = "latency.sample", default_value_t = 1)]
     pub latency_sample: u32,

@@ -166,6 +166,7 @@ impl TryFrom<Args> for Config {
             scrape_max_age,
             export: ExportOptions {
                 buckets: a.latency_buckets,
+                schema: a.latency_schema,
                 redact_endpoints: redact("endpoints"),
                 redact_allowed_ips: redact("allowed-ips"),
                 max_series: a.max_series,

@@ -5,7 +5,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use super::*;
-use crate::histogram::{Buckets, DEFAULT_BUCKETS};
+use crate::histogram::{Buckets, DEFAULT_BUCKETS, DEFAULT_SCHEMA};
 
 fn config(flags: &[&str]) -> Result<Config, String> {
     let args = Args::try_parse_from(std::iter::once("wg-collector").chain(flags.iter().copied()))
@@ -131,6 +131,14 @@ fn buckets() {
     assert_eq!(config(&["--latency.buckets", "full"]).unwrap().export.buckets, Buckets::Full);
     let err = refused(&["--latency.buckets", "0.01,0.001"]);
     assert!(err.contains("--latency.buckets") && err.contains("ascend"), "{err}");
+}
+
+#[test]
+fn schema() {
+    assert_eq!(config(&[]).unwrap().export.schema, DEFAULT_SCHEMA);
+    assert_eq!(config(&["--latency.schema", "4"]).unwrap().export.schema.get(), 4);
+    let err = refused(&["--latency.schema", "5"]);
+    assert!(err.contains("--latency.schema") && err.contains("0 to 4"), "{err}");
 }
 
 #[test]

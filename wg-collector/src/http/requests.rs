@@ -17,7 +17,7 @@ use axum::{
     middleware::Next,
     response::Response,
 };
-use wg_common::latency::bucket_of;
+use wg_common::buckets::bucket_of;
 
 use super::conn::ConnCounts;
 use crate::histogram::Series;

@@ -1,5 +1,6 @@
 //! The HTTP side: `/metrics` (or the configured path) in the Prometheus text format, or
-//! OpenMetrics when the scraper asks for it.
+//! OpenMetrics, or Prometheus protobuf with native histograms, as the scraper's `Accept`
+//! prefers.
 
 use std::{
     sync::{Arc, Mutex, OnceLock, Weak},
@@ -24,12 +25,9 @@ use super::{
     serve::{allow, authenticate, Shared},
 };
 use crate::{
-    metrics::{encode, Encoded, ExportOptions, Format, Page},
+    metrics::{encode, Encoded, ExportOptions, Exposition, Format, Page},
     refresh::{Monitor, Snapshot},
 };
-
-const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// The live page: one file, its script and style inline, embedded in the binary.
 const LIVE_PAGE: &str = include_str!("live.html");
@@ -123,10 +121,9 @@ async fn metrics(State(source): State<MetricsState>, headers: HeaderMap) -> Resp
     let asks = |name: header::HeaderName, what: &str| {
         headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).any(|v| v.contains(what))
     };
-    let format = Format {
-        openmetrics: asks(header::ACCEPT, "application/openmetrics-text"),
-        gzip: asks(header::ACCEPT_ENCODING, "gzip"),
-    };
+    let accept: Vec<&str> = headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).collect();
+    let format =
+        Format { exposition: Exposition::negotiate(&accept.join(",")), gzip: asks(header::ACCEPT_ENCODING, "gzip") };
     // Reading WireGuard and the maps is blocking work: keep it off the async workers.
     let encoded = tokio::task::spawn_blocking(move || {
         let snap = source.monitor.latest(source.max_age);
@@ -136,15 +133,15 @@ async fn metrics(State(source): State<MetricsState>, headers: HeaderMap) -> Resp
         })
     })
     .await;
-    let Format { openmetrics, gzip } = format;
+    let Format { exposition, gzip } = format;
     match encoded {
         Ok(Some(body)) => {
-            let ct = if openmetrics { OPENMETRICS } else { PROMETHEUS_TEXT };
-            let mut r = ([(header::CONTENT_TYPE, ct)], Body::new(Chunks(body.0.into()))).into_response();
+            let mut r =
+                ([(header::CONTENT_TYPE, exposition.content_type())], Body::new(Chunks(body.0.into()))).into_response();
             if gzip {
                 r.headers_mut().insert(header::CONTENT_ENCODING, header::HeaderValue::from_static("gzip"));
             }
-            r.headers_mut().insert(header::VARY, header::HeaderValue::from_static("accept-encoding"));
+            r.headers_mut().insert(header::VARY, header::HeaderValue::from_static("accept, accept-encoding"));
             r
         }
         _ => (StatusCode::INTERNAL_SERVER_ERROR, "encoding metrics failed\n").into_response(),

@@ -12,15 +12,12 @@ use std::sync::{
 use bytes::Bytes;
 use prometheus_client::{collector::Collector, encoding, encoding::DescriptorEncoder, registry::Registry};
 
-use super::{family::Family, Page, GROUPS};
+use super::{
+    family::Family,
+    format::{Exposition, Format},
+    Page, GROUPS,
+};
 use crate::gzip;
-
-/// The format a scraper asked for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Format {
-    pub openmetrics: bool,
-    pub gzip: bool,
-}
 
 /// How many families the catalogue has.
 const FAMILIES: usize = {
@@ -32,7 +29,7 @@ const FAMILIES: usize = {
     n
 };
 
-/// The size of each family's last text, so the next one is encoded into a buffer that need
+/// The size of each family's last encoding, so the next one is encoded into a buffer that need
 /// not grow.
 static LAST_SIZE: [AtomicUsize; FAMILIES] = [const { AtomicUsize::new(256) }; FAMILIES];
 
@@ -44,6 +41,7 @@ const THREADS: usize = 4;
 struct FamilyOf {
     page: Arc<Page>,
     family: &'static Family,
+    native: bool,
 }
 
 impl std::fmt::Debug for Family {
@@ -54,31 +52,40 @@ impl std::fmt::Debug for Family {
 
 impl Collector for FamilyOf {
     fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
-        self.family.encode(&self.page, &mut enc)
+        self.family.encode(&self.page, &mut enc, self.native)
     }
 }
 
-/// One family's text; `last` ends the page.
+/// One family in the page's format; `last` ends the page.
 fn encode_family(
     page: &Arc<Page>,
     i: usize,
     family: &'static Family,
     format: Format,
-) -> Result<String, std::fmt::Error> {
+) -> Result<Vec<u8>, std::fmt::Error> {
     let last = i == FAMILIES - 1;
+    let native = format.exposition == Exposition::Protobuf;
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(FamilyOf { page: page.clone(), family }));
-    let mut text = String::with_capacity(LAST_SIZE[i].load(Ordering::Relaxed) * 9 / 8);
-    if format.openmetrics {
-        encoding::text::encode_registry(&mut text, &registry)?;
-        if last {
-            encoding::text::encode_eof(&mut text)?;
+    registry.register_collector(Box::new(FamilyOf { page: page.clone(), family, native }));
+    let capacity = LAST_SIZE[i].load(Ordering::Relaxed) * 9 / 8;
+    let out = match format.exposition {
+        Exposition::Protobuf => encoding::prometheus_protobuf::encode_to_vec(&registry).map_err(|_| std::fmt::Error)?,
+        Exposition::OpenMetrics => {
+            let mut text = String::with_capacity(capacity);
+            encoding::text::encode_registry(&mut text, &registry)?;
+            if last {
+                encoding::text::encode_eof(&mut text)?;
+            }
+            text.into_bytes()
         }
-    } else {
-        encoding::prometheus_text::encode(&mut text, &registry)?;
-    }
-    LAST_SIZE[i].store(text.len(), Ordering::Relaxed);
-    Ok(text)
+        Exposition::Text => {
+            let mut text = String::with_capacity(capacity);
+            encoding::prometheus_text::encode(&mut text, &registry)?;
+            text.into_bytes()
+        }
+    };
+    LAST_SIZE[i].store(out.len(), Ordering::Relaxed);
+    Ok(out)
 }
 
 /// `f` of every item, by `threads` threads (the first is this one) that each take the next
@@ -109,10 +116,10 @@ fn shared_out<I: Sync, T: Send>(
     Ok(all.into_iter().map(|(_, t)| t).collect())
 }
 
-/// The texts gzipped as one member: cut into `threads` runs of about equal size, in order,
+/// The pieces gzipped as one member: cut into `threads` runs of about equal size, in order,
 /// each compressed by a thread of its own.
-fn gzip_texts(texts: &[String], threads: usize) -> Result<Bytes, std::fmt::Error> {
-    let total: usize = texts.iter().map(String::len).sum();
+fn gzip_pieces(texts: &[Vec<u8>], threads: usize) -> Result<Bytes, std::fmt::Error> {
+    let total: usize = texts.iter().map(Vec::len).sum();
     let mut runs: Vec<Vec<&[u8]>> = vec![Vec::new()];
     let mut size = 0;
     for t in texts {
@@ -120,7 +127,7 @@ fn gzip_texts(texts: &[String], threads: usize) -> Result<Bytes, std::fmt::Error
             runs.push(Vec::new());
         }
         size += t.len();
-        runs.last_mut().expect("one run at least").push(t.as_bytes());
+        runs.last_mut().expect("one run at least").push(t.as_slice());
     }
     let count = runs.len();
     let pieces =
@@ -155,7 +162,7 @@ pub fn encode(page: Page, format: Format) -> Result<Encoded, std::fmt::Error> {
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, THREADS);
     let texts = shared_out(&families, threads, |i, f| encode_family(&page, i, f, format))?;
     if format.gzip {
-        return Ok(Encoded(vec![gzip_texts(&texts, threads)?]));
+        return Ok(Encoded(vec![gzip_pieces(&texts, threads)?]));
     }
     Ok(Encoded(texts.into_iter().map(Bytes::from).collect()))
 }

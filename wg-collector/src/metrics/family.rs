@@ -3,7 +3,10 @@
 //! value in a group's file; nothing else names a family.
 
 use prometheus_client::{
-    encoding::{DescriptorEncoder, EncodeCounterValue, EncodeGaugeValue, EncodeLabelSet, MetricEncoder, NoLabelSet},
+    encoding::{
+        DescriptorEncoder, EncodeCounterValue, EncodeGaugeValue, EncodeLabelSet, MetricEncoder, NativeHistogram,
+        NativeHistogramBuckets, NoLabelSet,
+    },
     metrics::MetricType,
 };
 
@@ -62,13 +65,13 @@ impl Family {
         }
     }
 
-    /// Its descriptor and samples.
-    pub fn encode(&self, page: &Page, enc: &mut DescriptorEncoder) -> std::fmt::Result {
+    /// Its descriptor and samples; `native`: histograms with their native buckets too.
+    pub fn encode(&self, page: &Page, enc: &mut DescriptorEncoder, native: bool) -> std::fmt::Result {
         if !(self.shown)(page) {
             return Ok(());
         }
         let m = enc.encode_descriptor(self.name, self.help, None, self.kind.metric_type())?;
-        (self.samples)(page, &mut Samples(m))
+        (self.samples)(page, &mut Samples { enc: m, native })
     }
 }
 
@@ -85,15 +88,19 @@ pub struct Group {
 }
 
 /// Writes one family's samples.
-pub struct Samples<'a>(MetricEncoder<'a>);
+pub struct Samples<'a> {
+    enc: MetricEncoder<'a>,
+    /// Histograms carry native buckets (the protobuf format) beside the classic ones.
+    native: bool,
+}
 
 impl Samples<'_> {
     pub fn counter(&mut self, labels: &impl EncodeLabelSet, v: impl EncodeCounterValue) -> std::fmt::Result {
-        self.0.encode_family(labels)?.encode_counter::<NoLabelSet, _, u64>(&v, None)
+        self.enc.encode_family(labels)?.encode_counter::<NoLabelSet, _, u64>(&v, None)
     }
 
     pub fn gauge(&mut self, labels: &impl EncodeLabelSet, v: impl EncodeGaugeValue) -> std::fmt::Result {
-        self.0.encode_family(labels)?.encode_gauge(&v)
+        self.enc.encode_family(labels)?.encode_gauge(&v)
     }
 
     /// One gauge per device, labelled with it.
@@ -120,12 +127,23 @@ impl Samples<'_> {
         Ok(())
     }
 
+    /// A latency histogram: classic buckets folded from the kernel's (`--latency.buckets`),
+    /// and in protobuf the kernel's buckets themselves at `--latency.schema`.
     pub fn histogram(&mut self, labels: &impl EncodeLabelSet, s: &Series, page: &Page) -> std::fmt::Result {
-        self.0.encode_family(labels)?.encode_histogram::<NoLabelSet>(
-            s.sum_seconds(),
-            s.count,
-            &s.exposition(&page.opts.buckets),
-            None,
-        )
+        let classic = s.exposition(&page.opts.buckets);
+        let mut enc = self.enc.encode_family(labels)?;
+        if !self.native {
+            return enc.encode_histogram::<NoLabelSet>(s.sum_seconds(), s.count, &classic, None);
+        }
+        let n = s.native(page.opts.schema);
+        let native = NativeHistogram {
+            schema: n.schema,
+            zero_threshold: n.zero_threshold,
+            zero_count: n.zero_count,
+            negative: NativeHistogramBuckets { spans: &[], deltas: &[] },
+            positive: NativeHistogramBuckets { spans: &n.spans, deltas: &n.deltas },
+            created: None,
+        };
+        enc.encode_histogram_with_native::<NoLabelSet>(s.sum_seconds(), s.count, &classic, None, native)
     }
 }

@@ -10,6 +10,7 @@ mod compat;
 mod device;
 mod encode;
 mod family;
+mod format;
 mod http;
 mod latency;
 mod messages;
@@ -19,8 +20,9 @@ mod peer;
 mod traffic;
 
 pub use compat::Compat;
-pub use encode::{encode, Encoded, Format};
+pub use encode::{encode, Encoded};
 pub use family::{Family, Group, Type};
+pub use format::{Exposition, Format};
 pub use page::{ExportOptions, Page, DEFAULT_MAX_SERIES};
 
 /// Every family of the page, in the page's order.

@@ -9,7 +9,7 @@ use wg_common::PeerCounters;
 
 use super::budget;
 use crate::{
-    histogram::{Buckets, Series},
+    histogram::{Buckets, Schema, Series},
     http::requests::EndpointCounts,
     refresh::{DeviceLink, DeviceSnapshot, Snapshot},
     wireguard::{discovery::Found, Key, KeySet, Peer},
@@ -18,7 +18,10 @@ use crate::{
 /// What the page shows, beyond what there is.
 #[derive(Clone, Debug)]
 pub struct ExportOptions {
+    /// Classic `le` buckets of latency histograms (every format).
     pub buckets: Buckets,
+    /// The native schema of latency histograms (the protobuf format).
+    pub schema: Schema,
     /// Leave the endpoint label empty (`--redact endpoints`: it maps the network).
     pub redact_endpoints: bool,
     /// Leave out wireguard_peer_allowed_ips_info (`--redact allowed-ips`).
@@ -41,6 +44,7 @@ impl Default for ExportOptions {
     fn default() -> Self {
         Self {
             buckets: Buckets::default(),
+            schema: Schema::default(),
             redact_endpoints: false,
             redact_allowed_ips: false,
             max_series: DEFAULT_MAX_SERIES,

@@ -37,11 +37,11 @@ fn golden(name: &str, got: &str) {
 
 #[test]
 fn the_page_of_a_fixed_reading_is_the_golden_one() {
-    let text = Format { openmetrics: false, gzip: false };
+    let text = Format::TEXT;
     golden("page.prom", &page(&ExportOptions::default(), text));
     // Gzip is the same page, compressed.
     assert_eq!(
-        page(&ExportOptions::default(), Format { openmetrics: false, gzip: true }),
+        page(&ExportOptions::default(), Format { gzip: true, ..Format::TEXT }),
         page(&ExportOptions::default(), text)
     );
 }
@@ -51,7 +51,7 @@ fn the_page_of_a_fixed_reading_is_the_golden_one() {
 /// plain and with every option.
 #[test]
 fn the_compat_families_are_the_golden_ones() {
-    let text = Format { openmetrics: false, gzip: false };
+    let text = Format::TEXT;
     let only_compat = |page: String| -> String {
         let mut keep = false;
         page.lines()
@@ -76,7 +76,7 @@ fn the_compat_families_are_the_golden_ones() {
 fn the_redacted_trimmed_openmetrics_page_is_the_golden_one() {
     let opts =
         ExportOptions { redact_endpoints: true, redact_allowed_ips: true, max_series: 90, ..ExportOptions::default() };
-    golden("page-redacted-trimmed.om", &page(&opts, Format { openmetrics: true, gzip: false }));
+    golden("page-redacted-trimmed.om", &page(&opts, Format { exposition: Exposition::OpenMetrics, gzip: false }));
 }
 
 /// Every family the fixture's page shows is in the catalogue with its type, and every
@@ -84,7 +84,7 @@ fn the_redacted_trimmed_openmetrics_page_is_the_golden_one() {
 /// shows every family of the catalogue.
 #[test]
 fn the_page_is_the_catalogue() {
-    let text = page(&ExportOptions::default(), Format { openmetrics: false, gzip: false });
+    let text = page(&ExportOptions::default(), Format::TEXT);
     let mut typed = Vec::new();
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix("# TYPE ") {
@@ -170,12 +170,12 @@ fn a_trimmed_page_stays_within_its_budget() {
         let peer = |l: &&str| l.contains("public_key=\"") && !l.contains("public_key=\"\"");
         text.lines().filter(|l| !l.starts_with('#') && !l.starts_with("wireguard_device_info")).filter(peer).count()
     };
-    let full = per_peer_samples(&page(&ExportOptions::default(), Format { openmetrics: false, gzip: false }));
+    let full = per_peer_samples(&page(&ExportOptions::default(), Format::TEXT));
     let snap = fixture::snapshot();
     let peers: usize = snap.devices.iter().map(|d| d.state.peers.len()).sum();
     for budget in [1, 6, 40, 81, 82, 90, 120, 125, full - 1, full] {
         let opts = ExportOptions { max_series: budget, ..ExportOptions::default() };
-        let text = page(&opts, Format { openmetrics: false, gzip: false });
+        let text = page(&opts, Format::TEXT);
         let shown = per_peer_samples(&text);
         assert!(shown <= budget, "budget {budget}: {shown} per-peer samples");
         let omitted: usize = text
@@ -196,7 +196,7 @@ fn a_trimmed_page_stays_within_its_budget() {
 /// on wireguard_peer_info, which has its name already.
 #[test]
 fn the_peer_name_label_goes_on_every_per_peer_series() {
-    let text = Format { openmetrics: false, gzip: false };
+    let text = Format::TEXT;
     let plain = page(&ExportOptions::default(), text);
     let named = page(&ExportOptions { peer_name_label: true, ..ExportOptions::default() }, text);
     // A label's value as written (escapes kept), and where the label ends.
@@ -252,11 +252,7 @@ fn devices_of_another_namespace_carry_netns() {
     }
     let opts =
         ExportOptions { compat: crate::metrics::Compat { on: true, ..Default::default() }, ..Default::default() };
-    let body = encode(
-        Page::new(std::sync::Arc::new(snap), &opts, fixture::conns()),
-        Format { openmetrics: false, gzip: false },
-    )
-    .unwrap();
+    let body = encode(Page::new(std::sync::Arc::new(snap), &opts, fixture::conns()), Format::TEXT).unwrap();
     let text = String::from_utf8(body.to_vec()).unwrap();
     let mut with_device = 0;
     for line in text.lines().filter(|l| !l.starts_with('#')) {
@@ -270,6 +266,69 @@ fn devices_of_another_namespace_carry_netns() {
         }
     }
     assert!(with_device > 50, "{with_device} series name a device");
-    let own = page(&opts, Format { openmetrics: false, gzip: false });
+    let own = page(&opts, Format::TEXT);
     assert!(!own.contains("netns="), "the own namespace's devices have no netns label");
+}
+
+/// The protobuf page: every family of the text page, in its order, and histograms with the
+/// kernel's buckets as native ones beside the same classic buckets.
+#[test]
+fn the_protobuf_page_carries_every_family_and_native_histograms() {
+    use prometheus_client::encoding::prometheus_protobuf::prometheus_data_model::MetricFamily;
+    use prost::Message;
+
+    let opts = ExportOptions::default();
+    let format = Format { exposition: Exposition::Protobuf, gzip: false };
+    let body = encode(Page::new(fixture::snapshot(), &opts, fixture::conns()), format).unwrap().to_vec();
+    let mut rest = &body[..];
+    let mut families = Vec::new();
+    while !rest.is_empty() {
+        families.push(MetricFamily::decode_length_delimited(&mut rest).unwrap());
+    }
+    let text = page(&opts, Format::TEXT);
+    let text_names: Vec<&str> =
+        text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).map(|l| l.split(' ').next().unwrap()).collect();
+    let names: Vec<&str> = families.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(names, text_names);
+
+    let latency = families.iter().find(|f| f.name == "wireguard_peer_latency_seconds").unwrap();
+    let tcp_ts = latency
+        .metric
+        .iter()
+        .find(|m| m.label.iter().any(|l| l.name == "method" && l.value == "tcp_ts"))
+        .and_then(|m| m.histogram.as_ref())
+        .unwrap();
+    // 0.3 ms, 0.45 ms and 2 ms (fixture.rs) at schema 3: indices ⌈8·log2 s⌉ = -93, -88, -71.
+    assert_eq!((tcp_ts.schema, tcp_ts.sample_count, tcp_ts.zero_count), (3, 3, 0));
+    assert_eq!(tcp_ts.zero_threshold, wg_common::buckets::ZERO_THRESHOLD_SECONDS);
+    let spans: Vec<(i32, u32)> = tcp_ts.positive_span.iter().map(|s| (s.offset, s.length)).collect();
+    assert_eq!(spans, vec![(-93, 1), (4, 1), (16, 1)]);
+    assert_eq!(tcp_ts.positive_delta, vec![1, 0, 0]);
+    assert!((tcp_ts.sample_sum - 0.00275).abs() < 1e-12);
+    // The classic buckets as the text page has them (cumulative there too).
+    let classic: Vec<(f64, u64)> = tcp_ts.bucket.iter().map(|b| (b.upper_bound, b.cumulative_count)).collect();
+    let le = |l: &str| l.split("le=\"").nth(1).and_then(|r| r.split('"').next()).unwrap().to_string();
+    let text_classic: Vec<(f64, u64)> = text
+        .lines()
+        .filter(|l| l.starts_with("wireguard_peer_latency_seconds_bucket") && l.contains("method=\"tcp_ts\""))
+        .map(|l| (le(l).replace("+Inf", "inf").parse().unwrap(), l.rsplit(' ').next().unwrap().parse().unwrap()))
+        .collect();
+    assert_eq!(classic, text_classic);
+
+    // Schema 4 doubles the resolution: -187, -177, -143.
+    let four = ExportOptions { schema: "4".parse().unwrap(), ..ExportOptions::default() };
+    let body = encode(Page::new(fixture::snapshot(), &four, fixture::conns()), format).unwrap().to_vec();
+    let families: Vec<MetricFamily> = {
+        let mut rest = &body[..];
+        std::iter::from_fn(|| (!rest.is_empty()).then(|| MetricFamily::decode_length_delimited(&mut rest).unwrap()))
+            .collect()
+    };
+    let h = families
+        .iter()
+        .find(|f| f.name == "wireguard_peer_latency_seconds")
+        .and_then(|f| f.metric.iter().find(|m| m.label.iter().any(|l| l.value == "tcp_ts")))
+        .and_then(|m| m.histogram.as_ref())
+        .unwrap();
+    let spans: Vec<(i32, u32)> = h.positive_span.iter().map(|s| (s.offset, s.length)).collect();
+    assert_eq!((h.schema, spans), (4, vec![(-187, 1), (9, 1), (33, 1)]));
 }

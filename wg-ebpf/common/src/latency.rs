@@ -1,4 +1,5 @@
-//! Latency samples: what the programs record, and the log-linear buckets both sides agree on.
+//! Latency samples: what the programs record and how they match questions to answers (the
+//! buckets are in [`crate::buckets`]).
 
 /// What a latency histogram measures. The value is part of [`HistKey`].
 #[repr(u16)]
@@ -53,40 +54,6 @@ impl Kind {
     }
 }
 
-/// Sub-buckets per power of two. 16 keep a bucket within 6.25 % of its value, so a median
-/// read from the buckets is good to ~3 %: within the 5 % (or 1 ms) latency tests ask for.
-pub const SUB_BITS: u32 = 4;
-pub const SUBS: u64 = 1 << SUB_BITS;
-
-/// The bucket of a sample of `ns` nanoseconds: values below 16 ns each have their own
-/// bucket; above, bucket = 16·floor(log2 v) + the next 4 bits after the leading one
-/// (log-linear, as HdrHistogram and cloudflare's ebpf_exporter do).
-#[inline(always)]
-pub const fn bucket_of(ns: u64) -> u16 {
-    if ns < SUBS {
-        return ns as u16;
-    }
-    let log2 = 63 - ns.leading_zeros();
-    let sub = (ns >> (log2 - SUB_BITS)) & (SUBS - 1);
-    ((log2 - SUB_BITS + 1) as u64 * SUBS + sub) as u16
-}
-
-/// The smallest value in bucket `b` (its lower edge, inclusive), in nanoseconds.
-pub const fn bucket_lower_ns(b: u16) -> u64 {
-    let b = b as u64;
-    if b < SUBS {
-        return b;
-    }
-    let log2 = b / SUBS + SUB_BITS as u64 - 1;
-    let sub = b % SUBS;
-    (1 << log2) + (sub << (log2 - SUB_BITS as u64))
-}
-
-/// The upper edge (exclusive) of bucket `b`, in nanoseconds.
-pub const fn bucket_upper_ns(b: u16) -> u64 {
-    bucket_lower_ns(b + 1)
-}
-
 /// Key of a histogram entry: one per (peer slot, kind, bucket) that has samples, so idle
 /// peers cost nothing.
 #[repr(C)]
@@ -94,6 +61,7 @@ pub const fn bucket_upper_ns(b: u16) -> u64 {
 pub struct HistKey {
     pub slot: u32,
     pub kind: u16,
+    /// [`crate::buckets::bucket_of`] the sample.
     pub bucket: u16,
 }
 
@@ -280,27 +248,4 @@ pub mod stats {
     /// Delay FIFO entries pushed out because more packets were inside WireGuard than fit.
     pub const FIFO_OVERFLOW: u32 = 5;
     pub const ENTRIES: u32 = 6;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn buckets_are_contiguous_and_fine() {
-        let mut prev_upper = 0;
-        for b in 0..600u16 {
-            let (lo, hi) = (bucket_lower_ns(b), bucket_upper_ns(b));
-            assert_eq!(lo, prev_upper, "bucket {b} starts where {} ends", b.saturating_sub(1));
-            assert!(hi > lo);
-            assert_eq!(bucket_of(lo), b);
-            assert_eq!(bucket_of(hi - 1), b);
-            if lo >= 1024 {
-                assert!((hi - lo) as f64 / lo as f64 <= 1.0 / 16.0 + 1e-9, "bucket {b}: {lo}..{hi}");
-            }
-            prev_upper = hi;
-        }
-        // 10 s lands below 600.
-        assert!(bucket_of(10_000_000_000) < 600);
-    }
 }

@@ -5,6 +5,7 @@
 //! `aya::Pod` so aya can copy them in and out of maps.
 #![no_std]
 
+pub mod buckets;
 pub mod latency;
 pub mod path;
 pub mod pinning;
