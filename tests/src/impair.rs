@@ -8,6 +8,9 @@
 //!   message whose next is of another session, or that waits past the relay's read timeout,
 //!   goes on unswapped).
 //! - Send every k-th twice.
+//! - Hold each one longer than the relay's delay by a spread ([`Jitter`]): the latency
+//!   tests' known distribution. Datagrams stay in order (one waits behind a later-due one),
+//!   so a spread wider than the gap between messages skews it; the tests space them wider.
 
 use std::{collections::HashMap, time::Duration};
 
@@ -21,6 +24,18 @@ pub struct Impairment {
     pub drop_every: u64,
     pub swap_every: u64,
     pub duplicate_every: u64,
+    pub jitter: Jitter,
+}
+
+/// Extra time a transport message is held, beyond the relay's delay.
+#[derive(Clone, Copy, Debug, Default)]
+pub enum Jitter {
+    #[default]
+    None,
+    /// Uniform over [0, max), from a fixed-seed xorshift (the same run every time).
+    Uniform { max: Duration },
+    /// `high` for every k-th message, `low` for the others.
+    Bimodal { low: Duration, high: Duration, high_every: u64 },
 }
 
 /// What was done.
@@ -39,6 +54,9 @@ pub(crate) struct State {
     /// Per receiver index: the highest counter dropped whose drop is not counted yet.
     unconfirmed: HashMap<u32, Vec<u64>>,
     held: Option<Vec<u8>>,
+    /// Transport messages seen by [`State::jitter`], and its xorshift state.
+    jittered: u64,
+    random: u64,
 }
 
 /// A WireGuard transport message: (receiver index, counter).
@@ -48,6 +66,31 @@ fn transport(m: &[u8]) -> Option<(u32, u64)> {
 }
 
 impl State {
+    /// How much longer than the relay's delay to hold `m`.
+    pub(crate) fn jitter(&mut self, m: &[u8]) -> Duration {
+        if transport(m).is_none() {
+            return Duration::ZERO;
+        }
+        self.jittered += 1;
+        match self.how.jitter {
+            Jitter::None => Duration::ZERO,
+            Jitter::Uniform { max } => {
+                let x = if self.random == 0 { 0x9e37_79b9_7f4a_7c15 } else { self.random };
+                let x = x ^ (x << 13);
+                let x = x ^ (x >> 7);
+                self.random = x ^ (x << 17);
+                max.mul_f64((self.random >> 11) as f64 / (1u64 << 53) as f64)
+            }
+            Jitter::Bimodal { low, high, high_every } => {
+                if high_every > 0 && self.jittered.is_multiple_of(high_every) {
+                    high
+                } else {
+                    low
+                }
+            }
+        }
+    }
+
     /// The datagrams to send for `m`, in order.
     pub(crate) fn pass(&mut self, m: Vec<u8>) -> Vec<Vec<u8>> {
         let Some((index, counter)) = transport(&m) else { return self.flush().into_iter().chain([m]).collect() };

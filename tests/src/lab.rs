@@ -323,6 +323,11 @@ impl Lab {
     }
 
     /// Runs `program args` in the side's namespace.
+    /// A directory of the lab's own, removed with it: for a test's files.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     pub fn exec(&self, name: char, program: &str, args: &[&str]) -> Result<String> {
         run(netns::cmd(&self.side(name).ns, program).args(args))
     }

@@ -12,23 +12,30 @@ pub struct Prometheus {
     child: std::process::Child,
     ns: String,
     log: PathBuf,
+    port: u16,
 }
 
 impl Prometheus {
     pub fn start(ns: &str, config: &str, data: &Path) -> Self {
+        Self::start_with(ns, config, data, 9090, &[])
+    }
+
+    /// On 127.0.0.1:`port`, with more flags (`--enable-feature=native-histograms`).
+    pub fn start_with(ns: &str, config: &str, data: &Path, port: u16, flags: &[&str]) -> Self {
         let log = data.with_extension("log");
         let out = std::fs::File::create(&log).unwrap();
         let child = netns::cmd(ns, "prometheus")
             .args([
                 &format!("--config.file={config}"),
                 &format!("--storage.tsdb.path={}", data.display()),
-                "--web.listen-address=127.0.0.1:9090",
+                &format!("--web.listen-address=127.0.0.1:{port}"),
             ])
+            .args(flags)
             .stdout(out.try_clone().unwrap())
             .stderr(out)
             .spawn()
             .expect("prometheus (cargo xtask setup installs it)");
-        let p = Prometheus { child, ns: ns.to_string(), log };
+        let p = Prometheus { child, ns: ns.to_string(), log, port };
         let t0 = Instant::now();
         while p.query("vector(1)").is_none() {
             assert!(t0.elapsed() < Duration::from_secs(20), "prometheus did not start:\n{}", p.log());
@@ -59,9 +66,8 @@ impl Prometheus {
 
     /// A GET of the HTTP API, parsed.
     pub fn api(&self, path: &str) -> Option<serde_json::Value> {
-        let path = path.to_string();
-        let body =
-            netns::within(&self.ns, move || http_get_with("127.0.0.1:9090".parse().unwrap(), &path, &[])).ok()?.1;
+        let (path, at) = (path.to_string(), std::net::SocketAddr::from(([127, 0, 0, 1], self.port)));
+        let body = netns::within(&self.ns, move || http_get_with(at, &path, &[])).ok()?.1;
         serde_json::from_str(&body).ok()
     }
 }

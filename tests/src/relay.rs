@@ -1,4 +1,5 @@
-//! A UDP relay that delays every datagram by a fixed time, each way: the lab's stand-in for
+//! A UDP relay that delays every datagram by a fixed time (and transport messages by a
+//! spread on top, if asked), each way: the lab's stand-in for
 //! netem, which this kernel lacks. It runs as threads of the test process inside the middle
 //! namespace.
 //!
@@ -78,12 +79,16 @@ impl Relay {
             threads.push(std::thread::spawn(move || {
                 let mut buf = vec![0u8; 65536];
                 while !stop_rx.load(Ordering::Relaxed) {
-                    let out = match from.recv_from(&mut buf) {
-                        Ok((n, _)) => impair.lock().unwrap().pass(buf[..n].to_vec()),
+                    let (out, extra) = match from.recv_from(&mut buf) {
+                        Ok((n, _)) => {
+                            let mut state = impair.lock().unwrap();
+                            let extra = state.jitter(&buf[..n]);
+                            (state.pass(buf[..n].to_vec()), extra)
+                        }
                         // Quiet for a read timeout: a held message goes on.
-                        Err(_) => impair.lock().unwrap().flush().into_iter().collect(),
+                        Err(_) => (impair.lock().unwrap().flush().into_iter().collect(), Duration::ZERO),
                     };
-                    let due = Instant::now() + delay;
+                    let due = Instant::now() + delay + extra;
                     if out.into_iter().any(|m| tx.send((due, m)).is_err()) {
                         break;
                     }
