@@ -53,8 +53,13 @@ fn against_the_truth(shape: &str, jitter: Jitter) {
     )
     .unwrap();
     let config = config.to_str().unwrap();
-    let native =
-        Prometheus::start_with(&lab.a.ns, config, &lab.dir().join("native"), 9090, &["--enable-feature=native-histograms"]);
+    let native = Prometheus::start_with(
+        &lab.a.ns,
+        config,
+        &lab.dir().join("native"),
+        9090,
+        &["--enable-feature=native-histograms"],
+    );
     let classic = Prometheus::start_with(&lab.a.ns, config, &lab.dir().join("classic"), 9091, &[]);
 
     // 50 ms apart: wider than the spread, so no message waits behind another in the relay.
@@ -80,7 +85,9 @@ fn against_the_truth(shape: &str, jitter: Jitter) {
     for q in [0.5, 0.9, 0.99] {
         let t = quantile(&truth, q);
         let nat = native.query(&format!("histogram_quantile({q}, {icmp})")).unwrap();
-        let cla = classic.query(&format!(r#"histogram_quantile({q}, wireguard_peer_latency_seconds_bucket{{method="icmp"}})"#)).unwrap();
+        let cla = classic
+            .query(&format!(r#"histogram_quantile({q}, wireguard_peer_latency_seconds_bucket{{method="icmp"}})"#))
+            .unwrap();
         println!(
             "| {shape} | p{} | {:.2} ms | {:.2} ms ({:+.1} %) | {:.2} ms ({:+.1} %) |",
             q * 100.0,
@@ -91,6 +98,16 @@ fn against_the_truth(shape: &str, jitter: Jitter) {
             (cla / t - 1.0) * 100.0
         );
         assert!(nat >= (t - 0.0001) / bucket && nat <= t * bucket, "{shape} p{q}: native {nat} s, truth {t} s");
+    }
+
+    // The collector's own state API reads the same buckets as Prometheus does.
+    let (_, body) = c.get("/api/v1/state", &[]).unwrap();
+    let state: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let peer = &state["devices"][0]["peers"][0];
+    for (field, q) in [("p50", 0.5), ("p99", 0.99)] {
+        let own = peer["latency"][field].as_f64().unwrap();
+        let prom = native.query(&format!("histogram_quantile({q}, {icmp})")).unwrap();
+        assert!((own - prom).abs() <= 1e-9 * prom, "{shape}: state {field} {own} s, Prometheus {prom} s");
     }
 
     // Every encap and decap sample reached both servers: the native count is the classic.

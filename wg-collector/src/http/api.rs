@@ -8,8 +8,17 @@ use crate::{histogram::Series, metrics::ExportOptions, refresh::Snapshot};
 
 pub fn state(snap: &Snapshot, opts: &ExportOptions) -> Value {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64();
-    let buckets = &opts.buckets;
-    let hist = |s: &Series| json!({ "count": s.count, "sum": s.sum_seconds(), "buckets": s.exposition(buckets) });
+    let (buckets, schema) = (&opts.buckets, opts.schema);
+    // p50/p99 as Prometheus reads them from the native histogram the protobuf page serves.
+    let hist = |s: &Series| {
+        json!({
+            "count": s.count,
+            "sum": s.sum_seconds(),
+            "p50": s.quantile(0.5, schema),
+            "p99": s.quantile(0.99, schema),
+            "buckets": s.exposition(buckets),
+        })
+    };
     let devices: Vec<Value> = snap
         .devices
         .iter()
