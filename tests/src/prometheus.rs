@@ -54,14 +54,16 @@ impl Prometheus {
     }
 
     /// The values of an instant query's samples (empty: the query returned nothing; None: it
-    /// failed).
+    /// failed). A native histogram's value is its count.
     pub fn query_all(&self, q: &str) -> Option<Vec<f64>> {
         let v = self.api(&format!("/api/v1/query?query={}", encode(q)))?;
         if v["status"] != "success" {
             return None;
         }
         let result = v["data"]["result"].as_array()?;
-        Some(result.iter().filter_map(|r| r["value"][1].as_str()?.parse().ok()).collect())
+        let value =
+            |r: &serde_json::Value| r["value"][1].as_str().or(r["histogram"][1]["count"].as_str())?.parse().ok();
+        Some(result.iter().filter_map(value).collect())
     }
 
     /// A GET of the HTTP API, parsed.

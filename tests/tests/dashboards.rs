@@ -194,7 +194,17 @@ fn a_real_prometheus_answers_every_panel_and_the_stale_alert_fires() {
         ),
     )
     .unwrap();
-    let prom = Prometheus::start(&lab.a.ns, dir.join("prometheus.yml").to_str().unwrap(), &dir.join("data"));
+    let config = dir.join("prometheus.yml");
+    let prom = Prometheus::start(&lab.a.ns, config.to_str().unwrap(), &dir.join("data"));
+    // And one that scrapes native histograms (protobuf): no `le`, `_sum` or `_count` series of
+    // histograms there, so every histogram query must also read the native one.
+    let native = Prometheus::start_with(
+        &lab.a.ns,
+        config.to_str().unwrap(),
+        &dir.join("native"),
+        9091,
+        &["--enable-feature=native-histograms"],
+    );
 
     // Traffic of every kind the panels show: a handshake, pings, a TCP exchange, junk.
     lab.reset_peer('a').unwrap();
@@ -204,18 +214,29 @@ fn a_real_prometheus_answers_every_panel_and_the_stale_alert_fires() {
     while t0.elapsed() < Duration::from_secs(20) {
         lab.exec('a', "ping", &["-c", "10", "-i", "0.1", "-q", &target]).unwrap();
     }
+    let empty = |p: &Prometheus, q: &str| p.query_all(q).is_none_or(|v| v.is_empty());
     let missing: Vec<String> = queries()
         .into_iter()
-        .filter(|(_, q)| prom.query_all(q).is_none_or(|v| v.is_empty()))
-        .map(|(panel, q)| format!("{panel}: {q}"))
+        .flat_map(|(panel, q)| [("classic", &prom), ("native", &native)].map(|(s, p)| (s, p, panel.clone(), q.clone())))
+        .filter(|(_, p, _, q)| empty(p, q))
+        .map(|(server, _, panel, q)| format!("{server}: {panel}: {q}"))
         .collect();
     let records: Vec<String> =
         rules.lines().filter_map(|l| l.trim().strip_prefix("- record: ")).map(String::from).collect();
-    let empty_records: Vec<&String> =
-        records.iter().filter(|r| prom.query_all(r).is_none_or(|v| v.is_empty())).collect();
+    // A record of `le` buckets is the classic fallback: empty where histograms are native.
+    let empty_records: Vec<String> = records
+        .iter()
+        .flat_map(|r| [("classic", &prom), ("native", &native)].map(|(s, p)| (s, p, r)))
+        .filter(|(s, p, r)| empty(p, r) && !(*s == "native" && r.contains("_bucket")))
+        .map(|(s, _, r)| format!("{s}: {r}"))
+        .collect();
     assert!(missing.is_empty(), "panels without data:\n{}", missing.join("\n"));
     assert!(empty_records.is_empty(), "recording rules without data: {empty_records:?}");
     assert!(records.len() >= 4);
+    // The native server holds the kernel's buckets: one series per histogram, schema 3.
+    assert_eq!(native.query_all("wireguard_peer_latency_seconds_bucket"), Some(vec![]));
+    assert!(!empty(&native, "histogram_count(wireguard_peer_latency_seconds)"));
+    drop(native);
 
     // Side b stops: a's last handshake ages past 180 s and the alert fires.
     let handshake =

@@ -115,11 +115,6 @@ fn upper(bucket: u16) -> f64 {
     native_index(bucket).map_or(ZERO_THRESHOLD_SECONDS, |i| upper_bound(i, SCHEMA))
 }
 
-/// A kernel bucket's lower bound in seconds.
-fn lower(bucket: u16) -> f64 {
-    native_index(bucket).map_or(0.0, |i| lower_bound(i, SCHEMA))
-}
-
 /// A native histogram's buckets as the protobuf carries them: the zero bucket's count, the
 /// populated buckets as spans (offset from the end of the span before, or the first index;
 /// length) and their counts as deltas (each from the bucket before).

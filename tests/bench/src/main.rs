@@ -3,6 +3,7 @@
 //! 1, 1,000 and 10,000 peers in the maps. Variants alternate within each repetition so noise
 //! hits them alike; the median of the repetitions is reported. Prints a Markdown table.
 
+mod formats;
 mod load;
 mod scale;
 mod soak;
@@ -56,6 +57,7 @@ fn probe(peers: u32, delay: bool) -> Result<DeviceProbe> {
     p.sync(&list)?;
     p.set_listen_port(51820)?;
     p.program("bench_noop")?.load()?;
+    p.program("check_bucket_of")?.load()?;
     Ok(p)
 }
 
@@ -160,6 +162,19 @@ fn cases(peers: u32) -> Vec<Case> {
             delay: true,
         },
     ];
+    if peers == 1 {
+        // What a sample adds for its bucket: the native bucket of 17.3 ms (any value costs
+        // the same: no loop, five compares).
+        let mut value = 17_300_000u64.to_le_bytes().to_vec();
+        value.resize(64, 0);
+        cases.push(Case {
+            hook: "any",
+            what: "latency sample: its native bucket (`bucket_of`, the program `check_bucket_of`)",
+            program: "check_bucket_of",
+            packet: value,
+            delay: true,
+        });
+    }
     if let Some(hashed) = hashed {
         let what = "data message: parse (endpoint not at its place: the hash) + encap FIFO";
         cases.push(Case {
@@ -195,6 +210,10 @@ fn main() -> Result<()> {
         println!("## Scrape at scale ({})\n", collector_binary()?.display());
         return scale::run(quick, false);
     }
+    if args.iter().any(|a| a == "--formats-only") {
+        println!("## Text vs protobuf at scale, latency on every peer\n");
+        return formats::run(quick);
+    }
     println!("## eBPF cost per packet and hook\n");
     ebpf_costs(quick)?;
     if args.iter().any(|a| a == "--ebpf-only") {
@@ -203,6 +222,8 @@ fn main() -> Result<()> {
     }
     println!("\n## Scrape at scale\n");
     scale::run(quick, true)?;
+    println!("\n## Text vs protobuf at scale, latency on every peer\n");
+    formats::run(quick)?;
     println!("\n## Tunnel throughput with and without our programs\n");
     throughput::run(quick)?;
     println!("\n## Load: 200 concurrent scrapers\n");

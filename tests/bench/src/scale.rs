@@ -32,7 +32,7 @@ fn scrape(ns: &str, port: u16) -> Result<(f64, usize)> {
     scrape_with(ns, port, &[])
 }
 
-fn scrape_with(ns: &str, port: u16, headers: &'static [(&'static str, &'static str)]) -> Result<(f64, usize)> {
+pub fn scrape_with(ns: &str, port: u16, headers: &'static [(&'static str, &'static str)]) -> Result<(f64, usize)> {
     let t = Instant::now();
     let (head, body) =
         netns::within(ns, move || http_get_bytes(format!("127.0.0.1:{port}").parse().unwrap(), "/metrics", headers))?;
