@@ -293,6 +293,13 @@ fn the_live_page_shows_the_peers_and_a_latency_chart() {
     let samples: u64 =
         dom.split("data-samples=\"").nth(1).and_then(|s| s.split('"').next()).and_then(|n| n.parse().ok()).unwrap_or(0);
     assert!(samples >= 20, "latency chart with {samples} samples:\n{dom}");
+    // The peer's p50 and p99 as the state API has them (the native histogram's quantiles).
+    let state: Value = serde_json::from_str(&c.get("/api/v1/state", &[]).unwrap().1).unwrap();
+    for q in ["p50", "p99"] {
+        let s = state["devices"][0]["peers"][0]["latency"][q].as_f64().unwrap();
+        let shown = if s < 0.01 { format!("{:.2} ms", s * 1e3) } else { format!("{:.1} ms", s * 1e3) };
+        assert!(dom.contains(&format!("class=\"num {q}\">{shown}<")), "{q} {shown} not shown:\n{dom}");
+    }
     assert!(shot.exists(), "no screenshot: {}", String::from_utf8_lossy(&out.stderr));
     drop(c);
 }

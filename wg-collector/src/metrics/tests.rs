@@ -315,6 +315,18 @@ fn the_protobuf_page_carries_every_family_and_native_histograms() {
         .collect();
     assert_eq!(classic, text_classic);
 
+    // Gzip is the same page, compressed (but for the reading's age, which moves on).
+    let gzip =
+        encode(Page::new(fixture::snapshot(), &opts, fixture::conns()), Format { gzip: true, ..format }).unwrap();
+    let mut unzipped = Vec::new();
+    flate2::read::MultiGzDecoder::new(&gzip.to_vec()[..]).read_to_end(&mut unzipped).unwrap();
+    let decode = |mut rest: &[u8]| -> Vec<MetricFamily> {
+        std::iter::from_fn(|| (!rest.is_empty()).then(|| MetricFamily::decode_length_delimited(&mut rest).unwrap()))
+            .filter(|f| f.name != "wireguard_collector_reading_age_seconds")
+            .collect()
+    };
+    assert!(decode(&unzipped) == decode(&body), "the gzipped protobuf page differs");
+
     // Schema 4 doubles the resolution: -187, -177, -143.
     let four = ExportOptions { schema: "4".parse().unwrap(), ..ExportOptions::default() };
     let body = encode(Page::new(fixture::snapshot(), &four, fixture::conns()), format).unwrap().to_vec();
