@@ -46,7 +46,8 @@ impl Implementation {
 pub const UAPI_DIR: &str = "/var/run/wireguard";
 /// WireGuard's listen port on both sides.
 pub const PORT: u16 = 51820;
-const PREFIX: &str = "wgl";
+/// Every lab namespace's name starts so: a killed test's are swept by it.
+pub const PREFIX: &str = "wgl";
 
 /// One peer of the lab.
 pub struct Side {

@@ -4,6 +4,7 @@
 //! hits them alike; the median of the repetitions is reported. Prints a Markdown table.
 
 mod formats;
+mod forward;
 mod load;
 mod scale;
 mod soak;
@@ -210,6 +211,10 @@ fn main() -> Result<()> {
         println!("## Scrape at scale ({})\n", collector_binary()?.display());
         return scale::run(quick, false);
     }
+    if args.iter().any(|a| a == "--forward-only") {
+        println!("## Kernel speed: the programs on an L3 kernel device at one CPU's limit\n");
+        return forward::run(quick);
+    }
     if args.iter().any(|a| a == "--formats-only") {
         println!("## Text vs protobuf at scale, latency on every peer\n");
         return formats::run(quick);
@@ -224,6 +229,8 @@ fn main() -> Result<()> {
     scale::run(quick, true)?;
     println!("\n## Text vs protobuf at scale, latency on every peer\n");
     formats::run(quick)?;
+    println!("\n## Kernel speed: the programs on an L3 kernel device at one CPU's limit\n");
+    forward::run(quick)?;
     println!("\n## Tunnel throughput with and without our programs\n");
     throughput::run(quick)?;
     println!("\n## Load: 200 concurrent scrapers\n");
