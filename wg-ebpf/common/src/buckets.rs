@@ -17,7 +17,8 @@ pub const ZERO_BUCKET: u16 = 0;
 pub const ZERO_THRESHOLD_SECONDS: f64 = 1.0 / (1u64 << 30) as f64;
 
 /// A bucket number is the native index at [`SCHEMA`] plus this (1 ns is index -478,
-/// u64::MAX ns index 546), so it fits the u16 of [`HistKey`] and 0 stays the zero bucket.
+/// u64::MAX ns index 546), so it fits the u16 of [`crate::latency::HistKey`] and 0 stays the
+/// zero bucket.
 pub const INDEX_OFFSET: i32 = 512;
 
 /// The upper bounds of the 16 buckets of the doubling (0.5, 1] s, as Prometheus has them (the
