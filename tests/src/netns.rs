@@ -26,16 +26,37 @@ pub fn sh(args: &[&str]) -> Result<String> {
     run(Command::new(args[0]).args(&args[1..]))
 }
 
+/// Moves the calling thread into network namespace `ns` (for good: call it on a thread of
+/// its own).
+pub fn enter(ns: &str) -> Result<()> {
+    let path = format!("/run/netns/{ns}");
+    let file = File::open(&path).with_context(|| format!("opening {path}"))?;
+    // SAFETY: setns on this thread only, with a valid namespace fd.
+    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        bail!("setns {path}: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Pins the calling thread to `cpu`.
+pub fn pin_to_cpu(cpu: usize) -> Result<()> {
+    // SAFETY: a zeroed cpu_set_t with one bit set, for this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            bail!("pinning to CPU {cpu}: {}", std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// Runs `f` on a thread that has entered network namespace `ns`: sockets it opens live
 /// there. The calling thread is not moved.
 pub fn within<T: Send + 'static>(ns: &str, f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    let path = format!("/run/netns/{ns}");
+    let ns_name = ns.to_string();
     std::thread::spawn(move || {
-        let file = File::open(&path).with_context(|| format!("opening {path}"))?;
-        // SAFETY: setns on this thread only, with a valid namespace fd.
-        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            bail!("setns {path}: {}", std::io::Error::last_os_error());
-        }
+        enter(&ns_name)?;
         f()
     })
     .join()

@@ -88,23 +88,11 @@ fn open_tun(name: &str) -> Result<File> {
     Ok(file)
 }
 
-fn pin_to_cpu(cpu: usize) -> Result<()> {
-    // SAFETY: a zeroed cpu_set_t with one bit set, for this thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            bail!("pinning to CPU {cpu}: {}", std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
 /// Sends to the `peers` destinations round-robin for `secs` from CPU [`CPU`] inside `ns`;
 /// returns datagrams sent per second.
 fn blast(ns: &str, peers: u32, secs: f64) -> Result<f64> {
     netns::within(ns, move || {
-        pin_to_cpu(CPU)?;
+        netns::pin_to_cpu(CPU)?;
         let sock = std::net::UdpSocket::bind("10.63.0.1:0")?;
         let addrs: Vec<libc::sockaddr_in> = (0..peers)
             .map(|i| libc::sockaddr_in {
@@ -167,11 +155,7 @@ impl Attached {
         let ns = ns.to_string();
         let thread = std::thread::spawn(move || -> Result<Stats> {
             let run = || -> Result<_> {
-                let file = File::open(format!("/run/netns/{ns}"))?;
-                // SAFETY: setns on this thread only, with a valid namespace fd.
-                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    bail!("setns {ns}: {}", std::io::Error::last_os_error());
-                }
+                netns::enter(&ns)?;
                 let mut p = probe(peers, matches!(v, Variant::Everything))?;
                 let egress = match v {
                     // The hook's own cost: a program that does nothing, attached the same way.

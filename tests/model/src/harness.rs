@@ -114,7 +114,7 @@ impl Harness {
                 .map(|(cpu, p)| {
                     let start = &start;
                     scope.spawn(move || -> Result<()> {
-                        pin_to_cpu(cpu)?;
+                        wg_tests::netns::pin_to_cpu(cpu)?;
                         start.wait();
                         let r =
                             prog.test_run(TestRunOptions { data_in: Some(&p.data), repeat, ..Default::default() })?;
@@ -155,18 +155,6 @@ impl Harness {
         out.truncate(r.data_size_out as usize);
         Ok((r.return_value, out))
     }
-}
-
-fn pin_to_cpu(cpu: usize) -> Result<()> {
-    // SAFETY: a zeroed cpu_set_t with one bit set, for this thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            anyhow::bail!("pinning to CPU {cpu}: {}", std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
 }
 
 /// The fields in which the kernel's state and the model's differ, each side shown.
