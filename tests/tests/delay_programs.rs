@@ -9,7 +9,10 @@ use wg_collector::{
     bpf::{DeviceProbe, ProbeOptions},
     wireguard::{Key, Peer},
 };
-use wg_common::{latency::Kind, names};
+use wg_common::{
+    latency::{Kind, FIFO_LEN},
+    names,
+};
 use wg_tests::packets::{eth_udp4, ipv4, wg, UDP};
 
 const PEER: Key = Key([3; 32]);
@@ -102,17 +105,21 @@ fn decap_pairs_messages_with_their_plaintext() {
 #[test]
 fn overflow_lets_the_orphaned_messages_go_without_samples() {
     let mut p = probe();
-    // 70 packets in: 6 more than the FIFO holds; the first 6 lose their entries.
-    for _ in 0..70 {
+    // 6 packets more than the FIFO holds: the first 6 lose their entries.
+    for _ in 0..FIFO_LEN + 6 {
         plain_out(&mut p, 100);
     }
-    for _ in 0..70 {
+    for _ in 0..FIFO_LEN + 6 {
         msg_out(&mut p, 100);
     }
     let s = p.latency_stats().unwrap();
     assert_eq!(s.fifo_overflow, 6);
-    assert_eq!(samples(&p, Kind::Encap), 64);
+    assert_eq!(samples(&p, Kind::Encap), FIFO_LEN as u64);
     assert_eq!(s.fifo_resync, 0);
+    // Emptied, it pairs again from where it stands.
+    plain_out(&mut p, 84);
+    msg_out(&mut p, 84);
+    assert_eq!(samples(&p, Kind::Encap), FIFO_LEN as u64 + 1);
 }
 
 #[test]

@@ -12,8 +12,8 @@
 //! - a packet WireGuard drops inside (no session yet, a full queue, a bad message) leaves an
 //!   entry that no message will take: an entry whose size cannot be the message's (padding
 //!   makes a message 32 + 0..15 bytes longer than its plaintext), or older than
-//!   [`MAX_AGE_NS`], is given up and the next one tried;
-//! - more packets inside than the FIFO holds: the oldest entry is pushed out and the message
+//!   [`FifoEntry::MAX_AGE_NS`], is given up and the next one tried;
+//! - more packets (or GSO batches) inside than the FIFO holds ([`FIFO_LEN`]): the oldest entry is pushed out and the message
 //!   that belonged to it is let go without a sample (`orphans`), keeping the pairing.
 //!
 //! The FIFO is shared by all CPUs without locks: two CPUs sending to one peer at the same
@@ -22,9 +22,6 @@
 use wg_common::latency::{fifo_key, stats, Fifo, FifoEntry, Kind, FIFO_LEN};
 
 use crate::{latency, DELAY_FIFO};
-
-/// An entry older than this is a packet that never came out (a dropped one), not a slow one.
-pub(crate) const MAX_AGE_NS: u64 = 500_000_000;
 
 /// Encap and decap tracking can be switched off at load time (`--latency.no-delay`): it reads
 /// the clock for every packet.
@@ -37,39 +34,53 @@ pub(crate) fn enabled() -> bool {
     unsafe { core::ptr::read_volatile(&DELAY_ENABLED) != 0 }
 }
 
-const EMPTY: Fifo =
-    Fifo { head: 0, tail: 0, orphans: 0, _pad: 0, entries: [FifoEntry { t: 0, len: 0, count: 0 }; FIFO_LEN] };
+/// The FIFO of a peer and direction: an array value (one cache line, see [`FIFO_LEN`]),
+/// shared by all CPUs without locks. A head or count no single writer could leave (two CPUs
+/// interleaved) empties it: the packets inside then come out without samples.
+#[inline(always)]
+fn fifo(slot: u32, decap: bool) -> Option<&'static mut Fifo> {
+    // SAFETY: an array value, valid for this run (see the module doc on concurrent writers).
+    let f = unsafe { &mut *DELAY_FIFO.get_ptr_mut(fifo_key(slot, decap))? };
+    if f.head as usize >= FIFO_LEN || f.used as usize > FIFO_LEN {
+        (f.head, f.used) = (0, 0);
+    }
+    Some(f)
+}
+
+/// The place `n` entries after `i` (both < FIFO_LEN): a compare instead of a division.
+#[inline(always)]
+fn after(i: u8, n: u8) -> usize {
+    let j = i as usize + n as usize;
+    if j >= FIFO_LEN {
+        j - FIFO_LEN
+    } else {
+        j
+    }
+}
 
 /// A packet (or `count` GSO segments) of `len` bytes (0 = don't check sizes) went in.
 #[inline(always)]
 pub(crate) fn push(slot: u32, decap: bool, now: u64, len: u32, count: u32) {
-    let key = fifo_key(slot, decap);
-    let mut f = DELAY_FIFO.get_ptr_mut(&key);
-    if f.is_none() {
-        let _ = DELAY_FIFO.insert(&key, &EMPTY, 0);
-        f = DELAY_FIFO.get_ptr_mut(&key);
-    }
-    let Some(f) = f else { return };
-    // SAFETY: a value of a BPF_F_NO_PREALLOC hash, valid for this run (see the module doc on
-    // concurrent writers).
-    let f = unsafe { &mut *f };
-    if f.tail.wrapping_sub(f.head) >= FIFO_LEN as u32 {
-        let old = f.entries[(f.head as usize) % FIFO_LEN];
-        f.orphans = f.orphans.wrapping_add(old.count);
-        f.head = f.head.wrapping_add(1);
+    let Some(f) = fifo(slot, decap) else { return };
+    if f.used as usize >= FIFO_LEN {
+        if let Some(old) = f.entries.get(f.head as usize) {
+            f.orphans = f.orphans.wrapping_add(old.count());
+        }
+        f.head = after(f.head, 1) as u8;
+        f.used -= 1;
         latency::stat(stats::FIFO_OVERFLOW);
     }
-    f.entries[(f.tail as usize) % FIFO_LEN] = FifoEntry { t: now, len, count };
-    f.tail = f.tail.wrapping_add(1);
+    if let Some(e) = f.entries.get_mut(after(f.head, f.used)) {
+        *e = FifoEntry::new(now, len, count);
+        f.used += 1;
+    }
 }
 
 /// `count` packets came out, of `len` bytes (the plaintext, or the message's padded
 /// plaintext; 0 = don't check): each takes the oldest entry's time, one sample per packet.
 #[inline(always)]
 pub(crate) fn pop(slot: u32, decap: bool, now: u64, len: u32, count: u32) {
-    let Some(f) = DELAY_FIFO.get_ptr_mut(&fifo_key(slot, decap)) else { return };
-    // SAFETY: see `push`.
-    let f = unsafe { &mut *f };
+    let Some(f) = fifo(slot, decap) else { return };
     let kind = if decap { Kind::Decap } else { Kind::Encap } as u16;
     let mut left = count;
     let let_go = core::cmp::min(f.orphans, left);
@@ -78,26 +89,25 @@ pub(crate) fn pop(slot: u32, decap: bool, now: u64, len: u32, count: u32) {
     // A few entries at most: a GSO batch usually meets the batch that went in, and an entry
     // given up is rare. What is left after that goes without a sample.
     for _ in 0..4 {
-        if left == 0 || f.head == f.tail {
+        if left == 0 || f.used == 0 {
             return;
         }
-        let i = (f.head as usize) % FIFO_LEN;
-        let e = f.entries[i];
-        let stale = now.saturating_sub(e.t) > MAX_AGE_NS || now < e.t;
-        let mismatched = count == 1 && e.len != 0 && len != 0 && !sizes_match(e.len, len, decap);
-        if stale || mismatched {
-            f.head = f.head.wrapping_add(1);
-            latency::stat(stats::FIFO_RESYNC);
-            continue;
-        }
-        let n = core::cmp::min(left, e.count);
-        latency::record_n(slot, kind, now - e.t, n as u64);
-        left -= n;
-        if e.count > n {
-            f.entries[i].count = e.count - n;
+        let Some(e) = f.entries.get_mut(f.head as usize) else { return };
+        let age = e.age(now);
+        let mismatched = count == 1 && e.len() != 0 && len != 0 && !sizes_match(e.len(), len, decap);
+        let n = core::cmp::min(left, e.count());
+        if age <= FifoEntry::MAX_AGE_NS && !mismatched {
+            latency::record_n(slot, kind, age, n as u64);
+            left -= n;
+            if e.count() > n {
+                *e = e.with_count(e.count() - n);
+                continue;
+            }
         } else {
-            f.head = f.head.wrapping_add(1);
+            latency::stat(stats::FIFO_RESYNC);
         }
+        f.head = after(f.head, 1) as u8;
+        f.used -= 1;
     }
 }
 

@@ -71,10 +71,10 @@ static PENDING: Array<Value<maps::Pending>> = Array::with_max_entries(DEFAULT_MA
 static LATENCY_HIST: PerCpuHashMap<MapKey<maps::LatencyHist>, Value<maps::LatencyHist>> =
     PerCpuHashMap::with_max_entries(DEFAULT_MAX_HIST_ENTRIES, BPF_F_NO_PREALLOC);
 
-/// Packets inside WireGuard, per peer and direction (see delay.rs).
+/// Packets inside WireGuard, per peer and direction (see delay.rs). Mmapable only for where
+/// that puts the values: from a page boundary, so each 64-byte FIFO is one cache line.
 #[map(name = "DELAY_FIFO")]
-static DELAY_FIFO: HashMap<MapKey<maps::DelayFifo>, Value<maps::DelayFifo>> =
-    HashMap::with_max_entries(2 * DEFAULT_MAX_PEERS, BPF_F_NO_PREALLOC);
+static DELAY_FIFO: Array<Value<maps::DelayFifo>> = Array::with_max_entries(2 * DEFAULT_MAX_PEERS, BPF_F_MMAPABLE);
 
 /// Underlay messages per peer slot (NO_SLOT: the device's own, peer unknown).
 #[map(name = "MESSAGES")]

@@ -140,7 +140,7 @@ pub const GROUP: Group = Group {
         },
         Family {
             name: "wireguard_collector_delay_fifo_overflows",
-            help: "Encap/decap FIFO entries pushed out because more than 64 packets of one peer were inside WireGuard at once (their packets get no sample)",
+            help: "Encap/decap FIFO entries pushed out because more than 7 packets (or GSO batches) of one peer were inside WireGuard at once (their packets get no sample)",
             kind: Type::Counter,
             labels: DEVICE,
             per_peer: None,

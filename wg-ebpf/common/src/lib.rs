@@ -70,7 +70,8 @@ pub mod maps {
         LatencyHist, LATENCY_HIST: crate::latency::HistKey => crate::latency::HistValue;
         /// Per-CPU array of u64 counters indexed by [`crate::latency::stats`].
         LatencyStats, LATENCY_STATS: u32 => u64;
-        /// Hash: [`crate::latency::fifo_key`] → [`crate::latency::Fifo`]: packets inside WireGuard.
+        /// Array indexed by [`crate::latency::fifo_key`]: [`crate::latency::Fifo`], packets inside
+        /// WireGuard.
         DelayFifo, DELAY_FIFO: u32 => crate::latency::Fifo;
         /// Per-CPU hash: peer slot (or [`crate::protocol::NO_SLOT`]) → [`crate::protocol::MessageCounts`].
         Messages, MESSAGES: u32 => crate::protocol::MessageCounts;

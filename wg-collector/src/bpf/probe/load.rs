@@ -164,7 +164,7 @@ fn open_maps(ebpf: &mut Ebpf, opts: &ProbeOptions, adopt: bool) -> Result<Maps> 
         latency_stats: per_cpu_array::<maps::LatencyStats>(ebpf)?,
         endpoints: hash::<maps::Endpoints>(ebpf)?,
         endpoint_places: EndpointPlaces::new(mapped::<maps::EndpointPlaces>(ebpf, endpoint_places(opts))?, adopt),
-        fifos: hash::<maps::DelayFifo>(ebpf)?,
+        fifos: array::<maps::DelayFifo>(ebpf)?,
         messages: per_cpu_hash::<maps::Messages>(ebpf)?,
         invalid: per_cpu_array::<maps::Invalid>(ebpf)?,
         indices: hash::<maps::Indices>(ebpf)?,

@@ -82,7 +82,7 @@ struct Maps {
     endpoints: BpfHashMap<MapData, MapKey<maps::Endpoints>, Value<maps::Endpoints>>,
     /// The same endpoints placed by hash, asked first by the programs (see endpoint_places.rs).
     endpoint_places: EndpointPlaces,
-    fifos: BpfHashMap<MapData, MapKey<maps::DelayFifo>, Value<maps::DelayFifo>>,
+    fifos: Array<MapData, Value<maps::DelayFifo>>,
     messages: PerCpuHashMap<MapData, MapKey<maps::Messages>, Value<maps::Messages>>,
     invalid: PerCpuArray<MapData, Value<maps::Invalid>>,
     indices: BpfHashMap<MapData, MapKey<maps::Indices>, Value<maps::Indices>>,

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use anyhow::{anyhow, Result};
 use aya::maps::{MapData, PerCpuArray, PerCpuValues};
 use wg_common::{
-    latency::{stats, PendingKey},
+    latency::{fifo_key, stats, Fifo, PendingKey},
     path::RxSession,
     protocol::{Invalid, MessageCounts, NO_SLOT},
     unattributed_index, Counter, PeerCounters, Unattributed, DIRECTIONS,
@@ -92,6 +92,9 @@ impl DeviceProbe {
         for slot in 0..self.synced.slots.high_water() {
             zero(&mut m.counters, slot, cpus)?;
             m.rx_sessions.set(slot, RxSession::default(), 0)?;
+            for decap in [false, true] {
+                m.fifos.set(fifo_key(slot, decap), Fifo::default(), 0)?;
+            }
         }
         for d in 0..DIRECTIONS {
             for r in Unattributed::ALL {
@@ -112,9 +115,6 @@ impl DeviceProbe {
         }
         for k in m.hist.keys().collect::<Result<Vec<_>, _>>()? {
             m.hist.remove(&k)?;
-        }
-        for k in m.fifos.keys().collect::<Result<Vec<_>, _>>()? {
-            m.fifos.remove(&k)?;
         }
         m.pending.clear();
         self.expired = 0;

@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use aya::maps::{lpm_trie::Key as LpmKey, PerCpuValues};
 use ipnet::IpNet;
 use wg_common::{
-    latency::{fifo_key, Endpoint, HistKey},
+    latency::{fifo_key, Endpoint, Fifo, HistKey},
     path::RxSession,
     PeerCounters,
 };
@@ -131,8 +131,8 @@ impl DeviceProbe {
         for slot in &freed {
             let _ = maps.slot_keys.remove(slot);
             // Nor the packets its last peer left inside WireGuard, nor its message counts.
-            let _ = maps.fifos.remove(&fifo_key(*slot, false));
-            let _ = maps.fifos.remove(&fifo_key(*slot, true));
+            let _ = maps.fifos.set(fifo_key(*slot, false), Fifo::default(), 0);
+            let _ = maps.fifos.set(fifo_key(*slot, true), Fifo::default(), 0);
             let _ = maps.messages.remove(slot);
         }
         // Nor the handshake indices its last peer was given.
