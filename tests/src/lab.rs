@@ -323,12 +323,12 @@ impl Lab {
         .context("the tunnel never answered a ping")
     }
 
-    /// Runs `program args` in the side's namespace.
     /// A directory of the lab's own, removed with it: for a test's files.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
+    /// Runs `program args` in the side's namespace.
     pub fn exec(&self, name: char, program: &str, args: &[&str]) -> Result<String> {
         run(netns::cmd(&self.side(name).ns, program).args(args))
     }
@@ -355,6 +355,32 @@ impl Lab {
         if !reply.contains("errno=0") {
             bail!("UAPI set refused: {reply:?} for {lines:?}");
         }
+        Ok(())
+    }
+
+    /// Gives device a `n` peers in all, b and random others (keys that need not answer to
+    /// exist, a /32 each), and b also `routed` as /32 allowed IPs, in one `wg addconf` (one
+    /// argument could not carry 10,000 of them).
+    pub fn add_peers(&self, n: usize, routed: &[Ipv4Addr]) -> Result<()> {
+        let mut conf = String::new();
+        for i in 0..n.saturating_sub(1) {
+            let key = random_public_key();
+            let (x, y, z) = (100 + i / 65536, (i / 256) % 256, i % 256);
+            conf.push_str(&format!("[Peer]\nPublicKey = {key}\nAllowedIPs = 10.{x}.{y}.{z}/32\n\n"));
+        }
+        if !routed.is_empty() {
+            // A [Peer] section replaces the peer's allowed IPs: b's own addresses come again.
+            let b = &self.b;
+            conf.push_str(&format!("[Peer]\nPublicKey = {}\n", b.public_key));
+            conf.push_str(&format!("AllowedIPs = {}/32, {}/128\n", b.tunnel_v4, b.tunnel_v6));
+            for a in routed {
+                conf.push_str(&format!("AllowedIPs = {a}/32\n"));
+            }
+        }
+        let path = self.dir().join("peers.conf");
+        std::fs::write(&path, conf)?;
+        self.wg('a', &["addconf", "{iface}", path.to_str().context("a lab path")?])?;
+        std::fs::remove_file(&path)?;
         Ok(())
     }
 

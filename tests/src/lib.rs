@@ -6,6 +6,7 @@
 //! is dropped, also when a test panics; labs left by a killed process are swept by the next.
 
 pub mod collector;
+pub mod exporter;
 pub mod impair;
 pub mod lab;
 pub mod netns;

@@ -24,6 +24,8 @@ pub struct Suite {
 pub const KERNEL: Suite = Suite { name: "vm-suite", checks: 11 };
 /// On kernels the programs cannot run on (before 5.12): the collector's refusal.
 pub const REFUSED: Suite = Suite { name: "vm-refusal", checks: 1 };
+/// Kernel WireGuard's state at scale, for `cargo xtask bench` (tests/src/bin/vm-scale.rs).
+pub const SCALE: Suite = Suite { name: "vm-scale", checks: 1 };
 /// The .deb and its unit under systemd on Debian 13 (tests/src/bin/boot-suite.rs).
 pub const BOOT: Suite = Suite { name: "boot-suite", checks: 8 };
 

@@ -94,7 +94,7 @@ pub(crate) fn pop(slot: u32, decap: bool, now: u64, len: u32, count: u32) {
         }
         let Some(e) = f.entries.get_mut(f.head as usize) else { return };
         let age = e.age(now);
-        let mismatched = count == 1 && e.len() != 0 && len != 0 && !sizes_match(e.len(), len, decap);
+        let mismatched = count == 1 && e.size() != 0 && len != 0 && !sizes_match(e.size(), len, decap);
         let n = core::cmp::min(left, e.count());
         if age <= FifoEntry::MAX_AGE_NS && !mismatched {
             latency::record_n(slot, kind, age, n as u64);

@@ -52,6 +52,10 @@ enum Task {
         /// A few seconds' smoke run; prints the table, writes nothing.
         #[arg(long)]
         quick: bool,
+        /// Only kernel WireGuard's state at scale (the qemu guest); prints its table, writes
+        /// nothing.
+        #[arg(long)]
+        vm_only: bool,
     },
     /// Kernel WireGuard in qemu guests: the kernel-WireGuard suite (tests/src/bin/vm-suite.rs)
     /// on Debian's cloud kernels, or with --boot the .deb under systemd on Debian 13.
@@ -218,8 +222,12 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        Task::Bench { quick } => {
+        Task::Bench { quick, vm_only } => {
             setup::run()?;
+            if vm_only {
+                print!("{}", vm::scale(quick)?);
+                return Ok(());
+            }
             bench::run(quick)
         }
         Task::Lab { implementation } => {

@@ -14,7 +14,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use wg_tests::vm::{Suite, KERNEL, REFUSED};
+use wg_tests::vm::{Suite, KERNEL, REFUSED, SCALE};
 
 use crate::{
     kernels::{self, Kernel},
@@ -41,7 +41,7 @@ pub fn run(kernels: &[Kernel]) -> Result<()> {
         let t0 = Instant::now();
         let outcome = (|| {
             let (kernel_dir, version) = kernels::fetch(k)?;
-            let initrd = initramfs(&kernel_dir, &version)?;
+            let initrd = initramfs(&kernel_dir, &version, "vm-suite", &[])?;
             println!("vmtest: booting {version} under qemu (TCG); prepared in {:.1} s", t0.elapsed().as_secs_f64());
             let suite = if k.runs_programs() { KERNEL } else { REFUSED };
             boot(&kernel_dir.join(format!("boot/vmlinuz-{version}")), &initrd, suite, "2G", "quiet")
@@ -75,6 +75,48 @@ pub fn run(kernels: &[Kernel]) -> Result<()> {
         bail!("the kernel-WireGuard suite failed on a kernel (above)");
     }
     Ok(())
+}
+
+/// Kernel WireGuard's state at scale (tests/src/bin/vm-scale.rs) on Debian 13's kernel:
+/// the collector's scrape, prometheus_wireguard_exporter's and `wg show dump`'s, side by
+/// side in one guest. Returns the Markdown table.
+pub fn scale(quick: bool) -> Result<String> {
+    crate::cargo(&["build", "--release", "--package", "wg-tests", "--bin", "vm-scale"])?;
+    let exporter = PathBuf::from(wg_tests::lab::tool("prometheus_wireguard_exporter")?);
+    let (kernel_dir, version) = kernels::fetch(Kernel::V6_12)?;
+    let initrd = initramfs(&kernel_dir, &version, "vm-scale", &[exporter])?;
+    let params = if quick {
+        "wgscale.peers=100,1000 wgscale.reps=1 wgscale.exporter=1000"
+    } else {
+        "wgscale.peers=1000,10000,50000 wgscale.reps=5 wgscale.exporter=10000"
+    };
+    let console =
+        boot(&kernel_dir.join(format!("boot/vmlinuz-{version}")), &initrd, SCALE, "4G", &format!("quiet {params}"))?;
+    let mut table = format!(
+        "Kernel {version} in qemu (TCG: absolute times are slow, ratios stand).\n\n\
+         | peers | collector scrape (median) | prometheus_wireguard_exporter | `wg show dump` | collector / dump | exporter / dump | page | dump |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|\n"
+    );
+    for line in console.lines() {
+        let Some(row) = line.split_once("vm-scale: row ").map(|(_, r)| r) else { continue };
+        let f: Vec<&str> = row.split_whitespace().collect();
+        let [n, collector, exporter, dump, page, dumped] = f[..] else { bail!("a row of vm-scale: {row}") };
+        let (c, d): (f64, f64) = (collector.parse()?, dump.parse()?);
+        let (e, e_ratio) = match exporter.parse::<f64>() {
+            Ok(e) => (format!("{:.1} ms", e * 1e3), format!("{:.1}×", e / d)),
+            Err(_) => ("not measured (minutes a scrape)".into(), String::new()),
+        };
+        let kib = |b: &str| b.parse::<f64>().map(|b| format!("{:.0} KiB", b / 1024.0));
+        table.push_str(&format!(
+            "| {n} | {:.1} ms | {e} | {:.1} ms | {:.1}× | {e_ratio} | {} | {} |\n",
+            c * 1e3,
+            d * 1e3,
+            c / d,
+            kib(page)?,
+            kib(dumped)?
+        ));
+    }
+    Ok(table)
 }
 
 /// The value of a "vm-suite: feature NAME: VALUE" line of the guest's console.
@@ -176,8 +218,9 @@ fn module_name(path: &str) -> String {
     file.split(".ko").next().unwrap_or(file).replace('-', "_")
 }
 
-/// Builds the guest's root file system and packs it (gzip'd newc cpio).
-fn initramfs(kernel: &Path, version: &str) -> Result<PathBuf> {
+/// Builds the guest's root file system and packs it (gzip'd newc cpio): init runs `suite`
+/// (a binary of tests/src/bin); `extra` executables go to /usr/bin.
+fn initramfs(kernel: &Path, version: &str, suite: &str, extra: &[PathBuf]) -> Result<PathBuf> {
     let root = Path::new(WORK).join("root");
     let _ = std::fs::remove_dir_all(&root);
     for d in ["bin", "sbin", "usr/bin", "usr/sbin", "proc", "sys", "dev", "tmp", "run", "etc", "var"] {
@@ -186,11 +229,15 @@ fn initramfs(kernel: &Path, version: &str) -> Result<PathBuf> {
     copy(Path::new("/bin/busybox"), &root.join("bin/busybox"))
         .context("busybox-static (cargo xtask setup installs it)")?;
     let release = Path::new("target/release");
-    for (from, to) in [(release.join("wg-collector"), "bin/wg-collector"), (release.join("vm-suite"), "bin/vm-suite")] {
+    for (from, to) in [(release.join("wg-collector"), "bin/wg-collector"), (release.join(suite), "bin/vm-suite")] {
         with_libraries(&from, &root.join(to), &root)?;
     }
     for tool in TOOLS {
         with_libraries(Path::new(tool), &root.join(tool.trim_start_matches('/')), &root)?;
+    }
+    for bin in extra {
+        let name = bin.file_name().context("an executable's name")?;
+        with_libraries(bin, &root.join("usr/bin").join(name), &root)?;
     }
     install_modules(kernel, version, &root)?;
     let init = root.join("init");
@@ -206,7 +253,8 @@ fn initramfs(kernel: &Path, version: &str) -> Result<PathBuf> {
     Ok(out)
 }
 
-/// The guest's init: mounts, modules, then the suite; a power-off if the suite never reported.
+/// The guest's init: mounts, modules, then the suite (whichever [`initramfs`] put at
+/// /bin/vm-suite); a power-off if the suite never reported.
 const INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
 export PATH=/usr/sbin:/usr/bin:/bin:/sbin

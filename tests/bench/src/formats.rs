@@ -17,7 +17,9 @@ use wg_common::{
 };
 use wg_tests::Collector;
 
-use crate::scale::{lab_with_peers, scrape_with};
+use wg_tests::exporter::scrape_with;
+
+use crate::scale::lab_with_peers;
 
 const PROTOBUF: &str =
     "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.7,text/plain;version=0.0.4;q=0.3";

@@ -14,6 +14,7 @@
 
 use std::{
     fs::File,
+    net::Ipv4Addr,
     os::fd::AsRawFd,
     sync::mpsc,
     thread::JoinHandle,
@@ -88,12 +89,12 @@ fn open_tun(name: &str) -> Result<File> {
     Ok(file)
 }
 
-/// Sends to the `peers` destinations round-robin for `secs` from CPU [`CPU`] inside `ns`;
-/// returns datagrams sent per second.
-fn blast(ns: &str, peers: u32, secs: f64) -> Result<f64> {
+/// Sends to the `peers` destinations round-robin for `secs` from CPU [`CPU`] inside `ns`
+/// from `from`, as fast as it can or at `pps`; returns datagrams sent per second.
+pub(crate) fn blast(ns: &str, from: Ipv4Addr, peers: u32, secs: f64, pps: Option<f64>) -> Result<f64> {
     netns::within(ns, move || {
         netns::pin_to_cpu(CPU)?;
-        let sock = std::net::UdpSocket::bind("10.63.0.1:0")?;
+        let sock = std::net::UdpSocket::bind((from, 0))?;
         let addrs: Vec<libc::sockaddr_in> = (0..peers)
             .map(|i| libc::sockaddr_in {
                 sin_family: libc::AF_INET as libc::sa_family_t,
@@ -110,6 +111,12 @@ fn blast(ns: &str, peers: u32, secs: f64) -> Result<f64> {
         let t0 = Instant::now();
         let until = Duration::from_secs_f64(secs);
         while t0.elapsed() < until {
+            if let Some(pps) = pps {
+                let due = Duration::from_secs_f64(sent as f64 / pps);
+                if let Some(wait) = due.checked_sub(t0.elapsed()) {
+                    std::thread::sleep(wait);
+                }
+            }
             for m in msgs.iter_mut() {
                 m.msg_hdr.msg_name = &addrs[next] as *const libc::sockaddr_in as *mut libc::c_void;
                 m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
@@ -133,9 +140,9 @@ fn blast(ns: &str, peers: u32, secs: f64) -> Result<f64> {
     })
 }
 
-/// A probe attached to the TUN device inside `ns`, held by a thread of its own there (a probe
-/// attaches in its thread's namespace); detached when finished or dropped.
-struct Attached {
+/// A probe attached inside `ns`, held by a thread of its own there (a probe attaches in its
+/// thread's namespace); detached when finished or dropped.
+pub(crate) struct Attached {
     stop: Option<mpsc::Sender<()>>,
     thread: Option<JoinHandle<Result<Stats>>>,
 }
@@ -143,16 +150,25 @@ struct Attached {
 /// The kernel's accounting of the egress program while attached (zero unless bpf stats are
 /// on): runs and nanoseconds in it.
 #[derive(Clone, Copy, Default)]
-struct Stats {
-    runs: u64,
-    ns: u64,
+pub(crate) struct Stats {
+    pub runs: u64,
+    pub ns: u64,
 }
 
 impl Attached {
+    /// The TUN device's programs (`v`), or the empty one.
     fn new(ns: &str, peers: u32, v: Variant) -> Result<Self> {
+        Self::at(ns, peers, v, &[(TUN, TcAttachType::Egress)])
+    }
+
+    /// The empty program at each of `hooks` (a wire packet's hooks: one program, so its
+    /// accounting is their sum), or with another variant `v`'s programs on the device of the
+    /// first hook.
+    pub(crate) fn at(ns: &str, peers: u32, v: Variant, hooks: &[(&str, TcAttachType)]) -> Result<Self> {
         let (ready_tx, ready) = mpsc::channel();
         let (stop, stopped) = mpsc::channel::<()>();
         let ns = ns.to_string();
+        let hooks: Vec<(String, TcAttachType)> = hooks.iter().map(|(i, t)| (i.to_string(), *t)).collect();
         let thread = std::thread::spawn(move || -> Result<Stats> {
             let run = || -> Result<_> {
                 netns::enter(&ns)?;
@@ -160,11 +176,13 @@ impl Attached {
                 let egress = match v {
                     // The hook's own cost: a program that does nothing, attached the same way.
                     Variant::Empty => {
-                        p.program("bench_noop")?.attach(TUN, TcAttachType::Egress)?;
+                        for (iface, hook) in &hooks {
+                            p.program("bench_noop")?.attach(iface, *hook)?;
+                        }
                         "bench_noop"
                     }
                     _ => {
-                        p.attach(TUN)?;
+                        p.attach(&hooks[0].0)?;
                         names::PROG_EGRESS
                     }
                 };
@@ -185,13 +203,13 @@ impl Attached {
         });
         match ready.recv() {
             Ok(Ok(())) => Ok(Self { stop: Some(stop), thread: Some(thread) }),
-            Ok(Err(e)) => bail!("attaching to {TUN}: {e}"),
+            Ok(Err(e)) => bail!("attaching the programs: {e}"),
             Err(_) => bail!("the attaching thread ended"),
         }
     }
 
     /// Detaches; the egress program's accounting meanwhile.
-    fn finish(mut self) -> Result<Stats> {
+    pub(crate) fn finish(mut self) -> Result<Stats> {
         drop(self.stop.take());
         let t = self.thread.take().expect("joined once");
         t.join().map_err(|_| anyhow::anyhow!("the attaching thread panicked"))?
@@ -208,7 +226,7 @@ impl Drop for Attached {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Variant {
+pub(crate) enum Variant {
     None,
     Empty,
     Counting,
@@ -218,7 +236,7 @@ enum Variant {
 impl Variant {
     const ALL: [Variant; 4] = [Self::None, Self::Empty, Self::Counting, Self::Everything];
 
-    fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Self::None => "no programs",
             Self::Empty => "an empty program (the hook's own cost)",
@@ -234,7 +252,7 @@ fn measure(ns: &str, peers: u32, v: Variant, secs: f64) -> Result<(f64, Stats)> 
         Variant::None => None,
         _ => Some(Attached::new(ns, peers, v)?),
     };
-    let pps = blast(ns, peers, secs)?;
+    let pps = blast(ns, Ipv4Addr::new(10, 63, 0, 1), peers, secs, None)?;
     let stats = attached.map(Attached::finish).transpose()?.unwrap_or_default();
     Ok((pps, stats))
 }

@@ -9,6 +9,7 @@ mod load;
 mod scale;
 mod soak;
 mod throughput;
+mod wire;
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
@@ -215,6 +216,10 @@ fn main() -> Result<()> {
         println!("## Kernel speed: the programs on an L3 kernel device at one CPU's limit\n");
         return forward::run(quick);
     }
+    if args.iter().any(|a| a == "--wire-only") {
+        println!("## Per wire packet under real traffic\n");
+        return wire::run(quick);
+    }
     if args.iter().any(|a| a == "--formats-only") {
         println!("## Text vs protobuf at scale, latency on every peer\n");
         return formats::run(quick);
@@ -231,6 +236,8 @@ fn main() -> Result<()> {
     formats::run(quick)?;
     println!("\n## Kernel speed: the programs on an L3 kernel device at one CPU's limit\n");
     forward::run(quick)?;
+    println!("\n## Per wire packet under real traffic\n");
+    wire::run(quick)?;
     println!("\n## Tunnel throughput with and without our programs\n");
     throughput::run(quick)?;
     println!("\n## Load: 200 concurrent scrapers\n");

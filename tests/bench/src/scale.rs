@@ -3,16 +3,12 @@
 //! on /metrics). A wireguard-go device in a lab namespace gets its peers in one `wg addconf`
 //! (random keys: peers need not answer to exist).
 
-use std::{
-    process::{Child, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use wg_tests::{
-    lab::{random_public_key, terminate, tool, wait_until},
-    netns,
-    scrape::http_get_bytes,
+    exporter::{scrape, scrape_with, Exporter},
+    lab::{random_public_key, tool},
     Collector, Implementation, Lab,
 };
 
@@ -27,54 +23,9 @@ pub fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// One GET /metrics from inside the namespace: (seconds, body bytes).
-fn scrape(ns: &str, port: u16) -> Result<(f64, usize)> {
-    scrape_with(ns, port, &[])
-}
-
-pub fn scrape_with(ns: &str, port: u16, headers: &'static [(&'static str, &'static str)]) -> Result<(f64, usize)> {
-    let t = Instant::now();
-    let (head, body) =
-        netns::within(ns, move || http_get_bytes(format!("127.0.0.1:{port}").parse().unwrap(), "/metrics", headers))?;
-    anyhow::ensure!(head.contains(" 200 "), "scrape: {head}");
-    Ok((t.elapsed().as_secs_f64(), body.len()))
-}
-
 fn quantile(mut v: Vec<f64>, q: f64) -> f64 {
     v.sort_by(f64::total_cmp);
     v[((v.len() - 1) as f64 * q).round() as usize]
-}
-
-/// prometheus_wireguard_exporter in the namespace (it runs `wg show all dump` per scrape).
-struct Exporter(Child);
-
-impl Exporter {
-    /// Pointed at `iface` only (`-i`): by default it runs `wg show all`, which reads every
-    /// UAPI socket of the machine, other labs' devices included.
-    fn start(ns: &str, port: u16, iface: &str) -> Result<Self> {
-        let bin = tool("prometheus_wireguard_exporter")?;
-        let child = netns::cmd(ns, &bin)
-            .args(["-l", "127.0.0.1", "-p", &port.to_string(), "-i", iface])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        let e = Exporter(child);
-        // Listening is enough: at 50k peers one of its scrapes takes minutes.
-        let addr = format!("127.0.0.1:{port}");
-        let ns = ns.to_string();
-        wait_until(Duration::from_secs(10), || {
-            let (ns, addr) = (ns.clone(), addr.clone());
-            netns::within(&ns, move || Ok(std::net::TcpStream::connect(addr)?)).is_ok()
-        })
-        .context("prometheus_wireguard_exporter did not listen")?;
-        Ok(e)
-    }
-}
-
-impl Drop for Exporter {
-    fn drop(&mut self) {
-        terminate(&mut self.0);
-    }
 }
 
 /// Freshness: a peer added → its series on /metrics (the scrape itself rereads state).
@@ -87,23 +38,10 @@ fn continue_freshness(lab: &Lab, c: &Collector, n: usize, out: &mut Vec<(usize, 
     Ok(())
 }
 
-/// A lab whose device a has `n` peers: b, and random others, added in one `wg addconf`.
+/// A lab whose wireguard-go device a has `n` peers: b, and random others.
 pub fn lab_with_peers(n: usize) -> Result<Lab> {
     let lab = Lab::new(Implementation::WireguardGo)?;
-    let mut conf = String::new();
-    for i in 0..n.saturating_sub(1) {
-        conf.push_str(&format!(
-            "[Peer]\nPublicKey = {}\nAllowedIPs = 10.{}.{}.{}/32\n\n",
-            random_public_key(),
-            100 + i / 65536,
-            (i / 256) % 256,
-            i % 256
-        ));
-    }
-    let path = std::env::temp_dir().join(format!("{}-bench.conf", lab.a.ns));
-    std::fs::write(&path, conf)?;
-    lab.wg('a', &["addconf", "{iface}", path.to_str().unwrap()])?;
-    std::fs::remove_file(&path)?;
+    lab.add_peers(n, &[])?;
     Ok(lab)
 }
 

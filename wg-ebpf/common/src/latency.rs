@@ -240,9 +240,9 @@ impl FifoEntry {
         now.wrapping_sub(self.0) & Self::TIME
     }
 
-    /// Its packet's length, 0 when not checked.
+    /// Its packet's size, 0 when not checked.
     #[inline(always)]
-    pub const fn len(self) -> u32 {
+    pub const fn size(self) -> u32 {
         let tag = self.0 >> 48;
         if tag & Self::BATCH != 0 {
             0
@@ -265,7 +265,7 @@ impl FifoEntry {
     /// The same entry with `count` packets left (only a batch has more than one).
     #[inline(always)]
     pub const fn with_count(self, count: u32) -> Self {
-        FifoEntry::new(self.0, self.len(), count)
+        FifoEntry::new(self.0, self.size(), count)
     }
 }
 
@@ -321,12 +321,12 @@ mod tests {
     fn a_fifo_entry_keeps_the_time_the_size_or_the_batch() {
         let t = 0x1234_5678_9abc_def0;
         let e = FifoEntry::new(t, 1420, 1);
-        assert_eq!((e.len(), e.count(), e.age(t), e.age(t + 7)), (1420, 1, 0, 7));
+        assert_eq!((e.size(), e.count(), e.age(t), e.age(t + 7)), (1420, 1, 0, 7));
         let b = FifoEntry::new(t, 0, 45);
-        assert_eq!((b.len(), b.count(), b.age(t + 1_000)), (0, 45, 1_000));
+        assert_eq!((b.size(), b.count(), b.age(t + 1_000)), (0, 45, 1_000));
         assert_eq!(b.with_count(3), FifoEntry::new(t, 0, 3));
         // Too long for 15 bits: kept, unchecked; a huge batch saturates.
-        assert_eq!((FifoEntry::new(t, 40_000, 1).len(), FifoEntry::new(t, 40_000, 1).count()), (0, 1));
+        assert_eq!((FifoEntry::new(t, 40_000, 1).size(), FifoEntry::new(t, 40_000, 1).count()), (0, 1));
         assert_eq!(FifoEntry::new(t, 0, 100_000).count(), 32_767);
     }
 

@@ -1,0 +1,188 @@
+//! Per wire packet under real traffic: what all our programs together cost a packet that
+//! crosses a real WireGuard tunnel, from the kernel's own accounting (bpf stats), net of what
+//! the accounting and the hooks cost by themselves (an empty program attached to the same
+//! four hooks under the same traffic), beside BPF_PROG_TEST_RUN's figure for the same path.
+//!
+//! The lab's wireguard-go device a has that many peers (b and idle others, one `wg addconf`)
+//! and b holds that many /32 allowed IPs; the sendmmsg blaster of the kernel-speed bench sends
+//! 64-byte UDP datagrams round-robin to them at a rate wireguard-go keeps up with, so every
+//! datagram becomes one data message on the wire and the host lookups spread over all the
+//! /32s. One real session carries them (10,000 sessions cannot be made here): the peer's own
+//! state (counters, FIFO) stays warm, which the kernel-speed bench, a peer per packet, does not.
+
+use std::net::Ipv4Addr;
+
+use anyhow::{Context, Result};
+use aya::programs::TcAttachType;
+use wg_common::names;
+use wg_tests::{
+    packets::{eth_udp4, ipv4, wg, UDP},
+    Collector, Implementation, Lab, Metrics,
+};
+
+use crate::{
+    endpoint_placed,
+    forward::{blast, Attached, Variant},
+    median, ns_per_run, peer_addr, peer_endpoint, probe,
+};
+
+/// The blaster's rates: one wireguard-go forwards without dropping (it did ~45k 64-byte
+/// packets/s in the throughput bench with iperf3), and as fast as it can send (wireguard-go
+/// then drops some: program time per packet delivered counts those too).
+const RATES: [Option<f64>; 2] = [Some(20_000.0), None];
+const PAYLOAD: usize = 64;
+const HOOKS: [&str; 4] = [names::PROG_EGRESS, names::PROG_INGRESS, names::PROG_UNDER_EGRESS, names::PROG_UNDER_INGRESS];
+
+/// One measurement: program time (all hooks), runs at the plaintext and the underlay egress,
+/// and packets on the wire.
+#[derive(Clone, Copy, Default)]
+struct Wire {
+    ns: f64,
+    plain_runs: f64,
+    under_runs: f64,
+    packets: f64,
+}
+
+/// Data messages that crossed the wire, both ways: the plaintext packets each side's
+/// WireGuard delivered (received on its interface).
+fn delivered(lab: &Lab) -> Result<f64> {
+    let mut n = 0.0;
+    for side in ['a', 'b'] {
+        let iface = &lab.side(side).iface;
+        let out = lab.exec(side, "ip", &["-j", "-s", "link", "show", "dev", iface])?;
+        let v: serde_json::Value = serde_json::from_str(&out).context("ip -j -s link")?;
+        n += v[0]["stats64"]["rx"]["packets"].as_f64().context("stats64 rx packets")?;
+    }
+    Ok(n)
+}
+
+fn blast_through(lab: &Lab, peers: u32, secs: f64, rate: Option<f64>) -> Result<f64> {
+    let before = delivered(lab)?;
+    blast(&lab.a.ns, lab.a.tunnel_v4, peers, secs, rate)?;
+    // What WireGuard still holds.
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    Ok(delivered(lab)? - before)
+}
+
+/// The collector (`v`: counting or everything) with bpf stats on, over one blast.
+fn with_collector(lab: &Lab, peers: u32, v: Variant, secs: f64, rate: Option<f64>) -> Result<Wire> {
+    let mut args = vec!["--poll-interval", "1", "--bpf.stats"];
+    if v == Variant::Counting {
+        args.push("--latency.no-delay");
+    }
+    let c = Collector::start(&lab.a.ns, &args)?;
+    let read =
+        |m: &Metrics, prog: &str, f: &str| m.get_or_zero(f, &[("device", lab.a.iface.as_str()), ("program", prog)]);
+    let before = c.scrape()?;
+    let packets = blast_through(lab, peers, secs, rate)?;
+    let after = c.scrape()?;
+    let delta = |prog: &str, f: &str| read(&after, prog, f) - read(&before, prog, f);
+    let ns = HOOKS.iter().map(|p| delta(p, "wireguard_collector_bpf_run_time_seconds_total") * 1e9).sum();
+    Ok(Wire {
+        ns,
+        plain_runs: delta(names::PROG_EGRESS, "wireguard_collector_bpf_runs_total"),
+        under_runs: delta(names::PROG_UNDER_EGRESS, "wireguard_collector_bpf_runs_total"),
+        packets,
+    })
+}
+
+/// The empty program at the same four hooks over one blast (bpf stats already on).
+fn with_empty(lab: &Lab, peers: u32, secs: f64, rate: Option<f64>) -> Result<Wire> {
+    let (wg, under) = (lab.a.iface.as_str(), "under");
+    let hooks = [
+        (wg, TcAttachType::Egress),
+        (wg, TcAttachType::Ingress),
+        (under, TcAttachType::Egress),
+        (under, TcAttachType::Ingress),
+    ];
+    let attached = Attached::at(&lab.a.ns, 1, Variant::Empty, &hooks)?;
+    let packets = blast_through(lab, peers, secs, rate)?;
+    let s = attached.finish()?;
+    Ok(Wire { ns: s.ns as f64, plain_runs: f64::NAN, under_runs: f64::NAN, packets })
+}
+
+/// BPF_PROG_TEST_RUN's figure for the same path (plaintext egress + the data message at the
+/// underlay's egress), net of the empty program, with `peers` in the maps: warm (a million
+/// runs of one packet, as the eBPF cost table) and cold (single runs, each after 4 MiB were
+/// written: the L2 caches hold neither the programs nor their maps, as between two packets
+/// of real traffic when WireGuard and the stack ran in between).
+fn test_run(peers: u32, delay: bool, quick: bool) -> Result<(f64, f64)> {
+    let mut p = probe(peers, delay)?;
+    let me = Ipv4Addr::new(10, 0, 0, 1);
+    let them = (peers / 2..peers).find(|&i| endpoint_placed(peers, i)).unwrap_or(0);
+    let here = "192.0.2.254:51820".parse().unwrap();
+    let plain = ipv4(me, peer_addr(them), UDP, 20 + 8 + PAYLOAD);
+    let message = eth_udp4(here, peer_endpoint(them), &wg::data(1, 0, (20 + 8 + PAYLOAD).next_multiple_of(16)));
+    let path = |p: &mut _, repeat, before: &mut dyn FnMut()| -> Result<f64> {
+        before();
+        let empty = ns_per_run(p, "bench_noop", &plain, repeat)?;
+        before();
+        let a = ns_per_run(p, names::PROG_EGRESS, &plain, repeat)?;
+        before();
+        let b = ns_per_run(p, names::PROG_UNDER_EGRESS, &message, repeat)?;
+        Ok(a + b - 2.0 * empty)
+    };
+    let warm =
+        (0..5).map(|_| path(&mut p, if quick { 10_000 } else { 1_000_000 }, &mut || ())).collect::<Result<_>>()?;
+    let mut scratch = vec![0u8; 4 << 20];
+    let mut evict = || {
+        for line in scratch.chunks_mut(64) {
+            line[0] = line[0].wrapping_add(1);
+        }
+        std::hint::black_box(&scratch);
+    };
+    let cold = (0..if quick { 50 } else { 1000 }).map(|_| path(&mut p, 1, &mut evict)).collect::<Result<_>>()?;
+    Ok((median(warm), median(cold)))
+}
+
+pub fn run(quick: bool) -> Result<()> {
+    let (counts, reps, secs): (&[u32], usize, f64) =
+        if quick { (&[100], 1, 1.0) } else { (&[1, 1000, 10_000], 3, 3.0) };
+    std::env::set_var("WG_COLLECTOR_BIN", crate::collector_binary()?);
+    println!("| destinations (/32s of b; peers on the device) | blaster | variant | wire packets per run (median) | plaintext packets per underlay egress run | ns per wire packet, all four hooks (bpf stats) | net of the empty program | test run, same path (net) | test run, caches cold |");
+    println!("|---:|---|---|---:|---:|---:|---:|---:|---:|");
+    for &n in counts {
+        let dests: Vec<Ipv4Addr> = (0..n).map(peer_addr).collect();
+        let lab = Lab::new(Implementation::WireguardGo)?;
+        lab.add_peers(n as usize, &dests)?;
+        lab.exec('a', "ip", &["route", "add", "10.64.0.0/16", "dev", &lab.a.iface])?;
+        lab.wait_tunnel()?;
+        // The test-run figures depend on the peers only.
+        let (counting, everything) = (test_run(n, false, quick)?, test_run(n, true, quick)?);
+        let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("enabling bpf stats")?;
+        for rate in RATES {
+            let variants = [Variant::Empty, Variant::Counting, Variant::Everything];
+            let mut runs: [Vec<Wire>; 3] = Default::default();
+            for _ in 0..reps {
+                for (i, v) in variants.into_iter().enumerate() {
+                    runs[i].push(match v {
+                        Variant::Empty => with_empty(&lab, n, secs, rate)?,
+                        _ => with_collector(&lab, n, v, secs, rate)?,
+                    });
+                }
+            }
+            let per_packet = |w: &[Wire]| median(w.iter().map(|w| w.ns / w.packets).collect());
+            let empty = per_packet(&runs[0]);
+            let blaster = rate.map_or("as fast as it can".to_string(), |r| format!("{:.0}k/s", r / 1e3));
+            for (i, v) in variants.into_iter().enumerate() {
+                let w = &runs[i];
+                let packets = median(w.iter().map(|w| w.packets).collect());
+                let batch = median(w.iter().map(|w| w.plain_runs / w.under_runs).collect());
+                let ns = per_packet(w);
+                let (net, warm, cold) = match v {
+                    Variant::Empty => Default::default(),
+                    _ => {
+                        let (warm, cold) = if v == Variant::Everything { everything } else { counting };
+                        (format!("{:.0}", ns - empty), format!("{warm:.0}"), format!("{cold:.0}"))
+                    }
+                };
+                let batch = if batch.is_finite() { format!("{batch:.2}") } else { "".into() };
+                println!(
+                    "| {n} | {blaster} | {} | {packets:.0} | {batch} | {ns:.0} | {net} | {warm} | {cold} |",
+                    v.label()
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,87 @@
+//! Kernel WireGuard's state at scale, in the qemu guest `cargo xtask bench` boots: lab side a's
+//! kernel device gets that many peers (one `wg addconf` per size), then the collector's scrape
+//! (generic netlink multipart dumps, the maps, the page), prometheus_wireguard_exporter's
+//! (`wg show` per scrape) and `wg show <dev> dump` itself are timed alternately. Under TCG the
+//! absolute times mean little; the ratios, measured side by side, stand.
+//!
+//! The kernel command line says what to measure: `wgscale.peers=1000,10000,50000`,
+//! `wgscale.reps=5`, `wgscale.exporter=10000` (the largest size the exporter is scraped at:
+//! its scrape grows with the square of the peers, minutes at 10,000 under TCG, so above
+//! 1,000 peers it is scraped once, in the first round). One console line per size:
+//! `vm-scale: row PEERS COLLECTOR_S EXPORTER_S DUMP_S PAGE_BYTES DUMP_BYTES` (medians; `-`
+//! where not measured).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use wg_tests::{
+    exporter::{scrape, Exporter},
+    netns,
+    vm::SCALE,
+    Collector, Implementation, Lab,
+};
+
+fn main() {
+    SCALE.run(&[("kernel WireGuard's state: collector, exporter and wg show dump side by side", scale)])
+}
+
+/// `wgscale.NAME=` of the kernel command line.
+fn param(name: &str) -> Option<String> {
+    let cmdline = std::fs::read_to_string("/proc/cmdline").ok()?;
+    let key = format!("wgscale.{name}=");
+    cmdline.split_whitespace().find_map(|w| w.strip_prefix(&key).map(str::to_string))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// `wg show <dev> dump` as a user runs it: seconds and bytes printed.
+fn dump(lab: &Lab) -> Result<(f64, usize)> {
+    let t = Instant::now();
+    let out = netns::cmd(&lab.a.ns, "/usr/bin/wg").args(["show", &lab.a.iface, "dump"]).output()?;
+    ensure!(out.status.success(), "wg show dump: {}", String::from_utf8_lossy(&out.stderr));
+    Ok((t.elapsed().as_secs_f64(), out.stdout.len()))
+}
+
+fn scale() -> Result<()> {
+    let sizes: Vec<usize> = param("peers")
+        .unwrap_or("1000".into())
+        .split(',')
+        .map(|s| s.parse().with_context(|| format!("wgscale.peers: {s}")))
+        .collect::<Result<_>>()?;
+    let reps: usize = param("reps").map_or(Ok(3), |s| s.parse())?;
+    let exporter_max: usize = param("exporter").map_or(Ok(10_000), |s| s.parse())?;
+    let lab = Lab::new(Implementation::Kernel)?;
+    let mut have = 1;
+    for n in sizes {
+        let t = Instant::now();
+        lab.add_peers(n - have + 1, &[])?;
+        have = n;
+        println!("vm-scale: {n} peers added in {:.1} s", t.elapsed().as_secs_f64());
+        let c = Collector::start(&lab.a.ns, &["--poll-interval", "1"])?;
+        let dev = [("device", lab.a.iface.as_str())];
+        c.wait_for(Duration::from_secs(600), |m| m.get("wireguard_peers", &dev) == Some(n as f64))?;
+        let exporter = if n <= exporter_max { Some(Exporter::start(&lab.a.ns, 9587, &lab.a.iface)?) } else { None };
+        // A warm-up of each, then the three alternating.
+        let (_, page) = scrape(&lab.a.ns, 9586)?;
+        let (_, dumped) = dump(&lab)?;
+        let exporter_reps = if n <= 1000 { reps } else { 1 };
+        if exporter.is_some() && exporter_reps > 1 {
+            scrape(&lab.a.ns, 9587)?;
+        }
+        let (mut collector, mut theirs, mut dumps) = (vec![], vec![], vec![]);
+        for rep in 0..reps {
+            collector.push(scrape(&lab.a.ns, 9586)?.0);
+            if exporter.is_some() && rep < exporter_reps {
+                theirs.push(scrape(&lab.a.ns, 9587)?.0);
+            }
+            dumps.push(dump(&lab)?.0);
+            println!("vm-scale: {n} peers, round {rep} done at {:.0} s", t.elapsed().as_secs_f64());
+        }
+        let exporter_s = if theirs.is_empty() { "-".to_string() } else { format!("{:.6}", median(theirs)) };
+        println!("vm-scale: row {n} {:.6} {exporter_s} {:.6} {page} {dumped}", median(collector), median(dumps));
+    }
+    Ok(())
+}
