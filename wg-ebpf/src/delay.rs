@@ -13,8 +13,9 @@
 //!   entry that no message will take: an entry whose size cannot be the message's (padding
 //!   makes a message 32 + 0..15 bytes longer than its plaintext), or older than
 //!   [`FifoEntry::MAX_AGE_NS`], is given up and the next one tried;
-//! - more packets (or GSO batches) inside than the FIFO holds ([`FIFO_LEN`]): the oldest entry is pushed out and the message
-//!   that belonged to it is let go without a sample (`orphans`), keeping the pairing.
+//! - more packets (or GSO batches) inside than the FIFO holds ([`FIFO_LEN`]): the oldest entry
+//!   is pushed out and the message that belonged to it is let go without a sample
+//!   (`orphans`), keeping the pairing.
 //!
 //! The FIFO is shared by all CPUs without locks: two CPUs sending to one peer at the same
 //! instant can lose an entry, which the size and age rules then absorb.
