@@ -80,16 +80,24 @@ fn endpoint_placed(peers: u32, i: u32) -> bool {
     (0..peers).map(key).filter(|e| e.place() & mask == ours.place() & mask).all(|e| ours.words() <= e.words())
 }
 
+/// This device's underlay address in the crafted data messages.
+const HERE: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 254), 51820);
+
+/// A peer in the second half of `peers` whose endpoint has its place (most do).
+fn placed_peer(peers: u32) -> u32 {
+    (peers / 2..peers).find(|&i| endpoint_placed(peers, i)).unwrap_or(0)
+}
+
 /// The peer outside the host block (see `probe`).
 const OUTSIDE: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 1);
 
 fn cases(peers: u32) -> Vec<Case> {
     let me = Ipv4Addr::new(10, 0, 0, 1);
     let them = peer_addr(peers / 2);
-    let here: SocketAddrV4 = "192.0.2.254:51820".parse().unwrap();
+    let here = HERE;
     // A peer whose endpoint has its place (most do), and one whose endpoint lost it to
     // another (at 1k and 10k peers some do): found through the hash.
-    let there = peer_endpoint((peers / 2..peers).find(|&i| endpoint_placed(peers, i)).unwrap_or(0));
+    let there = peer_endpoint(placed_peer(peers));
     let hashed = (0..peers).find(|&i| !endpoint_placed(peers, i)).map(peer_endpoint);
     let ts_seg = tcp_segment(40000, 443, 1, 1, ACK, &ts_option(1000, 2000), 1000);
     let mut cases = vec![

@@ -21,9 +21,8 @@ use wg_tests::{
 };
 
 use crate::{
-    endpoint_placed,
     forward::{blast, Attached, Variant},
-    median, ns_per_run, peer_addr, peer_endpoint, probe,
+    median, ns_per_run, peer_addr, peer_endpoint, placed_peer, probe, HERE,
 };
 
 /// The blaster's rates: one wireguard-go forwards without dropping (it did ~45k 64-byte
@@ -109,10 +108,9 @@ fn with_empty(lab: &Lab, peers: u32, secs: f64, rate: Option<f64>) -> Result<Wir
 fn test_run(peers: u32, delay: bool, quick: bool) -> Result<(f64, f64)> {
     let mut p = probe(peers, delay)?;
     let me = Ipv4Addr::new(10, 0, 0, 1);
-    let them = (peers / 2..peers).find(|&i| endpoint_placed(peers, i)).unwrap_or(0);
-    let here = "192.0.2.254:51820".parse().unwrap();
+    let them = placed_peer(peers);
     let plain = ipv4(me, peer_addr(them), UDP, 20 + 8 + PAYLOAD);
-    let message = eth_udp4(here, peer_endpoint(them), &wg::data(1, 0, (20 + 8 + PAYLOAD).next_multiple_of(16)));
+    let message = eth_udp4(HERE, peer_endpoint(them), &wg::data(1, 0, (20 + 8 + PAYLOAD).next_multiple_of(16)));
     let path = |p: &mut _, repeat, before: &mut dyn FnMut()| -> Result<f64> {
         before();
         let empty = ns_per_run(p, "bench_noop", &plain, repeat)?;
