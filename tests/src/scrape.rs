@@ -27,6 +27,20 @@ pub fn http_get_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> 
 
 /// Like [`http_get_with`], the body as bytes (a compressed one, say).
 pub fn http_get_bytes(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Result<(String, Vec<u8>)> {
+    let mut raw = Vec::new();
+    let (head, body) = http_get_into(addr, path, headers, &mut raw)?;
+    raw.drain(..body);
+    Ok((head, raw))
+}
+
+/// GET `path`, the whole answer read into `raw` (appended); returns the head and where the
+/// body starts in `raw`.
+pub fn http_get_into(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    raw: &mut Vec<u8>,
+) -> Result<(String, usize)> {
     let mut s =
         TcpStream::connect_timeout(&addr, Duration::from_secs(5)).with_context(|| format!("connecting to {addr}"))?;
     s.set_read_timeout(Some(Duration::from_secs(600)))?;
@@ -36,10 +50,10 @@ pub fn http_get_bytes(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) ->
     }
     req.push_str("\r\n");
     s.write_all(req.as_bytes())?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").context("no HTTP header end")?;
-    Ok((String::from_utf8_lossy(&raw[..end]).into_owned(), raw[end + 4..].to_vec()))
+    let start = raw.len();
+    s.read_to_end(raw)?;
+    let end = raw[start..].windows(4).position(|w| w == b"\r\n\r\n").context("no HTTP header end")?;
+    Ok((String::from_utf8_lossy(&raw[start..start + end]).into_owned(), start + end + 4))
 }
 
 /// One sample: name, labels in order, value.

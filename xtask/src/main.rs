@@ -56,6 +56,10 @@ enum Task {
         /// nothing.
         #[arg(long)]
         vm_only: bool,
+        /// With --vm-only: the guest device's sizes, comma-separated [default: 1000,10000,50000;
+        /// prometheus_wireguard_exporter then only up to 1,000].
+        #[arg(long, requires = "vm_only")]
+        peers: Option<String>,
     },
     /// Kernel WireGuard in qemu guests: the kernel-WireGuard suite (tests/src/bin/vm-suite.rs)
     /// on Debian's cloud kernels, or with --boot the .deb under systemd on Debian 13.
@@ -222,10 +226,10 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        Task::Bench { quick, vm_only } => {
+        Task::Bench { quick, vm_only, peers } => {
             setup::run()?;
             if vm_only {
-                print!("{}", vm::scale(quick)?);
+                print!("{}", vm::scale(quick, peers.as_deref())?);
                 return Ok(());
             }
             bench::run(quick)
