@@ -13,6 +13,7 @@ use bytes::Bytes;
 use prometheus_client::{collector::Collector, encoding, encoding::DescriptorEncoder, registry::Registry};
 
 use super::{
+    buffers::Slots,
     family::Family,
     format::{Exposition, Format},
     Page, GROUPS,
@@ -32,6 +33,9 @@ const FAMILIES: usize = {
 /// The size of each family's last encoding, so the next one is encoded into a buffer that need
 /// not grow.
 static LAST_SIZE: [AtomicUsize; FAMILIES] = [const { AtomicUsize::new(256) }; FAMILIES];
+
+/// Each family's buffer, kept for the next page (text formats).
+static BUFFERS: Slots<FAMILIES> = Slots::new();
 
 /// Threads encoding one page (the first is the scrape's own).
 const THREADS: usize = 4;
@@ -62,26 +66,29 @@ fn encode_family(
     i: usize,
     family: &'static Family,
     format: Format,
-) -> Result<Vec<u8>, std::fmt::Error> {
+) -> Result<Bytes, std::fmt::Error> {
     let last = i == FAMILIES - 1;
     let native = format.exposition == Exposition::Protobuf;
     let mut registry = Registry::default();
     registry.register_collector(Box::new(FamilyOf { page: page.clone(), family, native }));
     let capacity = LAST_SIZE[i].load(Ordering::Relaxed) * 9 / 8;
+    let text = || String::from_utf8(BUFFERS.take(i, capacity)).map_err(|_| std::fmt::Error);
     let out = match format.exposition {
-        Exposition::Protobuf => encoding::prometheus_protobuf::encode_to_vec(&registry).map_err(|_| std::fmt::Error)?,
+        Exposition::Protobuf => {
+            Bytes::from(encoding::prometheus_protobuf::encode_to_vec(&registry).map_err(|_| std::fmt::Error)?)
+        }
         Exposition::OpenMetrics => {
-            let mut text = String::with_capacity(capacity);
+            let mut text = text()?;
             encoding::text::encode_registry(&mut text, &registry)?;
             if last {
                 encoding::text::encode_eof(&mut text)?;
             }
-            text.into_bytes()
+            BUFFERS.bytes(i, text.into_bytes())
         }
         Exposition::Text => {
-            let mut text = String::with_capacity(capacity);
+            let mut text = text()?;
             encoding::prometheus_text::encode(&mut text, &registry)?;
-            text.into_bytes()
+            BUFFERS.bytes(i, text.into_bytes())
         }
     };
     LAST_SIZE[i].store(out.len(), Ordering::Relaxed);
@@ -118,8 +125,8 @@ fn shared_out<I: Sync, T: Send>(
 
 /// The pieces gzipped as one member: cut into `threads` runs of about equal size, in order,
 /// each compressed by a thread of its own.
-fn gzip_pieces(texts: &[Vec<u8>], threads: usize) -> Result<Bytes, std::fmt::Error> {
-    let total: usize = texts.iter().map(Vec::len).sum();
+fn gzip_pieces(texts: &[Bytes], threads: usize) -> Result<Bytes, std::fmt::Error> {
+    let total: usize = texts.iter().map(Bytes::len).sum();
     let mut runs: Vec<Vec<&[u8]>> = vec![Vec::new()];
     let mut size = 0;
     for t in texts {
@@ -127,7 +134,7 @@ fn gzip_pieces(texts: &[Vec<u8>], threads: usize) -> Result<Bytes, std::fmt::Err
             runs.push(Vec::new());
         }
         size += t.len();
-        runs.last_mut().expect("one run at least").push(t.as_slice());
+        runs.last_mut().expect("one run at least").push(t);
     }
     let count = runs.len();
     let pieces =
@@ -156,7 +163,8 @@ impl Encoded {
 }
 
 /// The whole page.
-pub fn encode(page: Page, format: Format) -> Result<Encoded, std::fmt::Error> {
+pub fn encode(mut page: Page, format: Format) -> Result<Encoded, std::fmt::Error> {
+    page.text = format.exposition != Exposition::Protobuf;
     let page = Arc::new(page);
     let families: Vec<&'static Family> = super::families().collect();
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, THREADS);
@@ -164,5 +172,5 @@ pub fn encode(page: Page, format: Format) -> Result<Encoded, std::fmt::Error> {
     if format.gzip {
         return Ok(Encoded(vec![gzip_pieces(&texts, threads)?]));
     }
-    Ok(Encoded(texts.into_iter().map(Bytes::from).collect()))
+    Ok(Encoded(texts))
 }

@@ -52,13 +52,14 @@ fn messages(page: &Page, s: &mut Samples) -> std::fmt::Result {
     for (d, rows) in page.snap.devices.iter().zip(&page.rows) {
         let Some(r) = &d.reading else { continue };
         let device = DeviceLabels::of(&d.found);
-        let peers = d.state.peers.iter().zip(rows).filter_map(|(p, row)| {
-            let labels =
-                PeerLabels { device, key: row.key.as_str(), name: named.then(|| row.name.as_deref().unwrap_or("")) };
-            Some((labels, r.messages.get(&p.public_key)?))
-        });
+        let peers = d
+            .state
+            .peers
+            .iter()
+            .zip(rows)
+            .filter_map(|(p, row)| Some((page.labels(&d.found, row), r.messages.get(&p.public_key)?)));
         // The device's messages no peer was found for: an empty public_key (and name).
-        let unknown = PeerLabels { device, key: "", name: named.then_some("") };
+        let unknown = PeerLabels { device, key: "", name: named.then_some(""), head: None };
         for (labels, counts) in peers.chain(std::iter::once((unknown, &r.device_messages))) {
             for (dir, dname) in [(DIR_RX, "receive"), (DIR_TX, "transmit")] {
                 for t in MessageType::ALL {

@@ -5,6 +5,7 @@
 //! Names and HELP texts keep the contract of ../shared/docs/metrics.md.
 
 mod budget;
+mod buffers;
 mod collector;
 mod compat;
 mod device;
