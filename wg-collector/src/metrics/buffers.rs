@@ -1,11 +1,10 @@
 //! Page buffers kept from one scrape for the next. A page at 10k peers is 17 MB in pieces
-//! of 0.1-2 MB, one per family; glibc hands blocks above the mmap threshold (128 KiB, see
-//! main.rs) back to the kernel as they are freed, so every scrape faulted its whole page in
-//! afresh: a quarter of the collector's CPU a scrape at 10k peers on the bench host, and the
-//! jump in the qemu guest from 1k peers (pieces under the threshold, reused from the heap) to
-//! 10k (15× the time for 10× the peers). Each piece goes back to its slot when the last
-//! response sending it is dropped, and the next page's same piece is written into it: what
-//! is kept is at most one page, and a page that shrank lets its larger buffers go.
+//! of 0.1-2 MB, one per family. Freed, they went back to the kernel (glibc's mmap threshold
+//! was 128 KiB) and every scrape faulted its whole page in afresh; freed into the heap, a
+//! piece's memory could be trimmed or split by whatever is allocated next. Each piece goes
+//! back to its slot when the last response sending it is dropped, and the next page's same
+//! piece is written into it: what is kept is at most one page, and a page that shrank lets
+//! its larger buffers go.
 
 use std::sync::Mutex;
 

@@ -49,7 +49,7 @@ pub const GROUP: Group = Group {
 
 fn messages(page: &Page, s: &mut Samples) -> std::fmt::Result {
     let named = page.opts.peer_name_label;
-    for (d, rows) in page.snap.devices.iter().zip(&page.rows) {
+    for (i, (d, rows)) in page.snap.devices.iter().zip(&page.rows).enumerate() {
         let Some(r) = &d.reading else { continue };
         let device = DeviceLabels::of(&d.found);
         let peers = d
@@ -57,7 +57,7 @@ fn messages(page: &Page, s: &mut Samples) -> std::fmt::Result {
             .peers
             .iter()
             .zip(rows)
-            .filter_map(|(p, row)| Some((page.labels(&d.found, row), r.messages.get(&p.public_key)?)));
+            .filter_map(|(p, row)| Some((page.labels(i, row), r.messages.get(&p.public_key)?)));
         // The device's messages no peer was found for: an empty public_key (and name).
         let unknown = PeerLabels { device, key: "", name: named.then_some(""), head: None };
         for (labels, counts) in peers.chain(std::iter::once((unknown, &r.device_messages))) {

@@ -69,6 +69,9 @@ pub struct Page {
     pub left_out: KeySet,
     /// Per device, per peer, in the reading's order.
     pub rows: Vec<Vec<Row>>,
+    /// Per device: its peers' labels as the text formats write them, up to the value of
+    /// public_key (`device="wg0",public_key`; see PeerLabels).
+    pub heads: Vec<String>,
     /// Per device.
     pub latency: Vec<LatencySeries>,
     pub opts: ExportOptions,
@@ -98,23 +101,24 @@ impl Page {
                 (Arc::new(trimmed), omitted, left_out)
             };
         let rows = snap.devices.iter().map(|d| d.state.peers.iter().map(|p| Row::of(d, p)).collect()).collect();
-        Self { snap, omitted, left_out, rows, latency, opts: opts.clone(), endpoint, text: false }
+        let heads = snap.devices.iter().map(|d| DeviceLabels::of(&d.found).head()).collect();
+        Self { snap, omitted, left_out, rows, heads, latency, opts: opts.clone(), endpoint, text: false }
     }
 
     /// Every peer with its row and the labels all per-peer families start with.
     pub fn peers(&self) -> impl Iterator<Item = (&Peer, &Row, PeerLabels<'_>)> {
-        self.snap.devices.iter().zip(&self.rows).flat_map(move |(d, rows)| {
-            d.state.peers.iter().zip(rows).map(move |(p, row)| (p, row, self.labels(&d.found, row)))
+        self.snap.devices.iter().zip(&self.rows).enumerate().flat_map(move |(i, (d, rows))| {
+            d.state.peers.iter().zip(rows).map(move |(p, row)| (p, row, self.labels(i, row)))
         })
     }
 
-    /// The labels all of a peer's series start with.
-    pub fn labels<'a>(&'a self, device: &'a Found, row: &'a Row) -> PeerLabels<'a> {
+    /// The labels all series of a peer of device `i` start with.
+    pub fn labels<'a>(&'a self, i: usize, row: &'a Row) -> PeerLabels<'a> {
         PeerLabels {
-            device: DeviceLabels::of(device),
+            device: DeviceLabels::of(&self.snap.devices[i].found),
             key: &row.key,
             name: self.opts.peer_name_label.then(|| row.name.as_deref().unwrap_or("")),
-            head: self.text.then_some(row.head.as_str()),
+            head: self.text.then_some(self.heads[i].as_str()),
         }
     }
 
@@ -128,9 +132,6 @@ impl Page {
 /// a lookup per family was a tenth of the page's time).
 pub struct Row {
     pub key: String,
-    /// The peer's labels as the text formats write them, up to its key's value:
-    /// `device="wg0",public_key` (see PeerLabels).
-    pub head: String,
     pub name: Option<String>,
     pub counters: Option<PeerCounters>,
     pub endpoint_changes: u64,
@@ -140,7 +141,6 @@ impl Row {
     fn of(d: &DeviceSnapshot, p: &Peer) -> Self {
         Row {
             key: p.public_key.to_base64(),
-            head: DeviceLabels::of(&d.found).head(),
             name: d.names.get(&p.public_key).cloned(),
             counters: d.reading.as_ref().and_then(|r| r.counters.get(&p.public_key)).copied(),
             endpoint_changes: d.lifecycle.endpoint_changes.get(&p.public_key).copied().unwrap_or(0),
@@ -167,8 +167,8 @@ impl<'a> DeviceLabels<'a> {
         DeviceLabels { device: &l.name, netns: l.netns.as_deref() }
     }
 
-    /// A peer's head (see Row): these labels as the text formats write them, then the key
-    /// of public_key.
+    /// The head of its peers' labels (see Page::heads): these labels as the text formats
+    /// write them, then the key of public_key.
     pub fn head(&self) -> String {
         let mut head = String::with_capacity(40);
         for (k, v) in [("device", Some(self.device)), ("netns", self.netns)] {
@@ -208,9 +208,9 @@ pub struct PeerLabels<'a> {
     pub device: DeviceLabels<'a>,
     pub key: &'a str,
     pub name: Option<&'a str>,
-    /// In a text format, the labels before the key's value as written once per page (the
-    /// row's head): ~15 series a peer then write them in one piece rather than label by
-    /// label, which was half of a 10k-peer page's encoding time.
+    /// In a text format, the labels before the key's value as written once per page and
+    /// device (Page::heads): ~15 series a peer then write them in one piece rather than
+    /// label by label, which was half of a 10k-peer page's encoding time.
     pub head: Option<&'a str>,
 }
 
