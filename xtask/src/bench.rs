@@ -70,9 +70,15 @@ pub fn run(quick: bool) -> Result<()> {
          program) with that many peers in the maps.\n\n\
          Kernel WireGuard at scale: in a qemu guest (TCG, 2 vCPUs, Debian 13's kernel), lab \
          side a's kernel device gets that many peers (one `wg addconf` each step); the \
-         release collector (netlink), prometheus_wireguard_exporter (`wg show` per scrape) \
-         and `wg show wg0 dump` itself, alternating, medians of 5 after a warm-up (the exporter \
-         above 1,000 peers once: a scrape takes minutes there under TCG).\n\n\
+         release collector (netlink; polling every 30 s, so its poll loop stays out of the \
+         timed rounds as it does on hardware), prometheus_wireguard_exporter (`wg show` per \
+         scrape) and `wg show wg0 dump` itself, alternating, a second's pause before each, \
+         medians of 9 after a warm-up (the exporter above 1,000 peers once: a scrape takes \
+         minutes there under TCG); collector / dump is the median of each round's ratio; \
+         the page is read as Prometheus reads it, into a buffer kept across scrapes. The \
+         last three columns are the collector's own account (its page): reading netlink and \
+         the maps, and the mean time to the answer's headers (reading and encoding; the rest \
+         of a scrape is sending the page).\n\n\
          Load: `wrk -t2 -c200 -d30s --latency` on /metrics of the release collector at 1,000 \
          peers; halfway through a peer is added and the time until its allowed IP is in the \
          pinned host map (bpftool) is taken, to show the scrape crowd does not hold up the map \

@@ -89,7 +89,7 @@ pub fn scale(quick: bool, peers: Option<&str>) -> Result<String> {
     let exporter = PathBuf::from(wg_tests::lab::tool("prometheus_wireguard_exporter")?);
     let (kernel_dir, version) = kernels::fetch(Kernel::V6_12)?;
     let initrd = initramfs(&kernel_dir, &version, "vm-scale", &[exporter])?;
-    let (sizes, reps) = if quick { ("100,1000", 1) } else { ("1000,10000,50000", 5) };
+    let (sizes, reps) = if quick { ("100,1000", 1) } else { ("1000,10000,50000", 9) };
     // The exporter takes minutes a scrape at 10,000 peers; picked sizes are for the collector.
     let exporter = if quick || peers.is_some() { 1000 } else { 10_000 };
     let params = format!("wgscale.peers={} wgscale.reps={reps} wgscale.exporter={exporter}", peers.unwrap_or(sizes));
@@ -97,16 +97,16 @@ pub fn scale(quick: bool, peers: Option<&str>) -> Result<String> {
         boot(&kernel_dir.join(format!("boot/vmlinuz-{version}")), &initrd, SCALE, "4G", &format!("quiet {params}"))?;
     let mut table = format!(
         "Kernel {version} in qemu (TCG: absolute times are slow, ratios stand).\n\n\
-         | peers | collector scrape (median) | prometheus_wireguard_exporter | `wg show dump` | collector / dump | exporter / dump | page | dump | collector: netlink | maps | until headers |\n\
+         | peers | collector scrape (median) | prometheus_wireguard_exporter | `wg show dump` | collector / dump (median of rounds) | exporter / dump | page | dump | collector: netlink | maps | until headers |\n\
          |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     );
     for line in console.lines() {
         let Some(row) = line.split_once("vm-scale: row ").map(|(_, r)| r) else { continue };
         let f: Vec<&str> = row.split_whitespace().collect();
-        let [n, collector, exporter, dump, page, dumped, netlink, maps, headers] = f[..] else {
+        let [n, collector, exporter, dump, page, dumped, netlink, maps, headers, ratio] = f[..] else {
             bail!("a row of vm-scale: {row}")
         };
-        let (c, d): (f64, f64) = (collector.parse()?, dump.parse()?);
+        let (c, d, ratio): (f64, f64, f64) = (collector.parse()?, dump.parse()?, ratio.parse()?);
         let (e, e_ratio) = match exporter.parse::<f64>() {
             Ok(e) => (format!("{:.1} ms", e * 1e3), format!("{:.1}×", e / d)),
             Err(_) => ("not measured (minutes a scrape)".into(), String::new()),
@@ -117,7 +117,7 @@ pub fn scale(quick: bool, peers: Option<&str>) -> Result<String> {
             "| {n} | {:.1} ms | {e} | {:.1} ms | {:.1}× | {e_ratio} | {} | {} | {} | {} | {} |\n",
             c * 1e3,
             d * 1e3,
-            c / d,
+            ratio,
             kib(page)?,
             kib(dumped)?,
             ms(netlink)?,

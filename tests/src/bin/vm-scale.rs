@@ -9,10 +9,10 @@
 //! its scrape grows with the square of the peers, minutes at 10,000 under TCG, so above
 //! 1,000 peers it is scraped once, in the first round). One console line per size:
 //! `vm-scale: row PEERS COLLECTOR_S EXPORTER_S DUMP_S PAGE_BYTES DUMP_BYTES NETLINK_S MAPS_S
-//! HEADERS_S` (medians; `-` where not measured), the last three where the collector's scrape
-//! went, as its own page tells: reading WireGuard (netlink) and the maps in the last scrape,
-//! and the mean time from a timed request's arrival to its answer's headers (reading and
-//! encoding; the rest of a scrape is sending the page).
+//! HEADERS_S RATIO` (medians; `-` where not measured): where the collector's scrape went, as
+//! its own page tells (reading WireGuard by netlink and the maps in the last scrape, the mean
+//! time from a timed request's arrival to its answer's headers: reading and encoding; the
+//! rest is sending the page), and the median of each round's collector / dump.
 
 use std::time::{Duration, Instant};
 
@@ -107,8 +107,12 @@ fn scale() -> Result<()> {
             Ok::<_, anyhow::Error>(requests(&after, part).context(part)? - requests(&before, part).context(part)?)
         };
         let headers = delta("sum")? / delta("count")?;
+        // The guest's speed drifts (by half within minutes under a busy host): each round's
+        // collector / dump ratio, taken a few seconds apart, is steadier than the ratio of
+        // the medians.
+        let ratio = median(collector.iter().zip(&dumps).map(|(c, d)| c / d).collect());
         println!(
-            "vm-scale: row {n} {:.6} {exporter_s} {:.6} {page} {dumped} {netlink:.6} {maps:.6} {headers:.6}",
+            "vm-scale: row {n} {:.6} {exporter_s} {:.6} {page} {dumped} {netlink:.6} {maps:.6} {headers:.6} {ratio:.3}",
             median(collector),
             median(dumps)
         );
