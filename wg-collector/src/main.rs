@@ -21,13 +21,14 @@ fn main() -> ExitCode {
     // peers) in pieces of 0.1-2 MB. Blocks from mmap go back to the kernel when freed and
     // are faulted in afresh by the next scrape: with a threshold of 128 KiB that was ~4,700
     // page faults and a fifth of the CPU of a 10k-peer scrape (87 against 72 ms, measured
-    // side by side; more under virtualisation, where a fault costs more). A fixed 32 MiB
-    // (glibc's own ceiling) keeps a scrape's working set in the heap for the next one: RSS
-    // holds about one reading and one page (page buffers are kept by metrics::buffers).
+    // side by side; more under virtualisation, where a fault costs more). At 4 MiB a 10k-peer
+    // scrape's blocks come from the heap the last scrape left; larger ones (50k peers) are
+    // mmapped again rather than kept (with glibc's ceiling, 32 MiB, RSS at 50k peers was
+    // 267 MiB). Page buffers are kept apart, by metrics::buffers.
     // Two arenas: the blocking pool's threads need not each keep a heap of their own.
     // SAFETY: mallopt only sets allocator parameters; called before any thread starts.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
     // Colours only on a terminal: journald and log files get plain text.

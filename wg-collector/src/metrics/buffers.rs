@@ -3,28 +3,36 @@
 //! was 128 KiB) and every scrape faulted its whole page in afresh; freed into the heap, a
 //! piece's memory could be trimmed or split by whatever is allocated next. Each piece goes
 //! back to its slot when the last response sending it is dropped, and the next page's same
-//! piece is written into it: what is kept is at most one page, and a page that shrank lets
-//! its larger buffers go.
+//! piece is written into it: what is kept is at most one page and at most [`KEEP`] bytes (a
+//! 50k-peer page, 88 MB, is kept in part), and a page that shrank lets its larger buffers go.
 
-use std::sync::Mutex;
+use std::sync::{
+    atomic::{AtomicUsize, Ordering},
+    Mutex,
+};
 
 use bytes::Bytes;
 
 /// A buffer more than this many times what is asked of it is let go, not reused.
 const SHRINK: usize = 4;
 
-/// One buffer per piece of a page.
-pub struct Slots<const N: usize>([Mutex<Vec<u8>>; N]);
+/// The most bytes kept between scrapes: a 10k-peer page (17 MB) whole; of a larger one what
+/// fits, so the memory kept does not grow with the peers.
+pub const KEEP: usize = 32 << 20;
+
+/// One buffer per piece of a page, and the bytes they hold.
+pub struct Slots<const N: usize>([Mutex<Vec<u8>>; N], AtomicUsize);
 
 impl<const N: usize> Slots<N> {
     pub const fn new() -> Self {
-        Self([const { Mutex::new(Vec::new()) }; N])
+        Self([const { Mutex::new(Vec::new()) }; N], AtomicUsize::new(0))
     }
 
     /// Slot `i`'s buffer, empty, with room for `capacity` bytes (a new one if another page
     /// has it, or if it is far larger than that).
     pub fn take(&self, i: usize, capacity: usize) -> Vec<u8> {
         let mut buf = std::mem::take(&mut *self.0[i].lock().unwrap_or_else(|e| e.into_inner()));
+        self.1.fetch_sub(buf.capacity(), Ordering::Relaxed);
         if buf.capacity() > capacity.saturating_mul(SHRINK) {
             buf = Vec::new();
         }
@@ -40,8 +48,10 @@ impl<const N: usize> Slots<N> {
 
     fn give_back(&self, i: usize, buf: Vec<u8>) {
         let mut slot = self.0[i].lock().unwrap_or_else(|e| e.into_inner());
-        // Two pages at once (two formats) each had one: the larger is kept.
-        if buf.capacity() > slot.capacity() {
+        // Two pages at once (two formats) each had one: the larger is kept, if it fits.
+        let grows = buf.capacity().saturating_sub(slot.capacity());
+        if grows > 0 && self.1.load(Ordering::Relaxed) + grows <= KEEP {
+            self.1.fetch_add(grows, Ordering::Relaxed);
             *slot = buf;
         }
     }
@@ -49,7 +59,9 @@ impl<const N: usize> Slots<N> {
     /// Bytes held for the next page (for tests).
     #[cfg(test)]
     fn held(&self) -> usize {
-        self.0.iter().map(|s| s.lock().unwrap().capacity()).sum()
+        let held = self.0.iter().map(|s| s.lock().unwrap().capacity()).sum();
+        assert_eq!(held, self.1.load(Ordering::Relaxed), "the count of bytes held is right");
+        held
     }
 }
 
@@ -111,5 +123,23 @@ mod tests {
         drop(SLOTS.bytes(0, reused));
         let fresh = SLOTS.take(0, 100);
         assert!(fresh.capacity() < 10_000, "kept {} for 100 bytes", fresh.capacity());
+        assert_eq!(SLOTS.held(), 0);
+    }
+
+    /// What does not fit in KEEP is let go: the memory kept stays bounded whatever the page.
+    #[test]
+    fn no_more_than_keep_is_kept() {
+        static SLOTS: Slots<3> = Slots::new();
+        let (a, b, c) = (SLOTS.take(0, KEEP / 2), SLOTS.take(1, KEEP / 2), SLOTS.take(2, 1000));
+        let (a_cap, b_cap) = (a.capacity(), b.capacity());
+        drop(SLOTS.bytes(0, a));
+        drop(SLOTS.bytes(1, b));
+        drop(SLOTS.bytes(2, c));
+        assert!(SLOTS.held() <= KEEP, "{} held", SLOTS.held());
+        assert_eq!(SLOTS.held(), a_cap + b_cap, "the two halves fit, the third did not");
+        // Taken and given back again, the same bytes still fit.
+        let a = SLOTS.take(0, KEEP / 2);
+        drop(SLOTS.bytes(0, a));
+        assert_eq!(SLOTS.held(), a_cap + b_cap);
     }
 }

@@ -2,9 +2,7 @@
 //! row, made once for every per-peer family, and the latency series, folded once for the
 //! histogram families.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
-
-use std::fmt::Write;
+use std::{collections::BTreeMap, fmt::Write, sync::Arc, time::Duration};
 
 use prometheus_client::encoding::{EncodeLabelSet, LabelSetEncoder};
 use wg_common::PeerCounters;
@@ -77,7 +75,7 @@ pub struct Page {
     pub opts: ExportOptions,
     /// The metrics endpoint's connections and requests as of this scrape.
     pub endpoint: EndpointCounts,
-    /// Encoded in a text format: per-peer label sets are written from their rows' heads
+    /// Encoded in a text format: per-peer label sets are written from their device's head
     /// (set by `encode`).
     pub text: bool,
 }
@@ -219,7 +217,7 @@ impl EncodeLabelSet for PeerLabels<'_> {
         if let Some(head) = self.head {
             // The text encoders write a label's key as it is given and then `="`, the value
             // escaped, `"`: a key of `device="wg0",public_key` writes the same text as the
-            // labels one by one (the golden pages hold them to it).
+            // labels one by one (the test below and the golden pages hold them to it).
             let mut label = encoder.encode_label();
             let mut key = label.encode_label_key()?;
             key.write_str(head)?;
