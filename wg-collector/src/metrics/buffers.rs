@@ -20,19 +20,23 @@ const SHRINK: usize = 4;
 /// fits, so the memory kept does not grow with the peers.
 pub const KEEP: usize = 32 << 20;
 
-/// One buffer per piece of a page, and the bytes they hold.
-pub struct Slots<const N: usize>([Mutex<Vec<u8>>; N], AtomicUsize);
+/// One buffer per piece of a page.
+pub struct Slots<const N: usize> {
+    slots: [Mutex<Vec<u8>>; N],
+    /// The bytes the slots hold, at most KEEP.
+    held: AtomicUsize,
+}
 
 impl<const N: usize> Slots<N> {
     pub const fn new() -> Self {
-        Self([const { Mutex::new(Vec::new()) }; N], AtomicUsize::new(0))
+        Self { slots: [const { Mutex::new(Vec::new()) }; N], held: AtomicUsize::new(0) }
     }
 
     /// Slot `i`'s buffer, empty, with room for `capacity` bytes (a new one if another page
     /// has it, or if it is far larger than that).
     pub fn take(&self, i: usize, capacity: usize) -> Vec<u8> {
-        let mut buf = std::mem::take(&mut *self.0[i].lock().unwrap_or_else(|e| e.into_inner()));
-        self.1.fetch_sub(buf.capacity(), Ordering::Relaxed);
+        let mut buf = std::mem::take(&mut *self.slots[i].lock().unwrap_or_else(|e| e.into_inner()));
+        self.held.fetch_sub(buf.capacity(), Ordering::Relaxed);
         if buf.capacity() > capacity.saturating_mul(SHRINK) {
             buf = Vec::new();
         }
@@ -47,11 +51,11 @@ impl<const N: usize> Slots<N> {
     }
 
     fn give_back(&self, i: usize, buf: Vec<u8>) {
-        let mut slot = self.0[i].lock().unwrap_or_else(|e| e.into_inner());
+        let mut slot = self.slots[i].lock().unwrap_or_else(|e| e.into_inner());
         // Two pages at once (two formats) each had one: the larger is kept, if it fits.
         let grows = buf.capacity().saturating_sub(slot.capacity());
-        if grows > 0 && self.1.load(Ordering::Relaxed) + grows <= KEEP {
-            self.1.fetch_add(grows, Ordering::Relaxed);
+        if grows > 0 && self.held.load(Ordering::Relaxed) + grows <= KEEP {
+            self.held.fetch_add(grows, Ordering::Relaxed);
             *slot = buf;
         }
     }
@@ -59,8 +63,8 @@ impl<const N: usize> Slots<N> {
     /// Bytes held for the next page (for tests).
     #[cfg(test)]
     fn held(&self) -> usize {
-        let held = self.0.iter().map(|s| s.lock().unwrap().capacity()).sum();
-        assert_eq!(held, self.1.load(Ordering::Relaxed), "the count of bytes held is right");
+        let held = self.slots.iter().map(|s| s.lock().unwrap().capacity()).sum();
+        assert_eq!(held, self.held.load(Ordering::Relaxed), "the count of bytes held is right");
         held
     }
 }
