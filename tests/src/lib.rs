@@ -5,6 +5,7 @@
 //! Everything a lab creates carries its owner's pid in its name and is removed when the lab
 //! is dropped, also when a test panics; labs left by a killed process are swept by the next.
 
+pub mod capture;
 pub mod collector;
 pub mod exporter;
 pub mod impair;
