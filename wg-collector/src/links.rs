@@ -6,12 +6,20 @@
 //! flap is a transition from up to anything else: down, deleted, or replaced by a new
 //! interface of the same name (a new ifindex).
 //!
+//! An event is newer than any dump taken before it arrived: a refresh that began listing the
+//! interfaces before a device went down must not set it up again (and then, with no event
+//! left to come, hold the page at up until the next poll). So the events are numbered and a
+//! dump says from when it is ([`Links::mark`]).
+//!
 //! The interfaces are read over rtnetlink, not /sys/class/net: sysfs shows the namespace it
 //! was mounted in, a netlink socket the one it was opened in (see netns.rs).
 
 use std::{
     collections::BTreeMap,
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
 };
 
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST};
@@ -35,26 +43,55 @@ pub struct LinkState {
 /// The link states of the devices the collector follows, by name.
 #[derive(Default)]
 pub struct Links {
-    states: Mutex<BTreeMap<String, LinkState>>,
+    states: Mutex<BTreeMap<String, Followed>>,
+    /// Link events taken in so far, which numbers them.
+    events: AtomicU64,
+}
+
+/// A followed device: its state, and the number of the last event that said it.
+#[derive(Default)]
+struct Followed {
+    state: LinkState,
+    event: u64,
 }
 
 impl Links {
     /// Starts following `name` (a WireGuard device the collector found), which is `now`.
     pub fn follow(&self, name: &str, now: Option<(u32, bool)>) {
         let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
-        if !states.contains_key(name) {
-            states.insert(
-                name.to_string(),
-                LinkState { up: now.is_some_and(|(_, up)| up), ifindex: now.map(|(i, _)| i), flaps: 0 },
-            );
+        states.entry(name.to_string()).or_insert_with(|| Followed {
+            state: LinkState { up: now.is_some_and(|(_, up)| up), ifindex: now.map(|(i, _)| i), flaps: 0 },
+            event: 0,
+        });
+    }
+
+    /// Where the events stand: take it before listing the interfaces, and give it to
+    /// [`check`](Self::check) with what was listed.
+    pub fn mark(&self) -> u64 {
+        self.events.load(Ordering::SeqCst)
+    }
+
+    /// Takes in a link event: `name` is now `now` (`None`: deleted, else (ifindex, up)).
+    /// Ignores names not followed. Returns whether anything changed.
+    pub fn event(&self, name: &str, now: Option<(u32, bool)>) -> bool {
+        let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
+        let number = self.events.fetch_add(1, Ordering::SeqCst) + 1;
+        let Some(f) = states.get_mut(name) else { return false };
+        f.event = number;
+        Self::observe(name, &mut f.state, now)
+    }
+
+    /// Takes in a refresh's look at the interfaces, listed after [`mark`](Self::mark) gave
+    /// `since`, for every followed device no event has spoken of since.
+    pub fn check(&self, interfaces: &[Interface], since: u64) {
+        let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
+        for (name, f) in states.iter_mut().filter(|(_, f)| f.event <= since) {
+            Self::observe(name, &mut f.state, interfaces.iter().find(|i| &i.name == name).map(|i| (i.ifindex, i.up)));
         }
     }
 
-    /// Takes in what `name` is now: `None` when it does not exist, else (ifindex, up). Ignores
-    /// names not followed. Returns whether anything changed.
-    pub fn observe(&self, name: &str, now: Option<(u32, bool)>) -> bool {
-        let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(s) = states.get_mut(name) else { return false };
+    /// `s`, the state of `name`, is now `now`. Returns whether anything changed.
+    fn observe(name: &str, s: &mut LinkState, now: Option<(u32, bool)>) -> bool {
         let (ifindex, up) = (now.map(|(i, _)| i), now.is_some_and(|(_, up)| up));
         if s.up && (!up || ifindex != s.ifindex) {
             s.flaps += 1;
@@ -75,16 +112,8 @@ impl Links {
         changed
     }
 
-    /// Takes in a refresh's look at the interfaces, for every followed device.
-    pub fn check(&self, interfaces: &[Interface]) {
-        let names: Vec<String> = self.states.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
-        for name in names {
-            self.observe(&name, interfaces.iter().find(|i| i.name == name).map(|i| (i.ifindex, i.up)));
-        }
-    }
-
     pub fn all(&self) -> Vec<(String, LinkState)> {
-        self.states.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(n, s)| (n.clone(), *s)).collect()
+        self.states.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(n, f)| (n.clone(), f.state)).collect()
     }
 
     /// Follows the kernel's link events on a thread of its own; `on_change` is called after
@@ -113,12 +142,9 @@ impl Links {
                     let len = msg.header.length as usize;
                     if let NetlinkPayload::InnerMessage(m) = msg.payload {
                         changed |= match m {
-                            RouteNetlinkMessage::NewLink(l) => name_of(&l).is_some_and(|name| {
-                                links.observe(&name, Some((l.header.index, is_up(l.header.flags))))
-                            }),
-                            RouteNetlinkMessage::DelLink(l) => {
-                                name_of(&l).is_some_and(|name| links.observe(&name, None))
-                            }
+                            RouteNetlinkMessage::NewLink(l) => name_of(&l)
+                                .is_some_and(|name| links.event(&name, Some((l.header.index, is_up(l.header.flags))))),
+                            RouteNetlinkMessage::DelLink(l) => name_of(&l).is_some_and(|name| links.event(&name, None)),
                             _ => false,
                         };
                     }
@@ -218,6 +244,28 @@ fn kind_of(l: &LinkMessage) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dump_older_than_an_event_does_not_undo_it() {
+        let links = Links::default();
+        let up = |ifindex| Interface { name: "wg0".into(), ifindex, up: true, kind: None };
+        let state = || links.all()[0].1;
+        links.follow("wg0", Some((7, true)));
+        // A refresh lists the interfaces (wg0 up), then the device goes down before it is done.
+        let mark = links.mark();
+        assert!(links.event("wg0", Some((7, false))));
+        links.check(&[up(7)], mark);
+        assert_eq!(state(), LinkState { up: false, ifindex: Some(7), flaps: 1 }, "the older dump is set aside");
+        // A dump taken after the event counts: it is up again, then found replaced.
+        links.check(&[up(7)], links.mark());
+        assert_eq!(state(), LinkState { up: true, ifindex: Some(7), flaps: 1 });
+        links.check(&[up(8)], links.mark());
+        assert_eq!(state(), LinkState { up: true, ifindex: Some(8), flaps: 2 }, "a new ifindex is a flap");
+        links.check(&[], links.mark());
+        assert_eq!(state(), LinkState { up: false, ifindex: None, flaps: 3 }, "deleted");
+        // Events for devices not followed are numbered but change nothing.
+        assert!(!links.event("eth0", None));
+    }
 
     #[test]
     fn dump_lists_loopback() {

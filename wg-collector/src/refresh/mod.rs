@@ -217,6 +217,7 @@ impl Monitor {
         pass: &mut Pass,
     ) -> Option<(Vec<String>, Vec<DeviceSnapshot>)> {
         let t0 = Instant::now();
+        let since = links.mark();
         let interfaces = links::dump();
         *pass.spent.entry(ErrorSource::Netlink).or_default() += t0.elapsed();
         let interfaces = interfaces
@@ -231,7 +232,7 @@ impl Monitor {
         for f in &found {
             links.follow(&f.name, Some((f.ifindex, interfaces.iter().any(|i| i.ifindex == f.ifindex && i.up))));
         }
-        links.check(&interfaces);
+        links.check(&interfaces, since);
         self.reconcile(tracked, &found);
         let keys = found.iter().map(Found::key).collect();
         let mut devices = Vec::new();
