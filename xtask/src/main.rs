@@ -14,7 +14,10 @@ mod setup;
 mod test;
 mod vm;
 
-use std::process::Command;
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -130,11 +133,17 @@ fn main() -> Result<()> {
             build(release)
         }
         Task::Test => {
-            setup::run()?;
-            build(false)?;
-            let (passed, failed) = test::run()?;
+            // Each phase's wall time, printed at the end: CI has a budget, and this says where
+            // it goes.
+            let mut phases = Vec::new();
+            timed(&mut phases, "setup and build", || -> Result<()> {
+                setup::run()?;
+                build(false)
+            })?;
+            let (passed, failed) = timed(&mut phases, "cargo test", test::run)?;
             // Formatting and clippy: checks like the others, so the summary counts them.
-            let (passed, failed) = lint::run().into_iter().fold((passed, failed), |(p, f), (name, r)| match r {
+            let lints = timed(&mut phases, "rustfmt and clippy", lint::run);
+            let (passed, failed) = lints.into_iter().fold((passed, failed), |(p, f), (name, r)| match r {
                 Ok(()) => (p + 1, f),
                 Err(e) => {
                     eprintln!("{name} failed: {e:#}");
@@ -151,18 +160,20 @@ fn main() -> Result<()> {
             };
             // The static binary, the packages and the image, so they cannot rot; the image
             // then runs against a lab, the .deb under systemd in a Debian 13 guest.
-            let deb = dist::run();
+            let deb = timed(&mut phases, "dist", dist::run);
             tally("dist", deb.as_ref().map(|_| ()).map_err(|e| anyhow::anyhow!("{e:#}")));
-            tally("the image in podman", image::run_against_lab());
-            tally("vmtest --boot", deb.and_then(|deb| boot::run(&deb)));
+            tally("the image in podman", timed(&mut phases, "the image in podman", image::run_against_lab));
+            tally("vmtest --boot", timed(&mut phases, "vmtest --boot", || deb.and_then(|deb| boot::run(&deb))));
             // Kernel WireGuard, in qemu guests on the kernels CI covers.
-            tally("vmtest", vm::run(vm::CI_KERNELS));
+            tally("vmtest", timed(&mut phases, "vmtest", || vm::run(vm::CI_KERNELS)));
             // The benchmark's smoke mode, so it cannot rot.
-            tally("bench --quick", bench::run(true));
+            tally("bench --quick", timed(&mut phases, "bench --quick", || bench::run(true)));
             // The README's demo, briefly, so it cannot rot.
-            tally("the demo", demo::run(Implementation::WireguardGo, Some(3), "127.0.0.1:0".parse()?));
+            let listen = "127.0.0.1:0".parse()?;
+            let demo = || demo::run(Implementation::WireguardGo, Some(3), listen);
+            tally("the demo", timed(&mut phases, "the demo", demo));
             // A few seconds of each fuzz target, so none of them rots.
-            match fuzz::run(5, &[]) {
+            match timed(&mut phases, "fuzz", || fuzz::run(5, &[])) {
                 Ok(outcomes) => {
                     for o in &outcomes {
                         tally(
@@ -176,6 +187,11 @@ fn main() -> Result<()> {
                     }
                 }
                 Err(e) => tally("the fuzz smoke run", Err(e)),
+            }
+            let total: Duration = phases.iter().map(|p| p.1).sum();
+            println!("\nxtask test: where the time went ({:.1} min in all)", total.as_secs_f64() / 60.0);
+            for (name, d) in &phases {
+                println!("  {name:<22} {:>6.0} s", d.as_secs_f64());
             }
             println!("\nxtask test: {passed} passed, {failed} failed (cargo test, rustfmt and clippy, dist and the image in podman, the .deb booted under systemd, the kernel-WireGuard VMs, bench --quick, the demo and 5 s of each fuzz target)");
             if failed > 0 {
@@ -302,4 +318,12 @@ pub(crate) fn cargo(args: &[&str]) -> Result<()> {
         bail!("cargo {} failed ({status})", args.join(" "));
     }
     Ok(())
+}
+
+/// Runs `f`, adding its wall time to `phases` under `name`.
+fn timed<T>(phases: &mut Vec<(&'static str, Duration)>, name: &'static str, f: impl FnOnce() -> T) -> T {
+    let t = Instant::now();
+    let r = f();
+    phases.push((name, t.elapsed()));
+    r
 }
