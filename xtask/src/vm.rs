@@ -97,13 +97,14 @@ pub fn scale(quick: bool, peers: Option<&str>) -> Result<String> {
         boot(&kernel_dir.join(format!("boot/vmlinuz-{version}")), &initrd, SCALE, "4G", &format!("quiet {params}"))?;
     let mut table = format!(
         "Kernel {version} in qemu (TCG: absolute times are slow, ratios stand).\n\n\
-         | peers | collector scrape (median) | prometheus_wireguard_exporter | `wg show dump` | collector / dump (median of rounds) | exporter / dump | page | dump | collector: netlink | maps | until headers |\n\
-         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+         | peers | collector scrape (median) | prometheus_wireguard_exporter | `wg show dump` | collector / dump (median of rounds) | exporter / dump | page | dump | collector: netlink | maps | until headers | collector, gzip (as Prometheus asks) | gzip / dump | gzip page |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     );
     for line in console.lines() {
         let Some(row) = line.split_once("vm-scale: row ").map(|(_, r)| r) else { continue };
         let f: Vec<&str> = row.split_whitespace().collect();
-        let [n, collector, exporter, dump, page, dumped, netlink, maps, headers, ratio] = f[..] else {
+        let [n, collector, exporter, dump, page, dumped, netlink, maps, headers, ratio, gzip, gzip_page, gzip_ratio] = f[..]
+        else {
             bail!("a row of vm-scale: {row}")
         };
         let (c, d, ratio): (f64, f64, f64) = (collector.parse()?, dump.parse()?, ratio.parse()?);
@@ -114,7 +115,7 @@ pub fn scale(quick: bool, peers: Option<&str>) -> Result<String> {
         let kib = |b: &str| b.parse::<f64>().map(|b| format!("{:.0} KiB", b / 1024.0));
         let ms = |s: &str| s.parse::<f64>().map(|s| format!("{:.1} ms", s * 1e3));
         table.push_str(&format!(
-            "| {n} | {:.1} ms | {e} | {:.1} ms | {:.1}× | {e_ratio} | {} | {} | {} | {} | {} |\n",
+            "| {n} | {:.1} ms | {e} | {:.1} ms | {:.1}× | {e_ratio} | {} | {} | {} | {} | {} | {} | {:.1}× | {} |\n",
             c * 1e3,
             d * 1e3,
             ratio,
@@ -122,7 +123,10 @@ pub fn scale(quick: bool, peers: Option<&str>) -> Result<String> {
             kib(dumped)?,
             ms(netlink)?,
             ms(maps)?,
-            ms(headers)?
+            ms(headers)?,
+            ms(gzip)?,
+            gzip_ratio.parse::<f64>()?,
+            kib(gzip_page)?
         ));
     }
     Ok(table)
