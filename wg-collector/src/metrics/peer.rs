@@ -111,10 +111,35 @@ fn allowed_ips(page: &Page, s: &mut Samples) -> std::fmt::Result {
     for (p, _, labels) in page.peers() {
         for net in &p.allowed_ips {
             buf.clear();
-            write!(buf, "{net}")?;
+            write_net(&mut buf, net)?;
             s.gauge(&(labels, [("allowed_ip", buf.as_str())]), 1i64)?;
         }
     }
+    Ok(())
+}
+
+/// `net` as its Display writes it. IPv4 digit by digit: through `fmt` each octet is a
+/// formatter call, and at 10,000 peers the allowed IPs' formatting was 5 % of a scrape's CPU
+/// (a profile in the kernel guest).
+fn write_net(buf: &mut String, net: &ipnet::IpNet) -> std::fmt::Result {
+    let ipnet::IpNet::V4(v4) = net else { return write!(buf, "{net}") };
+    let decimal = |buf: &mut String, n: u8| {
+        if n >= 100 {
+            buf.push(char::from(b'0' + n / 100));
+        }
+        if n >= 10 {
+            buf.push(char::from(b'0' + n / 10 % 10));
+        }
+        buf.push(char::from(b'0' + n % 10));
+    };
+    for (i, octet) in v4.addr().octets().into_iter().enumerate() {
+        if i > 0 {
+            buf.push('.');
+        }
+        decimal(buf, octet);
+    }
+    buf.push('/');
+    decimal(buf, v4.prefix_len());
     Ok(())
 }
 
@@ -131,4 +156,23 @@ fn up(page: &Page, s: &mut Samples) -> std::fmt::Result {
         s.gauge(&labels, young as i64)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::write_net;
+
+    /// The same text as Display, for every octet value and prefix length and for IPv6.
+    #[test]
+    fn allowed_ips_are_written_as_display_writes_them() {
+        let mut buf = String::new();
+        for n in 0..=255u8 {
+            for net in [format!("{n}.0.{n}.255/{}", n % 33), format!("10.{n}.9.{n}/32"), format!("fd00:{n:x}::/64")] {
+                let net: ipnet::IpNet = net.parse().unwrap();
+                buf.clear();
+                write_net(&mut buf, &net).unwrap();
+                assert_eq!(buf, net.to_string());
+            }
+        }
+    }
 }
