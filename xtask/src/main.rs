@@ -173,7 +173,7 @@ fn main() -> Result<()> {
             let demo = || demo::run(Implementation::WireguardGo, Some(3), listen);
             tally("the demo", timed(&mut phases, "the demo", demo));
             // A few seconds of each fuzz target, so none of them rots.
-            match timed(&mut phases, "fuzz", || fuzz::run(5, &[])) {
+            match timed(&mut phases, "fuzz", || fuzz::run(5, &[], fuzz::Build::Dev)) {
                 Ok(outcomes) => {
                     for o in &outcomes {
                         tally(
@@ -229,7 +229,7 @@ fn main() -> Result<()> {
         }
         Task::Fuzz { seconds, targets } => {
             setup::run()?;
-            let outcomes = fuzz::run(seconds, &targets)?;
+            let outcomes = fuzz::run(seconds, &targets, fuzz::Build::Release)?;
             let previous = std::fs::read_to_string("fuzz/RESULTS.md").unwrap_or_default();
             let table = fuzz::table(&outcomes, &previous);
             print!("\n{table}");
