@@ -75,10 +75,13 @@ pub fn run(quick: bool) -> Result<()> {
          scrape) and `wg show wg0 dump` itself, alternating, a second's pause before each, \
          medians of 9 after a warm-up (the exporter above 1,000 peers once: a scrape takes \
          minutes there under TCG); collector / dump is the median of each round's ratio; \
-         the page is read as Prometheus reads it, into a buffer kept across scrapes. The \
-         last three columns are the collector's own account (its page): reading netlink and \
-         the maps, and the mean time to the answer's headers (reading and encoding; the rest \
-         of a scrape is sending the page).\n\n\
+         the page is read as Prometheus reads it, into a buffer kept across scrapes. Netlink, \
+         maps and until headers are the collector's own account (its page): reading netlink \
+         and the maps, and the mean time to the answer's headers, over plain and gzip scrapes \
+         (reading and encoding; the rest of a scrape is sending the page). The last three: a \
+         scrape asking for gzip, as Prometheus does by default, in each round too (the page's \
+         public keys, ~1 MB apart from one family to the next, are beyond deflate's 32 KiB \
+         window: it shrinks to ~38 %, and costs 1.5-1.7× plain on the host, above).\n\n\
          Load: `wrk -t2 -c200 -d30s --latency` on /metrics of the release collector at 1,000 \
          peers; halfway through a peer is added and the time until its allowed IP is in the \
          pinned host map (bpftool) is taken, to show the scrape crowd does not hold up the map \
