@@ -103,7 +103,8 @@ pub fn scale(quick: bool, peers: Option<&str>) -> Result<String> {
     for line in console.lines() {
         let Some(row) = line.split_once("vm-scale: row ").map(|(_, r)| r) else { continue };
         let f: Vec<&str> = row.split_whitespace().collect();
-        let [n, collector, exporter, dump, page, dumped, netlink, maps, headers, ratio, gzip, gzip_page, gzip_ratio] = f[..]
+        let [n, collector, exporter, dump, page, dumped, netlink, maps, headers, ratio, gzip, gzip_page, gzip_ratio] =
+            f[..]
         else {
             bail!("a row of vm-scale: {row}")
         };
