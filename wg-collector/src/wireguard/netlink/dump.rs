@@ -9,7 +9,8 @@ use std::{
 };
 
 use ipnet::IpNet;
-use netlink_packet_core::NLM_F_DUMP_INTR;
+use netlink_packet_core::{NLMSG_DONE, NLMSG_ERROR, NLM_F_DUMP_INTR};
+use netlink_packet_generic::constants::GENL_HDRLEN;
 
 use super::{kernel_error, Decoded, NetlinkError};
 use crate::wireguard::{Device, Key, Peer};
@@ -25,11 +26,9 @@ pub struct Dump {
     pub interrupted: bool,
 }
 
-// include/uapi/linux/netlink.h and wireguard.h.
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
+// struct nlmsghdr (the crates do not export its length); the attributes of
+// include/uapi/linux/wireguard.h (netlink-packet-wireguard keeps its own private).
 const NLMSG_HEADER: usize = 16;
-const GENL_HEADER: usize = 4;
 const WGDEVICE_A_PUBLIC_KEY: u16 = 4;
 const WGDEVICE_A_LISTEN_PORT: u16 = 6;
 const WGDEVICE_A_FWMARK: u16 = 7;
@@ -79,7 +78,7 @@ impl Dump {
                 k if k < 16 => {} // NOOP and the other control messages (NLMSG_MIN_TYPE is 16)
                 _ => {
                     let attrs = msg
-                        .get(GENL_HEADER..)
+                        .get(GENL_HDRLEN..)
                         .ok_or_else(|| malformed("a message without its generic netlink header".into()))?;
                     self.message(attrs).map_err(malformed)?;
                 }
