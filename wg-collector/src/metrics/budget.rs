@@ -12,7 +12,7 @@ use crate::{
 
 /// Series one peer brings to the page.
 fn peer_series(device: &DeviceSnapshot, peer: &Peer, latency: &LatencySeries, opts: &ExportOptions) -> usize {
-    let view = PeerView { device, peer, latency, opts };
+    let view = PeerView::new(device, peer, latency, opts);
     GROUPS.iter().flat_map(|g| g.families).filter_map(|f| f.per_peer).map(|n| n(&view)).sum()
 }
 

@@ -4,6 +4,7 @@
 use prometheus_client::encoding::EncodeCounterValue;
 
 use super::family::{always, Family, Group, Samples, Type};
+use super::lines::TextValue;
 use super::page::{DeviceLabels, Page};
 
 pub const GROUP: Group = Group {
@@ -141,7 +142,7 @@ fn stats_enabled(page: &Page) -> bool {
     page.snap.devices.iter().filter_map(|d| d.reading.as_ref()).flat_map(|r| &r.program_stats).any(|s| s.runs > 0)
 }
 
-fn program_stats<V: EncodeCounterValue>(
+fn program_stats<V: EncodeCounterValue + TextValue>(
     page: &Page,
     s: &mut Samples,
     value: fn(&crate::bpf::ProgramStats) -> V,

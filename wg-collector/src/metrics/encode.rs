@@ -46,6 +46,8 @@ struct FamilyOf {
     page: Arc<Page>,
     family: &'static Family,
     native: bool,
+    /// Its descriptor alone: the page writes the samples (lines.rs).
+    described: bool,
 }
 
 impl std::fmt::Debug for Family {
@@ -56,21 +58,30 @@ impl std::fmt::Debug for Family {
 
 impl Collector for FamilyOf {
     fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
+        if self.described {
+            return self.family.describe(&self.page, &mut enc);
+        }
         self.family.encode(&self.page, &mut enc, self.native)
     }
 }
 
-/// One family in the page's format; `last` ends the page.
+/// One family in the page's format; `last` ends the page. `lines`: a text page's counters
+/// and gauges are written by lines.rs, not prometheus-client (false: by it, for the tests
+/// that compare the two).
 fn encode_family(
     page: &Arc<Page>,
     i: usize,
     family: &'static Family,
     format: Format,
+    lines: bool,
 ) -> Result<Bytes, std::fmt::Error> {
     let last = i == FAMILIES - 1;
     let native = format.exposition == Exposition::Protobuf;
+    let described = lines && !native && family.has_lines();
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(FamilyOf { page: page.clone(), family, native }));
+    registry.register_collector(Box::new(FamilyOf { page: page.clone(), family, native, described }));
+    // After prometheus-client's HELP and TYPE: the samples, where the page writes them.
+    let samples = |text: &mut String| if described { family.write_lines(page, text) } else { Ok(()) };
     let capacity = LAST_SIZE[i].load(Ordering::Relaxed) * 9 / 8;
     let text = || String::from_utf8(BUFFERS.take(i, capacity)).map_err(|_| std::fmt::Error);
     let out = match format.exposition {
@@ -80,6 +91,7 @@ fn encode_family(
         Exposition::OpenMetrics => {
             let mut text = text()?;
             encoding::text::encode_registry(&mut text, &registry)?;
+            samples(&mut text)?;
             if last {
                 encoding::text::encode_eof(&mut text)?;
             }
@@ -88,6 +100,7 @@ fn encode_family(
         Exposition::Text => {
             let mut text = text()?;
             encoding::prometheus_text::encode(&mut text, &registry)?;
+            samples(&mut text)?;
             BUFFERS.bytes(i, text.into_bytes())
         }
     };
@@ -163,12 +176,17 @@ impl Encoded {
 }
 
 /// The whole page.
-pub fn encode(mut page: Page, format: Format) -> Result<Encoded, std::fmt::Error> {
+pub fn encode(page: Page, format: Format) -> Result<Encoded, std::fmt::Error> {
+    encode_with(page, format, true)
+}
+
+/// The whole page; `lines` as encode_family takes it.
+pub(super) fn encode_with(mut page: Page, format: Format, lines: bool) -> Result<Encoded, std::fmt::Error> {
     page.text = format.exposition != Exposition::Protobuf;
     let page = Arc::new(page);
     let families: Vec<&'static Family> = super::families().collect();
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, THREADS);
-    let texts = shared_out(&families, threads, |i, f| encode_family(&page, i, f, format))?;
+    let texts = shared_out(&families, threads, |i, f| encode_family(&page, i, f, format, lines))?;
     if format.gzip {
         return Ok(Encoded(vec![gzip_pieces(&texts, threads)?]));
     }

@@ -10,6 +10,7 @@ use prometheus_client::{
     metrics::MetricType,
 };
 
+use super::lines::{Lines, TextLabels, TextValue};
 use super::page::{DeviceLabels, Page, PeerView, Row};
 use crate::{histogram::Series, refresh::DeviceSnapshot, wireguard::Peer};
 
@@ -71,7 +72,29 @@ impl Family {
             return Ok(());
         }
         let m = enc.encode_descriptor(self.name, self.help, None, self.kind.metric_type())?;
-        (self.samples)(page, &mut Samples { enc: m, native })
+        (self.samples)(page, &mut Samples { to: To::Encoder(m), native })
+    }
+
+    /// Whether a text page gets its samples from [`Family::write_lines`] (counters and
+    /// gauges) rather than from prometheus-client (histograms).
+    pub fn has_lines(&self) -> bool {
+        self.kind != Type::Histogram
+    }
+
+    /// Its descriptor alone (a text page then takes its samples from `write_lines`).
+    pub fn describe(&self, page: &Page, enc: &mut DescriptorEncoder) -> std::fmt::Result {
+        if (self.shown)(page) {
+            enc.encode_descriptor(self.name, self.help, None, self.kind.metric_type())?;
+        }
+        Ok(())
+    }
+
+    /// Its samples in the text formats, appended to `out` (see lines.rs).
+    pub fn write_lines(&self, page: &Page, out: &mut String) -> std::fmt::Result {
+        if !(self.shown)(page) {
+            return Ok(());
+        }
+        (self.samples)(page, &mut Samples { to: To::Lines(Lines::new(out, self.exposed_name())), native: false })
     }
 }
 
@@ -89,18 +112,40 @@ pub struct Group {
 
 /// Writes one family's samples.
 pub struct Samples<'a> {
-    enc: MetricEncoder<'a>,
+    to: To<'a>,
     /// Histograms carry native buckets (the protobuf format) beside the classic ones.
     native: bool,
 }
 
+/// Where samples go: prometheus-client's encoder, or a text page's lines.
+enum To<'a> {
+    Encoder(MetricEncoder<'a>),
+    Lines(Lines<'a>),
+}
+
+/// A label set either way.
+pub trait Labels: EncodeLabelSet + TextLabels {}
+impl<T: EncodeLabelSet + TextLabels> Labels for T {}
+
 impl Samples<'_> {
-    pub fn counter(&mut self, labels: &impl EncodeLabelSet, v: impl EncodeCounterValue) -> std::fmt::Result {
-        self.enc.encode_family(labels)?.encode_counter::<NoLabelSet, _, u64>(&v, None)
+    pub fn counter<V: EncodeCounterValue + TextValue>(&mut self, labels: &impl Labels, v: V) -> std::fmt::Result {
+        match &mut self.to {
+            To::Encoder(enc) => enc.encode_family(labels)?.encode_counter::<NoLabelSet, _, u64>(&v, None),
+            To::Lines(lines) => {
+                lines.sample(labels, &v);
+                Ok(())
+            }
+        }
     }
 
-    pub fn gauge(&mut self, labels: &impl EncodeLabelSet, v: impl EncodeGaugeValue) -> std::fmt::Result {
-        self.enc.encode_family(labels)?.encode_gauge(&v)
+    pub fn gauge<V: EncodeGaugeValue + TextValue>(&mut self, labels: &impl Labels, v: V) -> std::fmt::Result {
+        match &mut self.to {
+            To::Encoder(enc) => enc.encode_family(labels)?.encode_gauge(&v),
+            To::Lines(lines) => {
+                lines.sample(labels, &v);
+                Ok(())
+            }
+        }
     }
 
     /// One gauge per device, labelled with it.
@@ -130,8 +175,10 @@ impl Samples<'_> {
     /// A latency histogram: classic buckets folded from the kernel's (`--latency.buckets`),
     /// and in protobuf the kernel's buckets themselves at `--latency.schema`.
     pub fn histogram(&mut self, labels: &impl EncodeLabelSet, s: &Series, page: &Page) -> std::fmt::Result {
+        // Histogram families have no lines (Family::has_lines).
+        let To::Encoder(enc) = &mut self.to else { return Err(std::fmt::Error) };
         let classic = s.exposition(&page.opts.buckets);
-        let mut enc = self.enc.encode_family(labels)?;
+        let mut enc = enc.encode_family(labels)?;
         if !self.native {
             return enc.encode_histogram::<NoLabelSet>(s.sum_seconds(), s.count, &classic, None);
         }

@@ -170,7 +170,7 @@ fn labels<const K: usize>(base: Vec<(&'static str, String)>, kind: Kind) -> Vec<
 
 /// Series one peer gives family K: a histogram per kind it has samples of.
 fn peer_series<const K: usize>(v: &PeerView) -> usize {
-    let kinds = KINDS[K].0.iter().filter(|k| v.latency.contains_key(&(Some(v.peer.public_key), **k as u16))).count();
+    let kinds = KINDS[K].0.iter().filter(|k| v.has_kind(**k as u16)).count();
     kinds * v.histogram_series()
 }
 

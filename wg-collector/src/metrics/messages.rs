@@ -18,7 +18,7 @@ pub const GROUP: Group = Group {
             kind: Type::Counter,
             labels: &["device", "public_key", "direction", "type"],
             per_peer: Some(|v| {
-                if v.device.reading.as_ref().is_some_and(|r| r.messages.contains_key(&v.peer.public_key)) {
+                if v.messaged {
                     DIRECTIONS * MESSAGE_TYPES
                 } else {
                     0

@@ -14,6 +14,7 @@ mod family;
 mod format;
 mod http;
 mod latency;
+mod lines;
 mod messages;
 mod page;
 mod path;

@@ -10,7 +10,7 @@ pub(super) const PEER: &[&str] = &["device", "public_key"];
 
 /// A series per peer the programs count.
 pub(super) fn measured(v: &PeerView) -> usize {
-    v.device.reading.as_ref().is_some_and(|r| r.counters.contains_key(&v.peer.public_key)) as usize
+    v.counted as usize
 }
 
 pub const GROUP: Group = Group {
