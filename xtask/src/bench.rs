@@ -19,7 +19,7 @@ pub fn run(quick: bool) -> Result<()> {
         bail!("wg-bench failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     // Kernel WireGuard, which only a qemu guest has here.
-    let vm = format!("\n## Kernel WireGuard's state at scale\n\n{}", crate::vm::scale(quick, None)?);
+    let vm = format!("\n## Kernel WireGuard's state at scale\n\n{}", crate::vm::scale(quick, None, false)?);
     print!("{vm}");
     table.push_str(&vm);
     if quick {

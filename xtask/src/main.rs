@@ -63,6 +63,11 @@ enum Task {
         /// prometheus_wireguard_exporter then only up to 1,000].
         #[arg(long, requires = "vm_only")]
         peers: Option<String>,
+        /// With --vm-only: where the guest's time goes in three scrapes of each size before
+        /// the timed rounds (perf record of every CPU, the report on the console; needs
+        /// linux-perf).
+        #[arg(long, requires = "vm_only")]
+        profile: bool,
     },
     /// Kernel WireGuard in qemu guests: the kernel-WireGuard suite (tests/src/bin/vm-suite.rs)
     /// on Debian's cloud kernels, or with --boot the .deb under systemd on Debian 13.
@@ -242,10 +247,10 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        Task::Bench { quick, vm_only, peers } => {
+        Task::Bench { quick, vm_only, peers, profile } => {
             setup::run()?;
             if vm_only {
-                print!("{}", vm::scale(quick, peers.as_deref())?);
+                print!("{}", vm::scale(quick, peers.as_deref(), profile)?);
                 return Ok(());
             }
             bench::run(quick)

@@ -82,17 +82,25 @@ pub fn run(kernels: &[Kernel]) -> Result<()> {
 /// side in one guest. Returns the Markdown table.
 /// `peers`: the sizes to grow the device to, instead of the defaults (the exporter then only
 /// up to 1,000).
-pub fn scale(quick: bool, peers: Option<&str>) -> Result<String> {
+pub fn scale(quick: bool, peers: Option<&str>, profile: bool) -> Result<String> {
     // The guest runs target/release's collector: built here, or a stale one would be measured.
     crate::cargo(&["build", "--release", "--package", "wg-collector", "--bin", "wg-collector"])?;
     crate::cargo(&["build", "--release", "--package", "wg-tests", "--bin", "vm-scale"])?;
     let exporter = PathBuf::from(wg_tests::lab::tool("prometheus_wireguard_exporter")?);
     let (kernel_dir, version) = kernels::fetch(Kernel::V6_12)?;
-    let initrd = initramfs(&kernel_dir, &version, "vm-scale", &[exporter])?;
+    let mut extra = vec![exporter];
+    if profile {
+        extra.push(perf()?);
+    }
+    let initrd = initramfs(&kernel_dir, &version, "vm-scale", &extra)?;
     let (sizes, reps) = if quick { ("100,1000", 1) } else { ("1000,10000,50000", 9) };
     // The exporter takes minutes a scrape at 10,000 peers; picked sizes are for the collector.
     let exporter = if quick || peers.is_some() { 1000 } else { 10_000 };
-    let params = format!("wgscale.peers={} wgscale.reps={reps} wgscale.exporter={exporter}", peers.unwrap_or(sizes));
+    let mut params =
+        format!("wgscale.peers={} wgscale.reps={reps} wgscale.exporter={exporter}", peers.unwrap_or(sizes));
+    if profile {
+        params.push_str(" wgscale.profile=1");
+    }
     let console =
         boot(&kernel_dir.join(format!("boot/vmlinuz-{version}")), &initrd, SCALE, "4G", &format!("quiet {params}"))?;
     let mut table = format!(
@@ -137,6 +145,23 @@ pub fn scale(quick: bool, peers: Option<&str>) -> Result<String> {
 fn feature(console: &str, name: &str) -> Option<String> {
     let tag = format!("vm-suite: feature {name}: ");
     console.lines().find_map(|l| l.split_once(&tag).map(|(_, v)| v.trim().to_string()))
+}
+
+/// The perf executable itself (linux-perf's /usr/bin/perf is a script that runs
+/// perf_VERSION for the running kernel), for the guest's /usr/bin/perf.
+fn perf() -> Result<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/bin")?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n == "perf" || n.starts_with("perf_")))
+        .filter(|p| std::fs::read(p).is_ok_and(|b| b.starts_with(b"\x7fELF")))
+        .collect();
+    found.sort();
+    let perf = found.pop().context("no perf executable in /usr/bin: apt-get install linux-perf")?;
+    // The guest runs /usr/bin/perf: a copy under that name.
+    let named = Path::new(WORK).join("perf");
+    std::fs::create_dir_all(WORK)?;
+    copy(&perf, &named)?;
+    Ok(named)
 }
 
 /// Boots the guest and judges the suite's verdict (see wg_tests::vm): qemu's pass status

@@ -5,7 +5,9 @@
 //! absolute times mean little; the ratios, measured side by side, stand.
 //!
 //! The kernel command line says what to measure: `wgscale.peers=1000,10000,50000`,
-//! `wgscale.reps=5`, `wgscale.exporter=10000` (the largest size the exporter is scraped at:
+//! `wgscale.reps=5`, `wgscale.profile=1` (three scrapes of each size under `perf record -a`
+//! before the timed rounds, and its report: `cargo xtask bench --vm-only --profile`),
+//! `wgscale.exporter=10000` (the largest size the exporter is scraped at:
 //! its scrape grows with the square of the peers, minutes at 10,000 under TCG, so above
 //! 1,000 peers it is scraped once, in the first round). One console line per size:
 //! `vm-scale: row PEERS COLLECTOR_S EXPORTER_S DUMP_S PAGE_BYTES DUMP_BYTES NETLINK_S MAPS_S
@@ -81,6 +83,9 @@ fn scale() -> Result<()> {
         if exporter.is_some() && exporter_reps > 1 {
             scrape(&lab.a.ns, 9587)?;
         }
+        if param("profile").is_some() {
+            profile(&lab.a.ns, n)?;
+        }
         let before = c.scrape()?;
         let (mut collector, mut gzip, mut theirs, mut dumps) = (vec![], vec![], vec![], vec![]);
         let mut gzip_bytes = 0;
@@ -128,4 +133,43 @@ fn scale() -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Where the guest's time goes during three scrapes of the collector: `perf record` of every
+/// CPU (the scraper's reading of the page counts as much as the collector's work), then the
+/// report, by symbol, of the collector's and the scraper's threads, and the call chains of
+/// the top ones (whole in the kernel; in the collector with frame pointers:
+/// `CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C force-frame-pointers=yes"`).
+fn profile(ns: &str, peers: usize) -> Result<()> {
+    let data = "/tmp/perf.data";
+    let mut perf = std::process::Command::new("/usr/bin/perf")
+        .args(["record", "-a", "-g", "-e", "cpu-clock", "-o", data])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("perf record")?;
+    // perf's own start, out of the samples.
+    std::thread::sleep(Duration::from_secs(2));
+    for _ in 0..3 {
+        scrape(ns, 9586)?;
+    }
+    // SAFETY: a signal to our own child, which is still running.
+    unsafe { libc::kill(perf.id() as i32, libc::SIGINT) };
+    perf.wait()?;
+    let report = |args: &[&str]| -> Result<()> {
+        let out = std::process::Command::new("/usr/bin/perf")
+            // The collector's threads and the scraper's (this binary, /bin/vm-suite): not idle.
+            .args(["report", "--stdio", "-i", data, "--comms", "tokio-rt-worker,wg-collector,vm-suite"])
+            .args(args)
+            .output()
+            .context("perf report")?;
+        for line in String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        {
+            println!("vm-scale: profile {peers} | {}", line.trim_end());
+        }
+        Ok(())
+    };
+    report(&["--no-children", "--sort", "comm,dso,symbol", "-g", "none", "--percent-limit", "0.7"])?;
+    report(&["--children", "--sort", "symbol", "-g", "none", "--percent-limit", "2"])?;
+    report(&["--no-children", "--sort", "symbol", "-g", "caller,0.5,callee,function,percent", "--percent-limit", "3"])
 }
