@@ -21,6 +21,11 @@ use crate::{
 /// a 17 MB page's scrape in the qemu guest).
 static READ_INTO: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
 
+/// Request headers of a scrape asking for gzip, as Prometheus does by default.
+pub const ACCEPT_GZIP: &[(&str, &str)] = &[("Accept-Encoding", "gzip")];
+/// Asking for zstd, as Prometheus does with `--enable-feature=zstd-scrape`.
+pub const ACCEPT_ZSTD: &[(&str, &str)] = &[("Accept-Encoding", "zstd")];
+
 /// One GET /metrics from inside the namespace: (seconds, body bytes).
 pub fn scrape(ns: &str, port: u16) -> Result<(f64, usize)> {
     scrape_with(ns, port, &[])

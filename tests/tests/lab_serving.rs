@@ -34,6 +34,26 @@ fn serves_openmetrics_when_asked_and_prometheus_text_otherwise() {
     let m = wg_tests::Metrics::parse(&text).unwrap();
     assert!(m.get("wireguard_peers", &[("device", lab.a.iface.as_str())]) == Some(1.0), "{text}");
     assert!(gz.len() * 2 < text.len(), "{} compressed vs {} plain", gz.len(), text.len());
+
+    // zstd when it is preferred (Prometheus' zstd-scrape feature asks for it), gzip when
+    // it is refused, plain when both are.
+    let get = |coding: &'static str| {
+        wg_tests::netns::within(&lab.a.ns, move || {
+            wg_tests::scrape::http_get_bytes(addr, "/wg", &[("Accept-Encoding", coding)])
+        })
+        .unwrap()
+    };
+    let (head, zst) = get("gzip;q=0.5, zstd");
+    assert!(head.to_lowercase().contains("content-encoding: zstd"), "{head}");
+    let text = String::from_utf8(zstd::stream::decode_all(&zst[..]).unwrap()).unwrap();
+    let m = wg_tests::Metrics::parse(&text).unwrap();
+    assert!(m.get("wireguard_peers", &[("device", lab.a.iface.as_str())]) == Some(1.0), "{text}");
+    assert!(zst.len() * 2 < text.len(), "{} compressed vs {} plain", zst.len(), text.len());
+    let (head, _) = get("zstd;q=0, gzip");
+    assert!(head.to_lowercase().contains("content-encoding: gzip"), "{head}");
+    let (head, plain) = get("zstd;q=0, gzip;q=0");
+    assert!(!head.to_lowercase().contains("content-encoding"), "{head}");
+    assert!(String::from_utf8(plain).unwrap().contains("# TYPE wireguard_peers gauge"));
 }
 
 #[test]

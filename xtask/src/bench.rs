@@ -42,7 +42,8 @@ pub fn run(quick: bool) -> Result<()> {
          release collector and prometheus_wireguard_exporter (`cargo install \
          prometheus_wireguard_exporter`) in the same namespace, scraped alternately over \
          loopback, 7 times each after a warm-up (the collector with its defaults: a new reading \
-         at every scrape, a poll every second; plain text, and gzip as Prometheus asks); RSS of \
+         at every scrape, a poll every second; plain text, gzip as Prometheus asks by default, \
+         zstd as it asks with `--enable-feature=zstd-scrape`); RSS of \
          the collector after the scrapes (file pages included: its binary, and the pending \
          and endpoint tables, 5.6 MiB at the default sizes, which the kernel holds anyway and \
          the collector maps to walk and write them). Then the collector restarted with `--scrape.max-age 1` \
@@ -78,10 +79,10 @@ pub fn run(quick: bool) -> Result<()> {
          the page is read as Prometheus reads it, into a buffer kept across scrapes. Netlink, \
          maps and until headers are the collector's own account (its page): reading netlink \
          and the maps, and the mean time to the answer's headers, over plain and gzip scrapes \
-         (reading and encoding; the rest of a scrape is sending the page). The last three: a \
-         scrape asking for gzip, as Prometheus does by default, in each round too (the page's \
-         public keys, ~1 MB apart from one family to the next, are beyond deflate's 32 KiB \
-         window: it shrinks to ~38 %, and costs 1.5-1.7× plain on the host, above).\n\n\
+         (reading and encoding; the rest of a scrape is sending the page). The last six: \
+         scrapes asking for gzip, as Prometheus does by default, and for zstd, as it does with \
+         `--enable-feature=zstd-scrape`, in each round too (the page's public keys, ~1 MB apart \
+         from one family to the next, are beyond deflate's 32 KiB window, within zstd's 2 MiB).\n\n\
          Load: `wrk -t2 -c200 -d30s --latency` on /metrics of the release collector at 1,000 \
          peers; halfway through a peer is added and the time until its allowed IP is in the \
          pinned host map (bpftool) is taken, to show the scrape crowd does not hold up the map \

@@ -105,13 +105,13 @@ pub fn scale(quick: bool, peers: Option<&str>, profile: bool) -> Result<String> 
         boot(&kernel_dir.join(format!("boot/vmlinuz-{version}")), &initrd, SCALE, "4G", &format!("quiet {params}"))?;
     let mut table = format!(
         "Kernel {version} in qemu (TCG: absolute times are slow, ratios stand).\n\n\
-         | peers | collector scrape (median) | prometheus_wireguard_exporter | `wg show dump` | collector / dump (median of rounds) | exporter / dump | page | dump | collector: netlink | maps | until headers | collector, gzip (as Prometheus asks) | gzip / dump | gzip page |\n\
-         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+         | peers | collector scrape (median) | prometheus_wireguard_exporter | `wg show dump` | collector / dump (median of rounds) | exporter / dump | page | dump | collector: netlink | maps | until headers | collector, gzip (as Prometheus asks) | gzip / dump | gzip page | collector, zstd (Prometheus' zstd-scrape) | zstd / dump | zstd page |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     );
     for line in console.lines() {
         let Some(row) = line.split_once("vm-scale: row ").map(|(_, r)| r) else { continue };
         let f: Vec<&str> = row.split_whitespace().collect();
-        let [n, collector, exporter, dump, page, dumped, netlink, maps, headers, ratio, gzip, gzip_page, gzip_ratio] =
+        let [n, collector, exporter, dump, page, dumped, netlink, maps, headers, ratio, gzip, gzip_page, gzip_ratio, zstd, zstd_page, zstd_ratio] =
             f[..]
         else {
             bail!("a row of vm-scale: {row}")
@@ -124,7 +124,7 @@ pub fn scale(quick: bool, peers: Option<&str>, profile: bool) -> Result<String> 
         let kib = |b: &str| b.parse::<f64>().map(|b| format!("{:.0} KiB", b / 1024.0));
         let ms = |s: &str| s.parse::<f64>().map(|s| format!("{:.1} ms", s * 1e3));
         table.push_str(&format!(
-            "| {n} | {:.1} ms | {e} | {:.1} ms | {:.1}× | {e_ratio} | {} | {} | {} | {} | {} | {} | {:.1}× | {} |\n",
+            "| {n} | {:.1} ms | {e} | {:.1} ms | {:.1}× | {e_ratio} | {} | {} | {} | {} | {} | {} | {:.1}× | {} | {} | {:.1}× | {} |\n",
             c * 1e3,
             d * 1e3,
             ratio,
@@ -135,7 +135,10 @@ pub fn scale(quick: bool, peers: Option<&str>, profile: bool) -> Result<String> 
             ms(headers)?,
             ms(gzip)?,
             gzip_ratio.parse::<f64>()?,
-            kib(gzip_page)?
+            kib(gzip_page)?,
+            ms(zstd)?,
+            zstd_ratio.parse::<f64>()?,
+            kib(zstd_page)?
         ));
     }
     Ok(table)

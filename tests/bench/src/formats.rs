@@ -17,7 +17,7 @@ use wg_common::{
 };
 use wg_tests::Collector;
 
-use wg_tests::exporter::scrape_with;
+use wg_tests::exporter::{scrape_with, ACCEPT_GZIP};
 
 use crate::scale::lab_with_peers;
 
@@ -74,7 +74,7 @@ pub fn run(quick: bool) -> Result<()> {
         for _ in 0..reps + warm {
             let t = scrape_with(&ns, 9586, &[])?;
             let p = scrape_with(&ns, 9586, &[("Accept", PROTOBUF)])?;
-            let tg = scrape_with(&ns, 9586, &[("Accept-Encoding", "gzip")])?;
+            let tg = scrape_with(&ns, 9586, ACCEPT_GZIP)?;
             let pg = scrape_with(&ns, 9586, &[("Accept", PROTOBUF), ("Accept-Encoding", "gzip")])?;
             sizes = [t.1, tg.1, p.1, pg.1];
             if warm > 0 {

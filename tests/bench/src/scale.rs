@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use wg_tests::{
-    exporter::{scrape, scrape_with, Exporter},
+    exporter::{scrape, scrape_with, Exporter, ACCEPT_GZIP, ACCEPT_ZSTD},
     lab::{random_public_key, tool},
     Collector, Implementation, Lab,
 };
@@ -54,8 +54,8 @@ pub fn run(quick: bool, exporter: bool) -> Result<()> {
     let (counts, reps): (&[usize], usize) = if quick { (&[1, 100], 3) } else { (&[1, 1000, 10_000, 50_000], 7) };
     std::env::set_var("WG_COLLECTOR_BIN", crate::collector_binary()?);
     let have_exporter = exporter && tool("prometheus_wireguard_exporter").is_ok();
-    println!("| peers | collector scrape median | p99 | gzip median | with --scrape.max-age 1: median | p99 | page | RSS | exporter scrape median | p99 | page | ratio (exporter / collector) |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| peers | collector scrape median | p99 | gzip median | zstd median | with --scrape.max-age 1: median | p99 | page | gzip, zstd page | RSS | exporter scrape median | p99 | page | ratio (exporter / collector) |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut freshness = Vec::new();
     // The poll interval users get (the test harness polls faster).
     let defaults = ["--poll-interval", "1"];
@@ -65,7 +65,8 @@ pub fn run(quick: bool, exporter: bool) -> Result<()> {
         // Above 10k peers one scrape of the exporter ran past 10 minutes here: not measured.
         let exporter =
             if have_exporter && n <= 10_000 { Some(Exporter::start(&lab.a.ns, 9587, &lab.a.iface)?) } else { None };
-        let (mut ours, mut gzip, mut theirs, mut our_page, mut their_page) = (Vec::new(), Vec::new(), Vec::new(), 0, 0);
+        let (mut ours, mut gzip, mut zstd, mut theirs) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut our_page, mut gzip_page, mut zstd_page, mut their_page) = (0, 0, 0, 0);
         // Warm up both, then alternate. The exporter gets fewer rounds where one scrape of it
         // takes longer than 20 s (the table says how many).
         scrape(&lab.a.ns, 9586)?;
@@ -74,8 +75,14 @@ pub fn run(quick: bool, exporter: bool) -> Result<()> {
             let (t, b) = scrape(&lab.a.ns, 9586)?;
             ours.push(t);
             our_page = b;
-            // As Prometheus asks.
-            gzip.push(scrape_with(&lab.a.ns, 9586, &[("Accept-Encoding", "gzip")])?.0);
+            // As Prometheus asks: by default, and with --enable-feature=zstd-scrape.
+            for (asks, times, page) in
+                [(ACCEPT_GZIP, &mut gzip, &mut gzip_page), (ACCEPT_ZSTD, &mut zstd, &mut zstd_page)]
+            {
+                let (t, b) = scrape_with(&lab.a.ns, 9586, asks)?;
+                times.push(t);
+                *page = b;
+            }
             if exporter.is_some() && i < exporter_reps {
                 let (t, b) = scrape(&lab.a.ns, 9587)?;
                 theirs.push(t);
@@ -109,13 +116,16 @@ pub fn run(quick: bool, exporter: bool) -> Result<()> {
             )
         };
         println!(
-            "| {n} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.0} KiB | {:.1} MiB | {exporter_cells} |",
+            "| {n} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.0} KiB | {:.0}, {:.0} KiB | {:.1} MiB | {exporter_cells} |",
             ms(&ours, 0.5),
             ms(&ours, 0.99),
             ms(&gzip, 0.5),
+            ms(&zstd, 0.5),
             ms(&shared, 0.5),
             ms(&shared, 0.99),
             our_page as f64 / 1024.0,
+            gzip_page as f64 / 1024.0,
+            zstd_page as f64 / 1024.0,
             rss as f64 / 1024.0,
         );
     }

@@ -11,18 +11,19 @@
 //! its scrape grows with the square of the peers, minutes at 10,000 under TCG, so above
 //! 1,000 peers it is scraped once, in the first round). One console line per size:
 //! `vm-scale: row PEERS COLLECTOR_S EXPORTER_S DUMP_S PAGE_BYTES DUMP_BYTES NETLINK_S MAPS_S
-//! HEADERS_S RATIO GZIP_S GZIP_BYTES GZIP_RATIO` (medians; `-` where not measured): where the
-//! collector's scrape went, as its own page tells (reading WireGuard by netlink and the maps
-//! in the last scrape, the mean time from a timed request's arrival to its answer's headers,
-//! plain and gzip scrapes alike: reading and encoding; the rest is sending the page), the
-//! median of each round's collector / dump, and the same for a scrape that asks for gzip, as
-//! Prometheus does by default.
+//! HEADERS_S RATIO GZIP_S GZIP_BYTES GZIP_RATIO ZSTD_S ZSTD_BYTES ZSTD_RATIO` (medians; `-`
+//! where not measured): where the collector's scrape went, as its own page tells (reading
+//! WireGuard by netlink and the maps in the last scrape, the mean time from a timed request's
+//! arrival to its answer's headers, plain and compressed scrapes alike: reading and encoding;
+//! the rest is sending the page), the median of each round's collector / dump, and the same
+//! for scrapes that ask for gzip, as Prometheus does by default, and for zstd, as it does
+//! with `--enable-feature=zstd-scrape`.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use wg_tests::{
-    exporter::{scrape, scrape_with, Exporter},
+    exporter::{scrape, scrape_with, Exporter, ACCEPT_GZIP, ACCEPT_ZSTD},
     netns,
     vm::SCALE,
     Collector, Implementation, Lab,
@@ -87,8 +88,8 @@ fn scale() -> Result<()> {
             profile(&lab.a.ns, n)?;
         }
         let before = c.scrape()?;
-        let (mut collector, mut gzip, mut theirs, mut dumps) = (vec![], vec![], vec![], vec![]);
-        let mut gzip_bytes = 0;
+        let (mut collector, mut gzip, mut zstd, mut theirs, mut dumps) = (vec![], vec![], vec![], vec![], vec![]);
+        let (mut gzip_bytes, mut zstd_bytes) = (0, 0);
         // Each on a quiet guest: what the one before leaves to do (a process exiting, the
         // collector dropping its page) would otherwise be charged to the next (the dump
         // measured 274-515 ms at 10,000 peers without the pause).
@@ -96,11 +97,16 @@ fn scale() -> Result<()> {
         for rep in 0..reps {
             quiet();
             collector.push(scrape(&lab.a.ns, 9586)?.0);
-            // As Prometheus asks by default (scrape_configs' enable_compression): gzip.
-            quiet();
-            let (seconds, bytes) = scrape_with(&lab.a.ns, 9586, &[("Accept-Encoding", "gzip")])?;
-            gzip.push(seconds);
-            gzip_bytes = bytes;
+            // As Prometheus asks by default (scrape_configs' enable_compression), and with
+            // --enable-feature=zstd-scrape.
+            for (asks, times, size) in
+                [(ACCEPT_GZIP, &mut gzip, &mut gzip_bytes), (ACCEPT_ZSTD, &mut zstd, &mut zstd_bytes)]
+            {
+                quiet();
+                let (seconds, bytes) = scrape_with(&lab.a.ns, 9586, asks)?;
+                times.push(seconds);
+                *size = bytes;
+            }
             if exporter.is_some() && rep < exporter_reps {
                 quiet();
                 theirs.push(scrape(&lab.a.ns, 9587)?.0);
@@ -124,12 +130,14 @@ fn scale() -> Result<()> {
         // collector / dump ratio, taken a few seconds apart, is steadier than the ratio of
         // the medians.
         let ratio = median(collector.iter().zip(&dumps).map(|(c, d)| c / d).collect());
-        let gzip_ratio = median(gzip.iter().zip(&dumps).map(|(c, d)| c / d).collect());
+        let of_dump = |times: &[f64]| median(times.iter().zip(&dumps).map(|(c, d)| c / d).collect());
+        let (gzip_ratio, zstd_ratio) = (of_dump(&gzip), of_dump(&zstd));
         println!(
-            "vm-scale: row {n} {:.6} {exporter_s} {:.6} {page} {dumped} {netlink:.6} {maps:.6} {headers:.6} {ratio:.3} {:.6} {gzip_bytes} {gzip_ratio:.3}",
+            "vm-scale: row {n} {:.6} {exporter_s} {:.6} {page} {dumped} {netlink:.6} {maps:.6} {headers:.6} {ratio:.3} {:.6} {gzip_bytes} {gzip_ratio:.3} {:.6} {zstd_bytes} {zstd_ratio:.3}",
             median(collector),
-            median(dumps),
-            median(gzip.clone())
+            median(dumps.clone()),
+            median(gzip),
+            median(zstd)
         );
     }
     Ok(())

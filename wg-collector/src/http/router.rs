@@ -25,7 +25,7 @@ use super::{
     serve::{allow, authenticate, Shared},
 };
 use crate::{
-    metrics::{encode, Encoded, ExportOptions, Exposition, Format, Page},
+    metrics::{encode, Encoded, Encoding, ExportOptions, Exposition, Format, Page},
     refresh::{Monitor, Snapshot},
 };
 
@@ -118,12 +118,13 @@ impl Pages {
 }
 
 async fn metrics(State(source): State<MetricsState>, headers: HeaderMap) -> Response {
-    let asks = |name: header::HeaderName, what: &str| {
-        headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).any(|v| v.contains(what))
+    let all = |name: header::HeaderName| -> String {
+        headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>().join(",")
     };
-    let accept: Vec<&str> = headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).collect();
-    let format =
-        Format { exposition: Exposition::negotiate(&accept.join(",")), gzip: asks(header::ACCEPT_ENCODING, "gzip") };
+    let format = Format {
+        exposition: Exposition::negotiate(&all(header::ACCEPT)),
+        encoding: Encoding::negotiate(&all(header::ACCEPT_ENCODING)),
+    };
     // Reading WireGuard and the maps is blocking work: keep it off the async workers.
     let encoded = tokio::task::spawn_blocking(move || {
         let snap = source.monitor.latest(source.max_age);
@@ -133,13 +134,13 @@ async fn metrics(State(source): State<MetricsState>, headers: HeaderMap) -> Resp
         })
     })
     .await;
-    let Format { exposition, gzip } = format;
+    let Format { exposition, encoding } = format;
     match encoded {
         Ok(Some(body)) => {
             let mut r =
                 ([(header::CONTENT_TYPE, exposition.content_type())], Body::new(Chunks(body.0.into()))).into_response();
-            if gzip {
-                r.headers_mut().insert(header::CONTENT_ENCODING, header::HeaderValue::from_static("gzip"));
+            if let Some(coding) = encoding.header() {
+                r.headers_mut().insert(header::CONTENT_ENCODING, header::HeaderValue::from_static(coding));
             }
             r.headers_mut().insert(header::VARY, header::HeaderValue::from_static("accept, accept-encoding"));
             r

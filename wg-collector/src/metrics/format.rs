@@ -1,4 +1,5 @@
-//! The formats a page is served in, and which one a scraper's `Accept` header asks for.
+//! The formats a page is served in, and which one a scraper's `Accept` and `Accept-Encoding`
+//! headers ask for.
 
 /// The exposition format of a page.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -12,15 +13,64 @@ pub enum Exposition {
     Protobuf,
 }
 
+/// How the page is compressed (HTTP content coding).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Encoding {
+    Identity,
+    /// What Prometheus asks for by default.
+    Gzip,
+    /// What Prometheus asks for with `--enable-feature=zstd-scrape` (client_golang serves it
+    /// too): its window reaches a peer's key in the next family, which deflate's does not.
+    Zstd,
+}
+
+impl Encoding {
+    /// The Content-Encoding header's value (none for identity).
+    pub fn header(self) -> Option<&'static str> {
+        match self {
+            Self::Identity => None,
+            Self::Gzip => Some("gzip"),
+            Self::Zstd => Some("zstd"),
+        }
+    }
+
+    /// The coding an `Accept-Encoding` header (its values joined with commas) prefers: the
+    /// highest `q` of zstd and gzip (`*` stands for both), zstd on a tie; identity when
+    /// neither is acceptable (`q=0` refuses a coding).
+    pub fn negotiate(accept_encoding: &str) -> Self {
+        let (mut zstd, mut gzip, mut any) = (None, None, None);
+        for coding in accept_encoding.split(',') {
+            let mut parts = coding.split(';').map(str::trim);
+            let name = parts.next().unwrap_or_default().to_ascii_lowercase();
+            let q = parts
+                .filter_map(|p| p.split_once('='))
+                .find(|(k, _)| k.trim().eq_ignore_ascii_case("q"))
+                .map_or(1.0, |(_, v)| v.trim().parse().unwrap_or(0.0));
+            match name.as_str() {
+                "zstd" => zstd = Some(q),
+                "gzip" | "x-gzip" => gzip = Some(q),
+                "*" => any = Some(q),
+                _ => {}
+            }
+        }
+        let (zstd, gzip) = (zstd.or(any).unwrap_or(0.0), gzip.or(any).unwrap_or(0.0));
+        match (zstd, gzip) {
+            (z, g) if z > 0.0 && z >= g => Self::Zstd,
+            (_, g) if g > 0.0 => Self::Gzip,
+            _ => Self::Identity,
+        }
+    }
+}
+
 /// The format a scraper asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Format {
     pub exposition: Exposition,
-    pub gzip: bool,
+    pub encoding: Encoding,
 }
 
 impl Format {
-    pub const TEXT: Self = Self { exposition: Exposition::Text, gzip: false };
+    pub const TEXT: Self = Self { exposition: Exposition::Text, encoding: Encoding::Identity };
 }
 
 impl Exposition {
@@ -75,7 +125,30 @@ impl Exposition {
 
 #[cfg(test)]
 mod tests {
-    use super::Exposition::{self, *};
+    use super::{
+        Encoding,
+        Exposition::{self, *},
+    };
+
+    #[test]
+    fn negotiates_the_coding_by_q() {
+        use Encoding::*;
+        // Prometheus by default, and with --enable-feature=zstd-scrape.
+        assert_eq!(Encoding::negotiate("gzip"), Gzip);
+        assert_eq!(Encoding::negotiate("zstd, gzip"), Zstd);
+        assert_eq!(Encoding::negotiate(""), Identity);
+        assert_eq!(Encoding::negotiate("identity"), Identity);
+        assert_eq!(Encoding::negotiate("br, deflate"), Identity);
+        // q decides; a tie goes to zstd; q=0 refuses, also through `*`.
+        assert_eq!(Encoding::negotiate("zstd;q=0.5, gzip;q=0.8"), Gzip);
+        assert_eq!(Encoding::negotiate("GZIP;Q=0.8, zstd ; q=0.8"), Zstd);
+        assert_eq!(Encoding::negotiate("gzip;q=0"), Identity);
+        assert_eq!(Encoding::negotiate("gzip;q=0, *"), Zstd);
+        assert_eq!(Encoding::negotiate("zstd;q=0, *;q=0.1"), Gzip);
+        assert_eq!(Encoding::negotiate("*;q=0"), Identity);
+        assert_eq!(Encoding::negotiate("x-gzip, deflate;q=0.5"), Gzip);
+        assert_eq!(Encoding::negotiate("gzip;q=nonsense"), Identity);
+    }
 
     #[test]
     fn negotiates_as_prometheus_asks() {

@@ -24,7 +24,7 @@ mod traffic;
 pub use compat::Compat;
 pub use encode::{encode, Encoded};
 pub use family::{Family, Group, Type};
-pub use format::{Exposition, Format};
+pub use format::{Encoding, Exposition, Format};
 pub use page::{ExportOptions, Page, DEFAULT_MAX_SERIES};
 
 /// Every family of the page, in the page's order.

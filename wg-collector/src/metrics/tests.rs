@@ -9,12 +9,14 @@ use crate::fixture;
 /// written as AGE.
 fn page(opts: &ExportOptions, format: Format) -> String {
     let body = encode(Page::new(fixture::snapshot(), opts, fixture::conns()), format).unwrap();
-    let text = if format.gzip {
-        let mut s = String::new();
-        flate2::read::MultiGzDecoder::new(&body.to_vec()[..]).read_to_string(&mut s).unwrap();
-        s
-    } else {
-        String::from_utf8(body.to_vec()).unwrap()
+    let text = match format.encoding {
+        Encoding::Gzip => {
+            let mut s = String::new();
+            flate2::read::MultiGzDecoder::new(&body.to_vec()[..]).read_to_string(&mut s).unwrap();
+            s
+        }
+        Encoding::Zstd => String::from_utf8(zstd::stream::decode_all(&body.to_vec()[..]).unwrap()).unwrap(),
+        Encoding::Identity => String::from_utf8(body.to_vec()).unwrap(),
     };
     text.lines()
         .map(|l| match l.strip_prefix("wireguard_collector_reading_age_seconds ") {
@@ -39,11 +41,10 @@ fn golden(name: &str, got: &str) {
 fn the_page_of_a_fixed_reading_is_the_golden_one() {
     let text = Format::TEXT;
     golden("page.prom", &page(&ExportOptions::default(), text));
-    // Gzip is the same page, compressed.
-    assert_eq!(
-        page(&ExportOptions::default(), Format { gzip: true, ..Format::TEXT }),
-        page(&ExportOptions::default(), text)
-    );
+    // Gzip and zstd are the same page, compressed.
+    for encoding in [Encoding::Gzip, Encoding::Zstd] {
+        assert_eq!(page(&ExportOptions::default(), Format { encoding, ..text }), page(&ExportOptions::default(), text));
+    }
 }
 
 /// prometheus_wireguard_exporter's families as it writes them (its output format is in its
@@ -76,7 +77,10 @@ fn the_compat_families_are_the_golden_ones() {
 fn the_redacted_trimmed_openmetrics_page_is_the_golden_one() {
     let opts =
         ExportOptions { redact_endpoints: true, redact_allowed_ips: true, max_series: 90, ..ExportOptions::default() };
-    golden("page-redacted-trimmed.om", &page(&opts, Format { exposition: Exposition::OpenMetrics, gzip: false }));
+    golden(
+        "page-redacted-trimmed.om",
+        &page(&opts, Format { exposition: Exposition::OpenMetrics, encoding: Encoding::Identity }),
+    );
 }
 
 /// Every family the fixture's page shows is in the catalogue with its type, and every
@@ -278,7 +282,7 @@ fn the_protobuf_page_carries_every_family_and_native_histograms() {
     use prost::Message;
 
     let opts = ExportOptions::default();
-    let format = Format { exposition: Exposition::Protobuf, gzip: false };
+    let format = Format { exposition: Exposition::Protobuf, encoding: Encoding::Identity };
     let body = encode(Page::new(fixture::snapshot(), &opts, fixture::conns()), format).unwrap().to_vec();
     let mut rest = &body[..];
     let mut families = Vec::new();
@@ -317,7 +321,8 @@ fn the_protobuf_page_carries_every_family_and_native_histograms() {
 
     // Gzip is the same page, compressed (but for the reading's age, which moves on).
     let gzip =
-        encode(Page::new(fixture::snapshot(), &opts, fixture::conns()), Format { gzip: true, ..format }).unwrap();
+        encode(Page::new(fixture::snapshot(), &opts, fixture::conns()), Format { encoding: Encoding::Gzip, ..format })
+            .unwrap();
     let mut unzipped = Vec::new();
     flate2::read::MultiGzDecoder::new(&gzip.to_vec()[..]).read_to_end(&mut unzipped).unwrap();
     let decode = |mut rest: &[u8]| -> Vec<MetricFamily> {
@@ -369,7 +374,7 @@ fn written_lines_are_what_prometheus_client_writes() {
     for snap in [fixture::snapshot(), std::sync::Arc::new(other)] {
         for opts in &options {
             for exposition in [Exposition::Text, Exposition::OpenMetrics] {
-                let format = Format { exposition, gzip: false };
+                let format = Format { exposition, encoding: Encoding::Identity };
                 let page = |lines| {
                     let body = encode::encode_with(Page::new(snap.clone(), opts, fixture::conns()), format, lines);
                     let text = String::from_utf8(body.unwrap().to_vec()).unwrap();
