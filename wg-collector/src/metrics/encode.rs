@@ -208,7 +208,9 @@ pub fn encode(page: Page, format: Format) -> Result<Encoded, std::fmt::Error> {
 
 /// The whole page; `lines` as encode_family takes it.
 pub(super) fn encode_with(mut page: Page, format: Format, lines: bool) -> Result<Encoded, std::fmt::Error> {
-    page.text = format.exposition != Exposition::Protobuf;
+    if format.exposition != Exposition::Protobuf {
+        page.for_text();
+    }
     let page = Arc::new(page);
     let families: Vec<&'static Family> = super::families().collect();
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, THREADS);

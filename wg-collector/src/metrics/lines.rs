@@ -24,18 +24,30 @@ pub struct LabelList<'a> {
 impl LabelList<'_> {
     /// `key="value"`, the value escaped.
     pub fn pair(&mut self, key: &str, value: &str) {
-        self.key(key);
+        self.raw(key);
         self.out.push_str("=\"");
         escape_into(self.out, value);
         self.out.push('"');
     }
 
-    /// Text that ends in a label's key (a device's head, see PeerLabels), written as it is.
-    fn key(&mut self, key: &str) {
+    /// Labels already rendered (see [`render`]), or a label's key.
+    fn raw(&mut self, text: &str) {
         self.out.push(if self.any { ',' } else { '{' });
         self.any = true;
-        self.out.push_str(key);
+        self.out.push_str(text);
     }
+}
+
+/// `labels` as a line writes them, without the braces: to be written in one piece by many
+/// lines (PeerLabels::text).
+pub fn render(labels: &impl TextLabels) -> String {
+    let mut out = String::new();
+    labels.write(&mut LabelList { out: &mut out, any: true });
+    // The comma before the first label.
+    if !out.is_empty() {
+        out.remove(0);
+    }
+    out
 }
 
 impl<K: AsRef<str>, V: AsRef<str>, const N: usize> TextLabels for [(K, V); N] {
@@ -78,22 +90,11 @@ impl TextLabels for DeviceLabels<'_> {
 
 impl TextLabels for PeerLabels<'_> {
     fn write(&self, l: &mut LabelList) {
-        match self.head {
-            // The device's labels as one piece, up to public_key's value (Page::heads).
-            // Then the key as it is: base64 has nothing to escape (the scan for escapes was
-            // a fifth of these lines' time in the kernel guest).
-            Some(head) => {
-                debug_assert!(!self.key.contains(['\\', '"', '\n']), "{}", self.key);
-                l.key(head);
-                l.out.push_str("=\"");
-                l.out.push_str(self.key);
-                l.out.push('"');
-            }
-            None => {
-                self.device.write(l);
-                l.pair("public_key", self.key);
-            }
+        if let Some(text) = self.text {
+            return l.raw(text);
         }
+        self.device.write(l);
+        l.pair("public_key", self.key);
         if let Some(name) = self.name {
             l.pair("name", name);
         }

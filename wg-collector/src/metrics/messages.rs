@@ -59,7 +59,7 @@ fn messages(page: &Page, s: &mut Samples) -> std::fmt::Result {
             .zip(rows)
             .filter_map(|(p, row)| Some((page.labels(i, row), r.messages.get(&p.public_key)?)));
         // The device's messages no peer was found for: an empty public_key (and name).
-        let unknown = PeerLabels { device, key: "", name: named.then_some(""), head: None };
+        let unknown = PeerLabels { device, key: "", name: named.then_some(""), text: None };
         for (labels, counts) in peers.chain(std::iter::once((unknown, &r.device_messages))) {
             for (dir, dname) in [(DIR_RX, "receive"), (DIR_TX, "transmit")] {
                 for t in MessageType::ALL {

@@ -2,12 +2,12 @@
 //! row, made once for every per-peer family, and the latency series, folded once for the
 //! histogram families.
 
-use std::{collections::BTreeMap, fmt::Write, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use prometheus_client::encoding::{EncodeLabelSet, LabelSetEncoder};
 use wg_common::PeerCounters;
 
-use super::{budget, lines::escape_into};
+use super::budget;
 use crate::{
     histogram::{Buckets, Schema, Series},
     http::requests::EndpointCounts,
@@ -67,16 +67,13 @@ pub struct Page {
     pub left_out: KeySet,
     /// Per device, per peer, in the reading's order.
     pub rows: Vec<Vec<Row>>,
-    /// Per device: its peers' labels as the text formats write them, up to the value of
-    /// public_key (`device="wg0",public_key`; see PeerLabels).
-    pub heads: Vec<String>,
     /// Per device.
     pub latency: Vec<LatencySeries>,
     pub opts: ExportOptions,
     /// The metrics endpoint's connections and requests as of this scrape.
     pub endpoint: EndpointCounts,
-    /// Encoded in a text format: per-peer label sets are written from their device's head
-    /// (set by `encode`).
+    /// Encoded in a text format: per-peer label sets are written as rendered in their rows
+    /// (set by `for_text`).
     pub text: bool,
 }
 
@@ -99,8 +96,19 @@ impl Page {
                 (Arc::new(trimmed), omitted, left_out)
             };
         let rows = snap.devices.iter().map(|d| d.state.peers.iter().map(|p| Row::of(d, p)).collect()).collect();
-        let heads = snap.devices.iter().map(|d| DeviceLabels::of(&d.found).head()).collect();
-        Self { snap, omitted, left_out, rows, heads, latency, opts: opts.clone(), endpoint, text: false }
+        Self { snap, omitted, left_out, rows, latency, opts: opts.clone(), endpoint, text: false }
+    }
+
+    /// For a text format: each peer's labels rendered once (Row::text).
+    pub fn for_text(&mut self) {
+        self.text = true;
+        for (d, rows) in self.snap.devices.iter().zip(&mut self.rows) {
+            for row in rows {
+                let name = self.opts.peer_name_label.then(|| row.name.as_deref().unwrap_or(""));
+                let labels = PeerLabels { device: DeviceLabels::of(&d.found), key: &row.key, name, text: None };
+                row.text = super::lines::render(&labels);
+            }
+        }
     }
 
     /// Every peer with its row and the labels all per-peer families start with.
@@ -116,7 +124,7 @@ impl Page {
             device: DeviceLabels::of(&self.snap.devices[i].found),
             key: &row.key,
             name: self.opts.peer_name_label.then(|| row.name.as_deref().unwrap_or("")),
-            head: self.text.then_some(self.heads[i].as_str()),
+            text: self.text.then_some(row.text.as_str()),
         }
     }
 
@@ -133,6 +141,8 @@ pub struct Row {
     pub name: Option<String>,
     pub counters: Option<PeerCounters>,
     pub endpoint_changes: u64,
+    /// Its labels as the text formats write them (Page::for_text).
+    pub text: String,
 }
 
 impl Row {
@@ -142,6 +152,7 @@ impl Row {
             name: d.names.get(&p.public_key).cloned(),
             counters: d.reading.as_ref().and_then(|r| r.counters.get(&p.public_key)).copied(),
             endpoint_changes: d.lifecycle.endpoint_changes.get(&p.public_key).copied().unwrap_or(0),
+            text: String::new(),
         }
     }
 }
@@ -163,22 +174,6 @@ impl<'a> DeviceLabels<'a> {
 
     pub fn link(l: &'a DeviceLink) -> Self {
         DeviceLabels { device: &l.name, netns: l.netns.as_deref() }
-    }
-
-    /// The head of its peers' labels (see Page::heads): these labels as the text formats
-    /// write them, then the key of public_key.
-    pub fn head(&self) -> String {
-        let mut head = String::with_capacity(40);
-        for (k, v) in [("device", Some(self.device)), ("netns", self.netns)] {
-            if let Some(v) = v {
-                head.push_str(k);
-                head.push_str("=\"");
-                escape_into(&mut head, v);
-                head.push_str("\",");
-            }
-        }
-        head.push_str("public_key");
-        head
     }
 
     /// As owned pairs, for label sets built as a list.
@@ -207,28 +202,16 @@ pub struct PeerLabels<'a> {
     /// The public key in base64 (empty for what no peer was found for).
     pub key: &'a str,
     pub name: Option<&'a str>,
-    /// In a text format, the labels before the key's value as written once per page and
-    /// device (Page::heads): ~15 series a peer then write them in one piece rather than
-    /// label by label, which was half of a 10k-peer page's encoding time.
-    pub head: Option<&'a str>,
+    /// In a text format, these labels as written, rendered once per page and peer (Row::text):
+    /// ~15 series a peer then write them in one piece. Set by Page::labels only: a label set
+    /// with other values is a new one, not this one changed.
+    pub text: Option<&'a str>,
 }
 
 impl EncodeLabelSet for PeerLabels<'_> {
     fn encode(&self, encoder: &mut LabelSetEncoder) -> std::fmt::Result {
-        if let Some(head) = self.head {
-            // The text encoders write a label's key as it is given and then `="`, the value
-            // escaped, `"`: a key of `device="wg0",public_key` writes the same text as the
-            // labels one by one (the test below and the golden pages hold them to it).
-            let mut label = encoder.encode_label();
-            let mut key = label.encode_label_key()?;
-            key.write_str(head)?;
-            let mut value = key.encode_label_value()?;
-            value.write_str(self.key)?;
-            value.finish()?;
-        } else {
-            self.device.encode(encoder)?;
-            [("public_key", self.key)].encode(encoder)?;
-        }
+        self.device.encode(encoder)?;
+        [("public_key", self.key)].encode(encoder)?;
         match self.name {
             Some(name) => [("name", name)].encode(encoder),
             None => Ok(()),
@@ -288,55 +271,4 @@ fn latency_series(d: &DeviceSnapshot) -> LatencySeries {
         m.entry((*peer, k.kind)).or_default().add(k.bucket, v.count, v.sum_ns);
     }
     m
-}
-
-#[cfg(test)]
-mod tests {
-    use prometheus_client::{
-        collector::Collector,
-        encoding::{text::encode_registry, DescriptorEncoder},
-        metrics::MetricType,
-        registry::Registry,
-    };
-
-    use super::*;
-
-    /// One gauge with the given labels, plus a label of the family's own after them.
-    #[derive(Debug)]
-    struct One(String, String, Option<String>, Option<String>, bool);
-
-    impl Collector for One {
-        fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
-            let One(device, key, netns, name, with_head) = self;
-            let device = DeviceLabels { device, netns: netns.as_deref() };
-            let head = device.head();
-            let labels = PeerLabels { device, key, name: name.as_deref(), head: with_head.then_some(head.as_str()) };
-            let mut m = enc.encode_descriptor("g", "help", None, MetricType::Gauge)?;
-            m.encode_family(&(labels, [("reason", "x\"y")]))?.encode_gauge(&1i64)
-        }
-    }
-
-    fn text(one: One) -> String {
-        let mut registry = Registry::default();
-        registry.register_collector(Box::new(one));
-        let mut out = String::new();
-        encode_registry(&mut out, &registry).unwrap();
-        out
-    }
-
-    /// A head written once gives the text prometheus-client writes label by label, escapes
-    /// included, with and without netns and name, and a family's own label after it.
-    #[test]
-    fn a_written_head_is_the_labels_written_one_by_one() {
-        let odd = "we\"ird\\ns\nx".to_string();
-        for netns in [None, Some("blue".to_string()), Some(odd.clone())] {
-            for name in [None, Some(String::new()), Some(odd.clone())] {
-                let one = |head| One("wg0".into(), "K4sz/+=".into(), netns.clone(), name.clone(), head);
-                let (headed, plain) = (text(one(true)), text(one(false)));
-                assert_eq!(headed, plain);
-                assert!(plain.contains("public_key=\"K4sz/+=\""), "{plain}");
-            }
-        }
-        assert!(text(One("wg0".into(), "k".into(), Some(odd), None, true)).contains(r#"netns="we\"ird\\ns\nx""#));
-    }
 }

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use super::family::{always, Family, Group, Samples, Type};
-use super::page::{Page, PeerLabels, PeerView};
+use super::page::{Page, PeerView};
 
 const PEER: &[&str] = &["device", "public_key"];
 
@@ -99,9 +99,13 @@ fn info(page: &Page, s: &mut Samples) -> std::fmt::Result {
         if let Some(e) = p.endpoint.filter(|_| !page.opts.redact_endpoints) {
             write!(endpoint, "{e}")?;
         }
-        // Its own name label, with or without --metrics.peer-name-label.
-        let labels = PeerLabels { name: Some(row.name.as_deref().unwrap_or("")), ..l };
-        s.gauge(&(labels, [("endpoint", endpoint.as_str())]), 1i64)?;
+        // Its own name label, with or without --metrics.peer-name-label (which puts it in
+        // every peer's labels already).
+        let endpoint = ("endpoint", endpoint.as_str());
+        match l.name {
+            Some(_) => s.gauge(&(l, [endpoint]), 1i64)?,
+            None => s.gauge(&(l, [("name", row.name.as_deref().unwrap_or("")), endpoint]), 1i64)?,
+        }
     }
     Ok(())
 }
