@@ -1,6 +1,6 @@
-//! A page in the format a scraper asked for: its families encoded (and gzipped, if asked)
-//! by a few threads that take the next family as they finish one, the pieces joined in the
-//! catalogue's order. At 10k peers and more the encoding is most of a scrape, and
+//! A page in the format a scraper asked for: its families encoded by a few threads that take
+//! the next family as they finish one, the pieces joined in the catalogue's order, then
+//! gzipped or zstd-compressed if asked. At 10k peers and more the encoding is most of a scrape, and
 //! prometheus-client encodes one registry on one thread; taking families as they come keeps
 //! the threads evenly busy whatever a page holds.
 
