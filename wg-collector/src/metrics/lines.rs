@@ -180,6 +180,10 @@ impl<'a> Lines<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{
+        fixture,
+        metrics::{encode, Encoding, ExportOptions, Exposition, Format, Page},
+    };
 
     fn line(labels: &impl TextLabels, value: &impl TextValue) -> String {
         let mut out = String::new();
@@ -198,5 +202,52 @@ mod tests {
         for (v, text) in [(f64::NAN, "NaN"), (f64::INFINITY, "+Inf"), (f64::NEG_INFINITY, "-Inf")] {
             assert_eq!(line(&[] as &[(&str, &str); 0], &v), format!("m_total {text}\n"));
         }
+    }
+
+    /// The sample lines the page writes itself (lines.rs) are the text prometheus-client writes
+    /// for the same samples, byte for byte: both text formats, every option that changes a
+    /// label set, devices in another namespace and odd label values (escapes, an empty name).
+    #[test]
+    fn written_lines_are_what_prometheus_client_writes() {
+        let odd = "we\"ird\\ns\nx";
+        let mut other = crate::refresh::Snapshot::clone(&fixture::snapshot());
+        for d in &mut other.devices {
+            d.found.netns = Some(odd.into());
+            d.names.insert(fixture::key(4), String::new());
+        }
+        let all = crate::metrics::Compat {
+            on: true,
+            separate_allowed_ips: true,
+            remote_ip_port: true,
+            handshake_delay: true,
+        };
+        let options = [
+            ExportOptions::default(),
+            ExportOptions { peer_name_label: true, ..Default::default() },
+            ExportOptions { redact_endpoints: true, redact_allowed_ips: true, max_series: 40, ..Default::default() },
+            ExportOptions { compat: crate::metrics::Compat { on: true, ..Default::default() }, ..Default::default() },
+            ExportOptions { compat: all, peer_name_label: true, ..Default::default() },
+        ];
+        let mut compared = 0;
+        for snap in [fixture::snapshot(), std::sync::Arc::new(other)] {
+            for opts in &options {
+                for exposition in [Exposition::Text, Exposition::OpenMetrics] {
+                    let format = Format { exposition, encoding: Encoding::Identity };
+                    let page = |lines| {
+                        let body = encode::encode_with(Page::new(snap.clone(), opts, fixture::conns()), format, lines);
+                        let text = String::from_utf8(body.unwrap().to_vec()).unwrap();
+                        // The reading's age moves on between the two.
+                        text.lines()
+                            .filter(|l| !l.starts_with("wireguard_collector_reading_age_seconds "))
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    };
+                    let (written, theirs) = (page(true), page(false));
+                    assert!(written == theirs, "{exposition:?}, {opts:?}:\n{written}\n---\n{theirs}");
+                    compared += theirs.lines().count();
+                }
+            }
+        }
+        assert!(compared > 4_000, "{compared} lines compared");
     }
 }
