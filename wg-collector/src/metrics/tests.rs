@@ -1,5 +1,4 @@
-//! The page of a reading built in memory, against the golden files: the catalogue and the
-//! encoding together, byte for byte.
+//! The page of a reading built in memory against the golden files: catalogue and encoding, byte for byte.
 use std::io::Read;
 
 use super::*;
