@@ -7,6 +7,7 @@ mod formats;
 mod forward;
 mod load;
 mod scale;
+mod settings;
 mod soak;
 mod throughput;
 mod wire;
@@ -228,6 +229,10 @@ fn main() -> Result<()> {
         println!("## Per wire packet under real traffic\n");
         return wire::run(quick);
     }
+    if args.iter().any(|a| a == "--settings-only") {
+        println!("## Latency settings per wire packet under TCP and ICMP\n");
+        return settings::run(quick);
+    }
     if args.iter().any(|a| a == "--formats-only") {
         println!("## Text vs protobuf at scale, latency on every peer\n");
         return formats::run(quick);
@@ -246,6 +251,8 @@ fn main() -> Result<()> {
     forward::run(quick)?;
     println!("\n## Per wire packet under real traffic\n");
     wire::run(quick)?;
+    println!("\n## Latency settings per wire packet under TCP and ICMP\n");
+    settings::run(quick)?;
     println!("\n## Tunnel throughput with and without our programs\n");
     throughput::run(quick)?;
     println!("\n## Load: 200 concurrent scrapers\n");
