@@ -20,8 +20,11 @@ const ME: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 const THEM: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 2);
 
 fn probe() -> DeviceProbe {
-    let mut p = DeviceProbe::load(ProbeOptions { max_peers: 16, ..Default::default() }, None)
-        .expect("load programs (root needed)");
+    probe_with(ProbeOptions { max_peers: 16, ..Default::default() })
+}
+
+fn probe_with(options: ProbeOptions) -> DeviceProbe {
+    let mut p = DeviceProbe::load(options, None).expect("load programs (root needed)");
     let mut peer = Peer::new(PEER);
     peer.endpoint = Some("192.0.2.7:51821".parse().unwrap());
     peer.allowed_ips = vec!["10.1.0.0/16".parse::<IpNet>().unwrap()];
@@ -124,13 +127,36 @@ fn overflow_lets_the_orphaned_messages_go_without_samples() {
 
 #[test]
 fn delay_tracking_can_be_switched_off() {
-    let mut p = DeviceProbe::load(ProbeOptions { max_peers: 16, delay: false, ..Default::default() }, None).unwrap();
-    let mut peer = Peer::new(PEER);
-    peer.endpoint = Some("192.0.2.7:51821".parse().unwrap());
-    peer.allowed_ips = vec!["10.1.0.0/16".parse::<IpNet>().unwrap()];
-    p.sync(&[peer]).unwrap();
-    p.set_listen_port(51820).unwrap();
+    let mut p = probe_with(ProbeOptions { max_peers: 16, delay: false, ..Default::default() });
     plain_out(&mut p, 84);
     msg_out(&mut p, 84);
     assert_eq!(samples(&p, Kind::Encap), 0);
+}
+
+/// `--latency.sample 4`: one packet in four (at random) is timed; the others keep their
+/// places untimed, so the pairing holds, a dropped packet's entry is still given up by its
+/// size, and no sample is taken but for a timed packet.
+#[test]
+fn sampling_times_one_packet_in_n_and_keeps_the_pairing() {
+    let mut p = probe_with(ProbeOptions { max_peers: 16, latency_sample: 4, ..Default::default() });
+    const GROUPS: u64 = 500;
+    for _ in 0..GROUPS {
+        // Three go in each way; WireGuard drops the 300-byte one.
+        for len in [100, 300, 500] {
+            plain_out(&mut p, len);
+            msg_in(&mut p, len);
+        }
+        for len in [100, 500] {
+            msg_out(&mut p, len);
+            plain_in(&mut p, len);
+        }
+    }
+    // 1,000 packets out each way, each timed with probability 1/4: 250 ± 13.7 (one standard
+    // deviation); the bounds are six of them.
+    for kind in [Kind::Encap, Kind::Decap] {
+        let n = samples(&p, kind);
+        assert!((168..=332).contains(&n), "{kind:?}: {n} samples of 1,000 packets at one in four");
+    }
+    let s = p.latency_stats().unwrap();
+    assert_eq!((s.fifo_resync, s.fifo_overflow), (2 * GROUPS, 0), "each group's dropped packet, each way");
 }

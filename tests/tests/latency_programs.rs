@@ -234,4 +234,17 @@ fn sampling_records_one_in_n() {
         out(&mut p, &ipv4_with(ME4, PEER4, ICMP, &echo(8, 4, seq, 8)));
     }
     assert_eq!(p.latency_stats().unwrap().recorded, 4);
+    // Every reply comes back; the four asked are answered (the others skip the table).
+    for seq in 0..16u16 {
+        back(&mut p, &ipv4_with(PEER4, ME4, ICMP, &echo(0, 4, seq, 8)));
+    }
+    assert_eq!((p.latency_stats().unwrap().matched, samples(&p, Kind::Icmp).0), (4, 4));
+    // TCP: a TSval in four is asked, and its echo answered.
+    for val in 1..=16u32 {
+        let seg = tcp_segment(40000, 443, 1000, 2000, ACK | PSH, &ts_option(val, 9), 100);
+        out(&mut p, &ipv4_with(ME4, PEER4, TCP, &seg));
+        let ack = tcp_segment(443, 40000, 2000, 1100, ACK, &ts_option(50, val), 0);
+        back(&mut p, &ipv4_with(PEER4, ME4, TCP, &ack));
+    }
+    assert_eq!(samples(&p, Kind::TcpTs).0, 4);
 }

@@ -19,10 +19,17 @@
 //!
 //! The FIFO is shared by all CPUs without locks: two CPUs sending to one peer at the same
 //! instant can lose an entry, which the size and age rules then absorb.
+//!
+//! With `--latency.sample N` one packet in N (at random) is timed; the others go in untimed
+//! ([`FifoEntry::UNTIMED`]) and keep the order without reading the clock on either side or
+//! touching the histogram: on a busy gateway those two, not the FIFO, are what a sample costs.
 
 use wg_common::latency::{fifo_key, stats, Fifo, FifoEntry, Kind, FIFO_LEN};
 
-use crate::{latency, DELAY_FIFO};
+use crate::{
+    latency::{self, Clock},
+    DELAY_FIFO,
+};
 
 /// Encap and decap tracking can be switched off at load time (`--latency.no-delay`): it reads
 /// the clock for every packet.
@@ -59,9 +66,10 @@ fn after(i: u8, n: u8) -> usize {
     }
 }
 
-/// A packet (or `count` GSO segments) of `len` bytes (0 = don't check sizes) went in.
+/// A packet (or `count` GSO segments) of `len` bytes (0 = don't check sizes) went in; timed
+/// (reading `clock`) if sampled.
 #[inline(always)]
-pub(crate) fn push(slot: u32, decap: bool, now: u64, len: u32, count: u32) {
+pub(crate) fn push(slot: u32, decap: bool, clock: &Clock, len: u32, count: u32) {
     let Some(f) = fifo(slot, decap) else { return };
     if f.used as usize >= FIFO_LEN {
         if let Some(old) = f.entries.get(f.head as usize) {
@@ -72,15 +80,17 @@ pub(crate) fn push(slot: u32, decap: bool, now: u64, len: u32, count: u32) {
         latency::stat(stats::FIFO_OVERFLOW);
     }
     if let Some(e) = f.entries.get_mut(after(f.head, f.used)) {
-        *e = FifoEntry::new(now, len, count);
+        let t = if latency::sampled_at_random() { clock.now() } else { FifoEntry::UNTIMED };
+        *e = FifoEntry::new(t, len, count);
         f.used += 1;
     }
 }
 
 /// `count` packets came out, of `len` bytes (the plaintext, or the message's padded
-/// plaintext; 0 = don't check): each takes the oldest entry's time, one sample per packet.
+/// plaintext; 0 = don't check): each takes the oldest entry's time, one sample per packet of
+/// a timed entry (`clock` is read only for those).
 #[inline(always)]
-pub(crate) fn pop(slot: u32, decap: bool, now: u64, len: u32, count: u32) {
+pub(crate) fn pop(slot: u32, decap: bool, clock: &Clock, len: u32, count: u32) {
     let Some(f) = fifo(slot, decap) else { return };
     let kind = if decap { Kind::Decap } else { Kind::Encap } as u16;
     let mut left = count;
@@ -94,11 +104,14 @@ pub(crate) fn pop(slot: u32, decap: bool, now: u64, len: u32, count: u32) {
             return;
         }
         let Some(e) = f.entries.get_mut(f.head as usize) else { return };
-        let age = e.age(now);
         let mismatched = count == 1 && e.size() != 0 && len != 0 && !sizes_match(e.size(), len, decap);
         let n = core::cmp::min(left, e.count());
+        // An untimed entry is paired by its size alone (its age unknown).
+        let age = if e.timed() { e.age(clock.now()) } else { 0 };
         if age <= FifoEntry::MAX_AGE_NS && !mismatched {
-            latency::record_n(slot, kind, age, n as u64);
+            if e.timed() {
+                latency::record_n(slot, kind, age, n as u64);
+            }
             left -= n;
             if e.count() > n {
                 *e = e.with_count(e.count() - n);

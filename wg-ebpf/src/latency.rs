@@ -14,7 +14,7 @@ use core::mem::MaybeUninit;
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{bpf_ktime_get_ns, bpf_skb_load_bytes},
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_skb_load_bytes},
     programs::TcContext,
 };
 use wg_common::{
@@ -34,16 +34,33 @@ const TCPOPT_EOL: u8 = 0;
 const TCPOPT_NOP: u8 = 1;
 const TCPOPT_TIMESTAMP: u8 = 8;
 
-/// Record only packets whose matching value (TSval, sequence) has these low bits clear:
-/// 0 = every packet. Set by the collector at load time (`--latency.sample`).
+/// One packet in `mask + 1` becomes a sample: 0 = every packet. Set by the collector at
+/// load time (`--latency.sample`).
 #[unsafe(no_mangle)]
 static LATENCY_SAMPLE_MASK: u32 = 0;
 
 #[inline(always)]
-fn sampled(value: u32) -> bool {
+fn sample_mask() -> u32 {
     // SAFETY: a read-only global the loader may patch before load.
-    let mask = unsafe { core::ptr::read_volatile(&LATENCY_SAMPLE_MASK) };
-    value & mask == 0
+    unsafe { core::ptr::read_volatile(&LATENCY_SAMPLE_MASK) }
+}
+
+/// Whether a question is recorded (and its answer looked for): its matching value (TSval,
+/// sequence) has the mask's bits clear, so a retransmission is asked again or not at all, as
+/// the first copy was, and an answer, which echoes the value, knows without the table.
+#[inline(always)]
+fn sampled(value: u32) -> bool {
+    value & sample_mask() == 0
+}
+
+/// Whether a packet entering WireGuard is timed for its encap/decap delay: at random (its
+/// bytes have no sequence to pick by on every path). With the default mask (0, known to the
+/// verifier) this is a constant true and costs nothing.
+#[inline(always)]
+pub(crate) fn sampled_at_random() -> bool {
+    let mask = sample_mask();
+    // SAFETY: a helper without arguments.
+    mask == 0 || unsafe { bpf_get_prandom_u32() } & mask == 0
 }
 
 /// The time, read at most once per packet (the clock costs ~25 ns).
@@ -296,17 +313,22 @@ fn tcp<const DIR: usize>(ctx: &TcContext, ip: &Ip, l4: u32, slot: u32, clock: &C
     let syn = flags & TCP_SYN != 0;
     let is_ack = flags & TCP_ACK != 0;
     let mut k = MaybeUninit::uninit();
-    let k = key::<DIR>(&mut k, sport, dport);
     if DIR == DIR_RX {
-        // Answers: a SYN-ACK for our SYN, a TSecr for our TSval.
-        let syn_ack = syn && is_ack;
+        // Answers: a SYN-ACK for our SYN, a TSecr for our TSval; only to questions that were
+        // asked (sampled by the value the answer echoes), so the others skip the table.
+        let syn_ack = syn && is_ack && sampled(ack.wrapping_sub(1));
         let ecr = match ts {
-            Some((_, ecr)) if ecr != 0 => ecr,
-            _ => 0,
+            Some((_, ecr)) => ecr,
+            None => 0,
         };
+        // Tested apart from the match: inside it, LLVM's code shifted a register that held a
+        // stack pointer on the path without timestamps, which the verifier refuses ("pointer
+        // arithmetic with <<= operator prohibited").
+        let ecr = if ecr != 0 && sampled(ecr) { ecr } else { 0 };
         if !syn_ack && ecr == 0 {
             return;
         }
+        let k = key::<DIR>(&mut k, sport, dport);
         if !addresses::<DIR>(ctx, ip, k) {
             return;
         }
@@ -330,6 +352,7 @@ fn tcp<const DIR: usize>(ctx: &TcContext, ip: &Ip, l4: u32, slot: u32, clock: &C
         if !record_syn && val.is_none() {
             return;
         }
+        let k = key::<DIR>(&mut k, sport, dport);
         if !addresses::<DIR>(ctx, ip, k) {
             return;
         }
@@ -357,7 +380,8 @@ fn icmp<const DIR: usize>(ctx: &TcContext, ip: &Ip, l4: u32, slot: u32, request:
     if h[0] != wanted || h[1] != 0 {
         return;
     }
-    if DIR != DIR_RX && !sampled(id_seq) {
+    // A reply echoes its request's identifier and sequence: answers only what was asked.
+    if !sampled(id_seq) {
         return;
     }
     let mut k = MaybeUninit::uninit();

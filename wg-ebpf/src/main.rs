@@ -269,13 +269,12 @@ fn count<const DIR: usize>(ctx: &TcContext) {
     }
     let clock = latency::Clock::new();
     if delay::enabled() {
-        let now = clock.now();
         // One size to match only for a single packet; a GSO batch's segments differ.
         let one = if packets == 1 { len } else { 0 };
         if DIR == DIR_TX {
-            delay::push(slot, false, now, one, packets as u32);
+            delay::push(slot, false, &clock, one, packets as u32);
         } else {
-            delay::pop(slot, true, now, one, packets as u32);
+            delay::pop(slot, true, &clock, one, packets as u32);
         }
     }
     // Round trips: only TCP and ICMP can be matched (IPv6 extension headers may come

@@ -346,10 +346,10 @@ fn data<const DIR: usize>(ctx: &TcContext, d: &Datagram, slot: u32) {
     if slot == NO_SLOT {
         return;
     }
-    let now = unsafe { bpf_ktime_get_ns() };
+    let clock = crate::latency::Clock::new();
     if DIR == DIR_RX {
-        crate::delay::push(slot, true, now, padded, count);
+        crate::delay::push(slot, true, &clock, padded, count);
     } else {
-        crate::delay::pop(slot, false, now, padded, count);
+        crate::delay::pop(slot, false, &clock, padded, count);
     }
 }

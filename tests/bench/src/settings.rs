@@ -80,8 +80,7 @@ fn with_setting(lab: &Lab, setting: &[&str], t: Traffic, secs: u32) -> Result<(f
         let prog = |p: &str, f: &str| m.get_or_zero(f, &[("device", dev), ("program", p)]);
         let ns: f64 = HOOKS.iter().map(|p| prog(p, "wireguard_collector_bpf_run_time_seconds_total") * 1e9).sum();
         let runs: f64 = HOOKS.iter().map(|p| prog(p, "wireguard_collector_bpf_runs_total")).sum();
-        let data: f64 =
-            m.find("wireguard_messages_total", &[("device", dev), ("type", "data")]).map(|s| s.value).sum();
+        let data: f64 = m.find("wireguard_messages_total", &[("device", dev), ("type", "data")]).map(|s| s.value).sum();
         (ns, runs, data)
     };
     let before = read(&c.scrape()?);
@@ -103,7 +102,7 @@ pub fn run(quick: bool) -> Result<()> {
         .context("starting iperf3 -s")?;
     let table = || -> Result<()> {
         std::thread::sleep(std::time::Duration::from_millis(300));
-        println!("| traffic | setting | wire packets per run (median) | program runs per wire packet | ns per wire packet, all four hooks, net of the empty program | a core's share at 880k wire packets/s |");
+        println!("| traffic | setting | wire packets per run (median) | program runs per wire packet | ns per wire packet, all four hooks, net of the empty program | a core's share at 880k wire packets/s, at this cost (an upper bound: caches stay warmer at that rate) |");
         println!("|---|---|---:|---:|---:|---:|");
         for t in [Traffic::TcpBulk, Traffic::PingFlood] {
             let mut empty = Vec::new();

@@ -104,7 +104,9 @@ pub struct Args {
     /// (the kernel bins at 4; a coarser schema merges its buckets exactly).
     #[arg(long = "latency.schema", default_value_t = Schema::default())]
     pub latency_schema: Schema,
-    /// Record one in N matchable packets for latency (a power of two; 1 = every packet).
+    /// One packet in N becomes a latency sample (a power of two; 1 = every packet): round-trip
+    /// questions picked by their sequence or timestamp, encap/decap delay at random. The others
+    /// skip the clock and the histogram: what a busy gateway saves (README, "At line rate").
     #[arg(long = "latency.sample", default_value_t = 1)]
     pub latency_sample: u32,
     /// Seconds a packet may wait for its answer before it is forgotten.

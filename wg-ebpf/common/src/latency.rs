@@ -233,6 +233,18 @@ impl FifoEntry {
         FifoEntry((t & Self::TIME) | tag << 48)
     }
 
+    /// A packet not timed (`--latency.sample` passed it over): it keeps its place in the
+    /// order, comes out without a sample, and nobody reads the clock for it. (A clock whose
+    /// low 48 bits are all zero, one nanosecond in 3.2 days, reads as this too: that packet
+    /// goes without a sample.)
+    pub const UNTIMED: u64 = 0;
+
+    /// Whether it went in with its time (see [`Self::UNTIMED`]).
+    #[inline(always)]
+    pub const fn timed(self) -> bool {
+        self.0 & Self::TIME != Self::UNTIMED
+    }
+
     /// Nanoseconds since it went in (the clock is monotonic; an entry from "the future",
     /// written by another CPU a moment later, comes out as a huge age: given up).
     #[inline(always)]
@@ -328,6 +340,16 @@ mod tests {
         // Too long for 15 bits: kept, unchecked; a huge batch saturates.
         assert_eq!((FifoEntry::new(t, 40_000, 1).size(), FifoEntry::new(t, 40_000, 1).count()), (0, 1));
         assert_eq!(FifoEntry::new(t, 0, 100_000).count(), 32_767);
+    }
+
+    #[test]
+    fn an_untimed_entry_keeps_its_size_and_batch() {
+        let u = FifoEntry::new(FifoEntry::UNTIMED, 1420, 1);
+        assert_eq!((u.timed(), u.size(), u.count()), (false, 1420, 1));
+        let b = FifoEntry::new(FifoEntry::UNTIMED, 0, 45);
+        assert_eq!((b.timed(), b.with_count(3).timed(), b.with_count(3).count()), (false, false, 3));
+        assert!(!FifoEntry::new(1 << 48, 100, 1).timed(), "a time of 0 modulo 2^48 reads as untimed");
+        assert!(FifoEntry::new(0x1234_5678_9abc_def0, 100, 1).timed());
     }
 
     #[test]

@@ -41,8 +41,8 @@ pub struct ProbeOptions {
     pub max_pending: u32,
     /// Histogram entries (peer, kind, bucket).
     pub max_hist_entries: u32,
-    /// Record one in `latency_sample` matchable packets (a power of two, as Config checks;
-    /// 1 = every one).
+    /// One packet in `latency_sample` becomes a latency sample, round trip or encap/decap
+    /// delay (a power of two, as Config checks; 1 = every one).
     pub latency_sample: u32,
     /// Track encap/decap delay (reads the clock for every packet).
     pub delay: bool,
