@@ -174,9 +174,22 @@ pub fn check_bucket_of(ctx: TcContext) -> i32 {
 }
 
 /// Does nothing: the baseline the benchmark subtracts (BPF_PROG_TEST_RUN's own cost). Never
-/// attached.
+/// attached by the collector.
 #[classifier]
 pub fn bench_noop(_ctx: TcContext) -> i32 {
+    TC_NEXT
+}
+
+/// The least a counting program does: one per-CPU counter (slot 0's) up by one, nothing
+/// read from the packet. The per-wire-packet bench attaches it to the four hooks: what a
+/// counter costs under real traffic, the floor under any counting. Never attached by the
+/// collector.
+#[classifier]
+pub fn bench_floor(_ctx: TcContext) -> i32 {
+    if let Some(c) = PEER_COUNTERS.get_ptr_mut(0) {
+        // SAFETY: a per-CPU value, see `count`.
+        unsafe { (*c).dir[DIR_TX].packets += 1 };
+    }
     TC_NEXT
 }
 

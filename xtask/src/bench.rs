@@ -62,13 +62,21 @@ pub fn run(quick: bool) -> Result<()> {
          egress program, net of the empty one's (medians of 3).\n\n\
          Per wire packet: the lab's wireguard-go tunnel; device a has that many peers (b and \
          idle others) and b that many /32 allowed IPs; the kernel-speed blaster sends 64-byte \
-         UDP datagrams round-robin to them at 20,000/s (wireguard-go drops none), 3 s per \
-         measurement; the collector counting (`--latency.no-delay`), with everything on, and \
-         an empty program on the same four hooks, alternating, medians of 5, bpf stats on \
+         UDP datagrams round-robin to them at 20,000/s (wireguard-go drops none), then as \
+         fast as it can, 3 s per measurement; an empty program on the four hooks, the floor \
+         (a program that adds one to one per-CPU counter, nothing parsed) on the same hooks, \
+         the collector counting (`--latency.no-delay`), with everything on, and with \
+         everything on at `--latency.sample 64`, alternating, medians of 3, bpf stats on \
          throughout; a wire packet is a data message (the WireGuard interface's tx + rx \
          packets). The test-run column is BPF_PROG_TEST_RUN's figure for the same path \
          (plaintext egress + the data message at the underlay's egress, net of the empty \
          program) with that many peers in the maps.\n\n\
+         Latency settings: the lab's wireguard-go tunnel (one peer), TCP bulk (iperf3) and an \
+         ICMP echo flood (`ping -f`) from a to b, 3 s per measurement, the collector on a with \
+         each setting in turn and an empty program on the four hooks, alternating, medians of \
+         3, bpf stats on; program time of the four hooks less the empty program's time per \
+         run times the runs, over the data messages on the wire both ways (the collector's \
+         own count, GSO batches by their segments).\n\n\
          Kernel WireGuard at scale: in a qemu guest (TCG, 2 vCPUs, Debian 13's kernel), lab \
          side a's kernel device gets that many peers (one `wg addconf` each step); the \
          release collector (netlink; polling every 30 s, so its poll loop stays out of the \
@@ -82,7 +90,7 @@ pub fn run(quick: bool) -> Result<()> {
          (reading and encoding; the rest of a scrape is sending the page). The last six: \
          scrapes asking for gzip, as Prometheus does by default, and for zstd, as it does with \
          `--enable-feature=zstd-scrape`, in each round too (the page's public keys, ~1 MB apart \
-         from one family to the next, are beyond deflate's 32 KiB window, within zstd's 2 MiB).\n\n\
+         from one family to the next, are beyond deflate's 32 KiB window, within zstd's 8 MiB).\n\n\
          Load: `wrk -t2 -c200 -d30s --latency` on /metrics of the release collector at 1,000 \
          peers; halfway through a peer is added and the time until its allowed IP is in the \
          pinned host map (bpftool) is taken, to show the scrape crowd does not hold up the map \

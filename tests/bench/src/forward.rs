@@ -174,12 +174,14 @@ impl Attached {
                 netns::enter(&ns)?;
                 let mut p = probe(peers, matches!(v, Variant::Everything))?;
                 let egress = match v {
-                    // The hook's own cost: a program that does nothing, attached the same way.
-                    Variant::Empty => {
+                    // The hook's own cost: a program that does nothing (or the least that
+                    // counts), attached the same way.
+                    Variant::Empty | Variant::Floor => {
+                        let bare = if v == Variant::Empty { "bench_noop" } else { "bench_floor" };
                         for (iface, hook) in &hooks {
-                            p.program("bench_noop")?.attach(iface, *hook)?;
+                            p.program(bare)?.attach(iface, *hook)?;
                         }
-                        "bench_noop"
+                        bare
                     }
                     _ => {
                         p.attach(&hooks[0].0)?;
@@ -231,6 +233,12 @@ pub(crate) enum Variant {
     Empty,
     Counting,
     Everything,
+    /// Everything on at the setting README advises a busy gateway (the per-wire-packet
+    /// table only).
+    Sampled,
+    /// One per-CPU counter up by one (`bench_floor`), at the hooks the empty program takes
+    /// (the per-wire-packet table only).
+    Floor,
 }
 
 impl Variant {
@@ -242,6 +250,8 @@ impl Variant {
             Self::Empty => "an empty program (the hook's own cost)",
             Self::Counting => "counting (--latency.no-delay)",
             Self::Everything => "everything on (the defaults)",
+            Self::Sampled => "everything, one packet in 64 sampled (--latency.sample 64)",
+            Self::Floor => "one counter up by one, nothing parsed (the floor)",
         }
     }
 }

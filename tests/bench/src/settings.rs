@@ -12,14 +12,10 @@
 use std::process::Stdio;
 
 use anyhow::{Context, Result};
-use aya::programs::TcAttachType;
 use wg_common::names;
 use wg_tests::{lab::terminate, netns, Collector, Implementation, Lab, Metrics};
 
-use crate::{
-    forward::{Attached, Variant},
-    median,
-};
+use crate::{forward::Variant, median};
 
 /// The settings compared, as the collector's arguments (the first is the defaults).
 const SETTINGS: [&[&str]; 5] = [
@@ -56,14 +52,7 @@ impl Traffic {
 
 /// The empty program's nanoseconds per run at the four hooks over one run of `t`.
 fn empty_per_run(lab: &Lab, t: Traffic, secs: u32) -> Result<f64> {
-    let (wg, under) = (lab.a.iface.as_str(), "under");
-    let hooks = [
-        (wg, TcAttachType::Egress),
-        (wg, TcAttachType::Ingress),
-        (under, TcAttachType::Egress),
-        (under, TcAttachType::Ingress),
-    ];
-    let attached = Attached::at(&lab.a.ns, 1, Variant::Empty, &hooks)?;
+    let attached = crate::wire::attach_bare(lab, Variant::Empty)?;
     t.run(lab, secs)?;
     let s = attached.finish()?;
     Ok(s.ns as f64 / s.runs.max(1) as f64)

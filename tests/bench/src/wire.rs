@@ -66,8 +66,10 @@ fn blast_through(lab: &Lab, peers: u32, secs: f64, rate: Option<f64>) -> Result<
 /// The collector (`v`: counting or everything) with bpf stats on, over one blast.
 fn with_collector(lab: &Lab, peers: u32, v: Variant, secs: f64, rate: Option<f64>) -> Result<Wire> {
     let mut args = vec!["--poll-interval", "1", "--bpf.stats"];
-    if v == Variant::Counting {
-        args.push("--latency.no-delay");
+    match v {
+        Variant::Counting => args.push("--latency.no-delay"),
+        Variant::Sampled => args.extend(["--latency.sample", "64"]),
+        _ => {}
     }
     let c = Collector::start(&lab.a.ns, &args)?;
     let read =
@@ -85,8 +87,9 @@ fn with_collector(lab: &Lab, peers: u32, v: Variant, secs: f64, rate: Option<f64
     })
 }
 
-/// The empty program at the same four hooks over one blast (bpf stats already on).
-fn with_empty(lab: &Lab, peers: u32, secs: f64, rate: Option<f64>) -> Result<Wire> {
+/// `v`'s bare program (the empty one, or the floor) on side a's four hooks, where the
+/// collector attaches its own: one program, so its accounting is theirs together.
+pub(crate) fn attach_bare(lab: &Lab, v: Variant) -> Result<Attached> {
     let (wg, under) = (lab.a.iface.as_str(), "under");
     let hooks = [
         (wg, TcAttachType::Egress),
@@ -94,7 +97,13 @@ fn with_empty(lab: &Lab, peers: u32, secs: f64, rate: Option<f64>) -> Result<Wir
         (under, TcAttachType::Egress),
         (under, TcAttachType::Ingress),
     ];
-    let attached = Attached::at(&lab.a.ns, 1, Variant::Empty, &hooks)?;
+    Attached::at(&lab.a.ns, 1, v, &hooks)
+}
+
+/// The empty program (or the floor's) at the four hooks over one blast (bpf stats already
+/// on).
+fn with_bare(lab: &Lab, peers: u32, v: Variant, secs: f64, rate: Option<f64>) -> Result<Wire> {
+    let attached = attach_bare(lab, v)?;
     let packets = blast_through(lab, peers, secs, rate)?;
     let s = attached.finish()?;
     Ok(Wire { ns: s.ns as f64, plain_runs: f64::NAN, under_runs: f64::NAN, packets })
@@ -149,12 +158,12 @@ pub fn run(quick: bool) -> Result<()> {
         let (counting, everything) = (test_run(n, false, quick)?, test_run(n, true, quick)?);
         let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("enabling bpf stats")?;
         for rate in RATES {
-            let variants = [Variant::Empty, Variant::Counting, Variant::Everything];
-            let mut runs: [Vec<Wire>; 3] = Default::default();
+            let variants = [Variant::Empty, Variant::Floor, Variant::Counting, Variant::Everything, Variant::Sampled];
+            let mut runs: [Vec<Wire>; 5] = Default::default();
             for _ in 0..reps {
                 for (i, v) in variants.into_iter().enumerate() {
                     runs[i].push(match v {
-                        Variant::Empty => with_empty(&lab, n, secs, rate)?,
+                        Variant::Empty | Variant::Floor => with_bare(&lab, n, v, secs, rate)?,
                         _ => with_collector(&lab, n, v, secs, rate)?,
                     });
                 }
@@ -169,6 +178,8 @@ pub fn run(quick: bool) -> Result<()> {
                 let ns = per_packet(w);
                 let (net, warm, cold) = match v {
                     Variant::Empty => Default::default(),
+                    // Random samples: one packet repeated in a test run says nothing of them.
+                    Variant::Sampled | Variant::Floor => (format!("{:.0}", ns - empty), String::new(), String::new()),
                     _ => {
                         let (warm, cold) = if v == Variant::Everything { everything } else { counting };
                         (format!("{:.0}", ns - empty), format!("{warm:.0}"), format!("{cold:.0}"))
