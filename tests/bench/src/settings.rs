@@ -12,10 +12,13 @@
 use std::process::Stdio;
 
 use anyhow::{Context, Result};
-use wg_common::names;
 use wg_tests::{lab::terminate, netns, Collector, Implementation, Lab, Metrics};
 
-use crate::{forward::Variant, median};
+use crate::{
+    forward::Variant,
+    median,
+    wire::{all_hooks, RUNS, RUN_TIME},
+};
 
 /// The settings compared, as the collector's arguments (the first is the defaults).
 const SETTINGS: [&[&str]; 5] = [
@@ -25,7 +28,6 @@ const SETTINGS: [&[&str]; 5] = [
     &["--latency.no-delay"],
     &["--latency.no-delay", "--latency.sample", "64"],
 ];
-const HOOKS: [&str; 4] = [names::PROG_EGRESS, names::PROG_INGRESS, names::PROG_UNDER_EGRESS, names::PROG_UNDER_INGRESS];
 
 #[derive(Clone, Copy)]
 enum Traffic {
@@ -66,9 +68,7 @@ fn with_setting(lab: &Lab, setting: &[&str], t: Traffic, secs: u32) -> Result<(f
     let c = Collector::start(&lab.a.ns, &args)?;
     let dev = lab.a.iface.as_str();
     let read = |m: &Metrics| {
-        let prog = |p: &str, f: &str| m.get_or_zero(f, &[("device", dev), ("program", p)]);
-        let ns: f64 = HOOKS.iter().map(|p| prog(p, "wireguard_collector_bpf_run_time_seconds_total") * 1e9).sum();
-        let runs: f64 = HOOKS.iter().map(|p| prog(p, "wireguard_collector_bpf_runs_total")).sum();
+        let (ns, runs) = (all_hooks(m, dev, RUN_TIME) * 1e9, all_hooks(m, dev, RUNS));
         let data: f64 = m.find("wireguard_messages_total", &[("device", dev), ("type", "data")]).map(|s| s.value).sum();
         (ns, runs, data)
     };
