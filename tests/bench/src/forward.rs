@@ -239,6 +239,9 @@ pub(crate) enum Variant {
     /// One per-CPU counter up by one (`bench_floor`), at the hooks the empty program takes
     /// (the per-wire-packet table only).
     Floor,
+    /// Counting by the build $WG_BENCH_COLLECTOR_BEFORE names (the per-wire-packet table,
+    /// when set).
+    CountingBefore,
 }
 
 impl Variant {
@@ -252,6 +255,7 @@ impl Variant {
             Self::Everything => "everything on (the defaults)",
             Self::Sampled => "everything, one packet in 64 sampled (--latency.sample 64)",
             Self::Floor => "one counter up by one, nothing parsed (the floor)",
+            Self::CountingBefore => "counting, $WG_BENCH_COLLECTOR_BEFORE's build",
         }
     }
 }

@@ -17,7 +17,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use aya::programs::{TestRun, TestRunOptions};
 use ipnet::IpNet;
 use wg_collector::{
@@ -228,7 +228,14 @@ fn main() -> Result<()> {
     }
     if args.iter().any(|a| a == "--wire-only") {
         println!("## Per wire packet under real traffic\n");
-        return wire::run(quick);
+        // `--peers 10000[,...]`: those destination counts only.
+        let peers = match args.windows(2).find(|w| w[0] == "--peers") {
+            Some(w) => {
+                w[1].split(',').map(|n| n.parse().with_context(|| format!("--peers {n}"))).collect::<Result<_>>()?
+            }
+            None => Vec::new(),
+        };
+        return wire::run(quick, &peers);
     }
     if args.iter().any(|a| a == "--settings-only") {
         println!("## Latency settings per wire packet under TCP and ICMP\n");
@@ -251,7 +258,7 @@ fn main() -> Result<()> {
     println!("\n## Kernel speed: the programs on an L3 kernel device at one CPU's limit\n");
     forward::run(quick)?;
     println!("\n## Per wire packet under real traffic\n");
-    wire::run(quick)?;
+    wire::run(quick, &[])?;
     println!("\n## Latency settings per wire packet under TCP and ICMP\n");
     settings::run(quick)?;
     println!("\n## Tunnel throughput with and without our programs\n");

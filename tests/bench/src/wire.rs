@@ -40,6 +40,9 @@ struct Wire {
     plain_runs: f64,
     under_runs: f64,
     packets: f64,
+    /// ns per run at the plaintext and the underlay egress (a wire packet's two hooks on the
+    /// sending side; a bare program: per run of any hook).
+    per_run: [f64; 2],
 }
 
 /// Data messages that crossed the wire, both ways: the plaintext packets each side's
@@ -77,11 +80,20 @@ pub(crate) fn all_hooks(m: &Metrics, dev: &str, family: &str) -> f64 {
 fn with_collector(lab: &Lab, peers: u32, v: Variant, secs: f64, rate: Option<f64>) -> Result<Wire> {
     let mut args = vec!["--poll-interval", "1", "--bpf.stats"];
     match v {
-        Variant::Counting => args.push("--latency.no-delay"),
+        Variant::Counting | Variant::CountingBefore => args.push("--latency.no-delay"),
         Variant::Sampled => args.extend(["--latency.sample", "64"]),
         _ => {}
     }
-    let c = Collector::start(&lab.a.ns, &args)?;
+    let c = if v == Variant::CountingBefore {
+        // The other build, for this start only (the bench is one thread).
+        let ours = std::env::var_os("WG_COLLECTOR_BIN");
+        std::env::set_var("WG_COLLECTOR_BIN", before_binary().context("WG_BENCH_COLLECTOR_BEFORE")?);
+        let c = Collector::start(&lab.a.ns, &args);
+        ours.map(|b| std::env::set_var("WG_COLLECTOR_BIN", b));
+        c?
+    } else {
+        Collector::start(&lab.a.ns, &args)?
+    };
     let read =
         |m: &Metrics, prog: &str, f: &str| m.get_or_zero(f, &[("device", lab.a.iface.as_str()), ("program", prog)]);
     let before = c.scrape()?;
@@ -90,11 +102,13 @@ fn with_collector(lab: &Lab, peers: u32, v: Variant, secs: f64, rate: Option<f64
     let delta = |prog: &str, f: &str| read(&after, prog, f) - read(&before, prog, f);
     let dev = lab.a.iface.as_str();
     let ns = (all_hooks(&after, dev, RUN_TIME) - all_hooks(&before, dev, RUN_TIME)) * 1e9;
+    let per_run = |prog: &str| delta(prog, RUN_TIME) * 1e9 / delta(prog, RUNS);
     Ok(Wire {
         ns,
         plain_runs: delta(names::PROG_EGRESS, RUNS),
         under_runs: delta(names::PROG_UNDER_EGRESS, RUNS),
         packets,
+        per_run: [per_run(names::PROG_EGRESS), per_run(names::PROG_UNDER_EGRESS)],
     })
 }
 
@@ -117,7 +131,8 @@ fn with_bare(lab: &Lab, peers: u32, v: Variant, secs: f64, rate: Option<f64>) ->
     let attached = attach_bare(lab, v)?;
     let packets = blast_through(lab, peers, secs, rate)?;
     let s = attached.finish()?;
-    Ok(Wire { ns: s.ns as f64, plain_runs: f64::NAN, under_runs: f64::NAN, packets })
+    let per_run = s.ns as f64 / s.runs as f64;
+    Ok(Wire { ns: s.ns as f64, plain_runs: f64::NAN, under_runs: f64::NAN, packets, per_run: [per_run; 2] })
 }
 
 /// BPF_PROG_TEST_RUN's figure for the same path (plaintext egress + the data message at the
@@ -153,12 +168,20 @@ fn test_run(peers: u32, delay: bool, quick: bool) -> Result<(f64, f64)> {
     Ok((median(warm), median(cold)))
 }
 
-pub fn run(quick: bool) -> Result<()> {
+/// A second collector build to count with, beside this one (work on the programs: two builds
+/// side by side in one run, `--wire-only --peers 10000`).
+fn before_binary() -> Option<std::path::PathBuf> {
+    std::env::var_os("WG_BENCH_COLLECTOR_BEFORE").map(Into::into)
+}
+
+/// `peers`: the destination counts to measure (all three when empty).
+pub fn run(quick: bool, peers: &[u32]) -> Result<()> {
     let (counts, reps, secs): (&[u32], usize, f64) =
         if quick { (&[100], 1, 1.0) } else { (&[1, 1000, 10_000], 3, 3.0) };
+    let counts = if peers.is_empty() { counts } else { peers };
     std::env::set_var("WG_COLLECTOR_BIN", crate::collector_binary()?);
-    println!("| destinations (/32s of b; peers on the device) | blaster | variant | wire packets per run (median) | plaintext packets per underlay egress run | ns per wire packet, all four hooks (bpf stats) | net of the empty program | test run, same path (net) | test run, caches cold |");
-    println!("|---:|---|---|---:|---:|---:|---:|---:|---:|");
+    println!("| destinations (/32s of b; peers on the device) | blaster | variant | wire packets per run (median) | plaintext packets per underlay egress run | ns per wire packet, all four hooks (bpf stats) | net of the empty program | ns per run: plaintext / underlay egress (bare programs: any hook) | test run, same path (net) | test run, caches cold |");
+    println!("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|");
     for &n in counts {
         let dests: Vec<Ipv4Addr> = (0..n).map(peer_addr).collect();
         let lab = Lab::new(Implementation::WireguardGo)?;
@@ -169,10 +192,14 @@ pub fn run(quick: bool) -> Result<()> {
         let (counting, everything) = (test_run(n, false, quick)?, test_run(n, true, quick)?);
         let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("enabling bpf stats")?;
         for rate in RATES {
-            let variants = [Variant::Empty, Variant::Floor, Variant::Counting, Variant::Everything, Variant::Sampled];
-            let mut runs: [Vec<Wire>; 5] = Default::default();
+            let mut variants =
+                vec![Variant::Empty, Variant::Floor, Variant::Counting, Variant::Everything, Variant::Sampled];
+            if before_binary().is_some() {
+                variants.push(Variant::CountingBefore);
+            }
+            let mut runs: Vec<Vec<Wire>> = vec![Vec::new(); variants.len()];
             for _ in 0..reps {
-                for (i, v) in variants.into_iter().enumerate() {
+                for (i, &v) in variants.iter().enumerate() {
                     runs[i].push(match v {
                         Variant::Empty | Variant::Floor => with_bare(&lab, n, v, secs, rate)?,
                         _ => with_collector(&lab, n, v, secs, rate)?,
@@ -182,7 +209,7 @@ pub fn run(quick: bool) -> Result<()> {
             let per_packet = |w: &[Wire]| median(w.iter().map(|w| w.ns / w.packets).collect());
             let empty = per_packet(&runs[0]);
             let blaster = rate.map_or("as fast as it can".to_string(), |r| format!("{:.0}k/s", r / 1e3));
-            for (i, v) in variants.into_iter().enumerate() {
+            for (i, &v) in variants.iter().enumerate() {
                 let w = &runs[i];
                 let packets = median(w.iter().map(|w| w.packets).collect());
                 let batch = median(w.iter().map(|w| w.plain_runs / w.under_runs).collect());
@@ -190,15 +217,23 @@ pub fn run(quick: bool) -> Result<()> {
                 let (net, warm, cold) = match v {
                     Variant::Empty => Default::default(),
                     // Random samples: one packet repeated in a test run says nothing of them.
-                    Variant::Sampled | Variant::Floor => (format!("{:.0}", ns - empty), String::new(), String::new()),
+                    Variant::Sampled | Variant::Floor | Variant::CountingBefore => {
+                        (format!("{:.0}", ns - empty), String::new(), String::new())
+                    }
                     _ => {
                         let (warm, cold) = if v == Variant::Everything { everything } else { counting };
                         (format!("{:.0}", ns - empty), format!("{warm:.0}"), format!("{cold:.0}"))
                     }
                 };
                 let batch = if batch.is_finite() { format!("{batch:.2}") } else { "".into() };
+                let hook = |h: usize| median(w.iter().map(|w| w.per_run[h]).collect());
+                let per_run = if v == Variant::Empty || v == Variant::Floor {
+                    format!("{:.0}", hook(0))
+                } else {
+                    format!("{:.0} / {:.0}", hook(0), hook(1))
+                };
                 println!(
-                    "| {n} | {blaster} | {} | {packets:.0} | {batch} | {ns:.0} | {net} | {warm} | {cold} |",
+                    "| {n} | {blaster} | {} | {packets:.0} | {batch} | {ns:.0} | {net} | {per_run} | {warm} | {cold} |",
                     v.label()
                 );
             }
