@@ -89,7 +89,9 @@ fn with_collector(lab: &Lab, peers: u32, v: Variant, secs: f64, rate: Option<f64
         let ours = std::env::var_os("WG_COLLECTOR_BIN");
         std::env::set_var("WG_COLLECTOR_BIN", before_binary().context("WG_BENCH_COLLECTOR_BEFORE")?);
         let c = Collector::start(&lab.a.ns, &args);
-        ours.map(|b| std::env::set_var("WG_COLLECTOR_BIN", b));
+        if let Some(b) = ours {
+            std::env::set_var("WG_COLLECTOR_BIN", b);
+        }
         c?
     } else {
         Collector::start(&lab.a.ns, &args)?
