@@ -21,7 +21,7 @@ use wg_common::{
 };
 
 use crate::{
-    latency::{answer, direct, load, question},
+    latency::{answer, direct, load, question, word},
     ENDPOINTS, ENDPOINT_PLACES, INDICES, INVALID, LISTEN_PORT, MESSAGES,
 };
 
@@ -41,20 +41,48 @@ pub(crate) struct Datagram {
     pub len: u32,
     /// Offset of the message in the packet.
     pub msg: u32,
-    /// The message's first 12 bytes: type, then two indices (little-endian).
-    pub head: [u8; 12],
+    /// The message's first 12 bytes as words in memory order: the type, then two indices
+    /// (little-endian).
+    pub head: [u32; 3],
+}
+
+impl Datagram {
+    /// The message's first four bytes (type, three reserved).
+    #[inline(always)]
+    pub fn kind(&self) -> [u8; 4] {
+        self.head[0].to_ne_bytes()
+    }
+
+    /// The first index after the type (sender or receiver, by type).
+    #[inline(always)]
+    pub fn first(&self) -> u32 {
+        u32::from_le(self.head[1])
+    }
+
+    /// The second index (a response's receiver index).
+    #[inline(always)]
+    pub fn second(&self) -> u32 {
+        u32::from_le(self.head[2])
+    }
+}
+
+/// Source and destination port of the UDP header whose first word (memory order) is `w`.
+#[inline(always)]
+fn ports(w: u32) -> (u16, u16) {
+    let b = w.to_ne_bytes();
+    (u16::from_be_bytes([b[0], b[1]]), u16::from_be_bytes([b[2], b[3]]))
 }
 
 /// Finds a WireGuard datagram of this device in an Ethernet frame. Every packet on the
 /// underlay passes here, so the usual frames (untagged IPv4 without options, or IPv6 without
-/// extension headers) are read by direct packet access; others through the helper.
+/// extension headers) are read by direct packet access, a word at a time; others through the
+/// helper.
 #[inline(always)]
 pub(crate) fn parse<const DIR: usize>(ctx: &TcContext) -> Option<Datagram> {
     let port = LISTEN_PORT.get(0).copied().unwrap_or(0);
     if port == 0 {
         return None;
     }
-    let mut remote = Endpoint::default();
     let eth = direct::<12, 2>(ctx)?;
     let proto = u16::from_be_bytes(*eth);
     // Untagged IPv4, no options: 14 + 20 + 8, then the message head.
@@ -64,24 +92,17 @@ pub(crate) fn parse<const DIR: usize>(ctx: &TcContext) -> Option<Datagram> {
                 if p[9] != PROTO_UDP || u16::from_be_bytes([p[6], p[7]]) & 0x3fff != 0 {
                     return None; // not UDP, or a fragment
                 }
-                let udp = &p[20..28];
-                let (sport, dport) = (u16::from_be_bytes([udp[0], udp[1]]), u16::from_be_bytes([udp[2], udp[3]]));
+                let (sport, dport) = ports(word::<20, 54>(p));
                 let (ours, theirs) = if DIR == DIR_RX { (dport, sport) } else { (sport, dport) };
                 if ours as u32 != port {
                     return None;
                 }
-                let off = if DIR == DIR_RX { 12 } else { 16 };
-                remote.addr[10] = 0xff;
-                remote.addr[11] = 0xff;
-                remote.addr[12..16].copy_from_slice(&p[off..off + 4]);
-                remote.port = theirs;
-                let mut head = [0u8; 12];
-                head.copy_from_slice(&p[28..40]);
+                let addr = if DIR == DIR_RX { word::<12, 54>(p) } else { word::<16, 54>(p) };
                 return Some(Datagram {
-                    remote,
+                    remote: Endpoint::of_v4_word(addr, theirs),
                     len: ctx.len().saturating_sub(ETH_HLEN + 28),
                     msg: ETH_HLEN + 28,
-                    head,
+                    head: [word::<28, 54>(p), word::<32, 54>(p), word::<36, 54>(p)],
                 });
             }
         }
@@ -91,18 +112,22 @@ pub(crate) fn parse<const DIR: usize>(ctx: &TcContext) -> Option<Datagram> {
             if p[0] >> 4 != 6 || p[6] != PROTO_UDP {
                 return None;
             }
-            let udp = &p[40..48];
-            let (sport, dport) = (u16::from_be_bytes([udp[0], udp[1]]), u16::from_be_bytes([udp[2], udp[3]]));
+            let (sport, dport) = ports(word::<40, 74>(p));
             let (ours, theirs) = if DIR == DIR_RX { (dport, sport) } else { (sport, dport) };
             if ours as u32 != port {
                 return None;
             }
-            let off = if DIR == DIR_RX { 8 } else { 24 };
-            remote.addr.copy_from_slice(&p[off..off + 16]);
-            remote.port = theirs;
-            let mut head = [0u8; 12];
-            head.copy_from_slice(&p[48..60]);
-            return Some(Datagram { remote, len: ctx.len().saturating_sub(ETH_HLEN + 48), msg: ETH_HLEN + 48, head });
+            let addr = if DIR == DIR_RX {
+                [word::<8, 74>(p), word::<12, 74>(p), word::<16, 74>(p), word::<20, 74>(p)]
+            } else {
+                [word::<24, 74>(p), word::<28, 74>(p), word::<32, 74>(p), word::<36, 74>(p)]
+            };
+            return Some(Datagram {
+                remote: Endpoint::of_words(addr, theirs),
+                len: ctx.len().saturating_sub(ETH_HLEN + 48),
+                msg: ETH_HLEN + 48,
+                head: [word::<48, 74>(p), word::<52, 74>(p), word::<56, 74>(p)],
+            });
         }
     }
     parse_slow::<DIR>(ctx, port)
@@ -179,7 +204,8 @@ fn parse_slow<const DIR: usize>(ctx: &TcContext, port: u32) -> Option<Datagram> 
         }
         head[..4].copy_from_slice(&h4);
     }
-    Some(Datagram { remote, len, msg, head })
+    let word = |i: usize| u32::from_ne_bytes([head[i], head[i + 1], head[i + 2], head[i + 3]]);
+    Some(Datagram { remote, len, msg, head: [word(0), word(4), word(8)] })
 }
 
 /// The endpoint table's size − 1 (a power of two): set by the collector at load time.
@@ -264,13 +290,12 @@ fn invalid(reason: Invalid) {
 #[inline(always)]
 pub(crate) fn observe<const DIR: usize>(ctx: &TcContext) {
     let Some(d) = parse::<DIR>(ctx) else { return };
-    let h = d.head;
     // A GSO (UDP_SEGMENT) or GRO batch holds several messages of gso_size bytes each (the
     // last one shorter): judge the first, count them all.
     // SAFETY: reading the context's own field.
     let gso = unsafe { (*ctx.skb.skb).gso_size };
     let (msg_len, n) = if gso > 0 && d.len > gso { (gso, d.len.div_ceil(gso) as u64) } else { (d.len, 1) };
-    let t = match classify([h[0], h[1], h[2], h[3]], msg_len) {
+    let t = match classify(d.kind(), msg_len) {
         Ok(t) => t,
         // WireGuard sends only valid messages; what arrives may be anything.
         Err(reason) => {
@@ -280,8 +305,7 @@ pub(crate) fn observe<const DIR: usize>(ctx: &TcContext) {
             return;
         }
     };
-    let first = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
-    let second = u32::from_le_bytes([h[8], h[9], h[10], h[11]]);
+    let (first, second) = (d.first(), d.second());
     let mut slot = slot_of(&d.remote);
     if DIR == DIR_RX {
         // Responses, cookie replies and data name an index we gave out (receiver index:

@@ -235,7 +235,9 @@ fn main() -> Result<()> {
             }
             None => Vec::new(),
         };
-        return wire::run(quick, &peers);
+        // `--reps N`: medians of N rather than 3 (telling two builds apart).
+        let reps = args.windows(2).find(|w| w[0] == "--reps").map(|w| w[1].parse()).transpose().context("--reps")?;
+        return wire::run(quick, &peers, reps);
     }
     if args.iter().any(|a| a == "--settings-only") {
         println!("## Latency settings per wire packet under TCP and ICMP\n");
@@ -258,7 +260,7 @@ fn main() -> Result<()> {
     println!("\n## Kernel speed: the programs on an L3 kernel device at one CPU's limit\n");
     forward::run(quick)?;
     println!("\n## Per wire packet under real traffic\n");
-    wire::run(quick, &[])?;
+    wire::run(quick, &[], None)?;
     println!("\n## Latency settings per wire packet under TCP and ICMP\n");
     settings::run(quick)?;
     println!("\n## Tunnel throughput with and without our programs\n");

@@ -176,11 +176,13 @@ fn before_binary() -> Option<std::path::PathBuf> {
     std::env::var_os("WG_BENCH_COLLECTOR_BEFORE").map(Into::into)
 }
 
-/// `peers`: the destination counts to measure (all three when empty).
-pub fn run(quick: bool, peers: &[u32]) -> Result<()> {
-    let (counts, reps, secs): (&[u32], usize, f64) =
+/// `peers`: the destination counts to measure (all three when empty); `reps`: medians of
+/// that many runs.
+pub fn run(quick: bool, peers: &[u32], reps: Option<usize>) -> Result<()> {
+    let (counts, reps_default, secs): (&[u32], usize, f64) =
         if quick { (&[100], 1, 1.0) } else { (&[1, 1000, 10_000], 3, 3.0) };
     let counts = if peers.is_empty() { counts } else { peers };
+    let reps = reps.unwrap_or(reps_default);
     std::env::set_var("WG_COLLECTOR_BIN", crate::collector_binary()?);
     println!("| destinations (/32s of b; peers on the device) | blaster | variant | wire packets per run (median) | plaintext packets per underlay egress run | ns per wire packet, all four hooks (bpf stats) | net of the empty program | ns per run: plaintext / underlay egress (bare programs: any hook) | test run, same path (net) | test run, caches cold |");
     println!("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|");
