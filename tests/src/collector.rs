@@ -149,7 +149,10 @@ impl Collector {
 
     /// Waits until the log says "serving metrics" for the `n`th time (counting from 0).
     fn wait_serving(&mut self, n: usize) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(15);
+        // It serves once its programs are attached: under qemu's TCG the verifier takes
+        // seconds a device (8 s for one device's four on 6.12), and --netns attaches two.
+        const WITHIN: Duration = Duration::from_secs(30);
+        let deadline = Instant::now() + WITHIN;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
                 bail!("collector exited with {status}: {}", self.log_text());
@@ -160,7 +163,7 @@ impl Collector {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("collector did not serve within 15 s: {}", self.log_text());
+                bail!("collector did not serve within {} s: {}", WITHIN.as_secs(), self.log_text());
             }
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -133,6 +133,22 @@ pub fn eth_udp4(src: std::net::SocketAddrV4, dst: std::net::SocketAddrV4, payloa
     f
 }
 
+/// An Ethernet frame carrying an IPv6 UDP datagram (checksum left zero: the programs do not
+/// read it).
+pub fn eth_udp6(src: std::net::SocketAddrV6, dst: std::net::SocketAddrV6, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![0u8; 14];
+    f[0..6].copy_from_slice(&[2, 0, 0, 0, 0, 2]);
+    f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+    f[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
+    let mut ip = ipv6(*src.ip(), *dst.ip(), UDP, 48 + payload.len());
+    ip[40..42].copy_from_slice(&src.port().to_be_bytes());
+    ip[42..44].copy_from_slice(&dst.port().to_be_bytes());
+    ip[44..46].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    ip[48..].copy_from_slice(payload);
+    f.extend(ip);
+    f
+}
+
 /// WireGuard messages with the right type and length (contents zero where they do not
 /// matter to us).
 pub mod wg {

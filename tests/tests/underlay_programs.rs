@@ -9,7 +9,7 @@ use wg_collector::{
     wireguard::{Key, Peer},
 };
 use wg_common::{latency::Kind, names};
-use wg_tests::packets::{eth_udp4, wg};
+use wg_tests::packets::{eth_udp4, eth_udp6, wg};
 
 const PEER: Key = Key([9; 32]);
 
@@ -196,4 +196,36 @@ fn vlan_tags_and_ip_options_take_the_slow_path_to_the_same_answer() {
     frame.extend(ip);
     send(&mut p, names::PROG_UNDER_INGRESS, &frame);
     assert_eq!(samples(&p, Kind::HandshakeInitiator), (1, 0));
+}
+
+#[test]
+fn ipv6_endpoints_are_read_alike_on_the_fast_and_the_slow_path() {
+    let (ours, theirs) = ("[2001:db8::1]:51820".parse().unwrap(), "[2001:db8::7]:51821".parse().unwrap());
+    let mut p = DeviceProbe::load(ProbeOptions { max_peers: 16, ..Default::default() }, None).unwrap();
+    let mut peer = Peer::new(PEER);
+    peer.endpoint = Some(std::net::SocketAddr::V6(theirs));
+    p.sync(&[peer]).unwrap();
+    p.set_listen_port(51820).unwrap();
+    // The same frame behind an 802.1Q tag: read through the helper.
+    let tagged = |f: Vec<u8>| [&f[..12], &[0x81, 0x00, 0x00, 0x07], &f[12..]].concat();
+    for frame in [|f: Vec<u8>| f, tagged] {
+        // We initiate (sender index 0x0a0b0c0d); the peer's response names it.
+        let before = samples(&p, Kind::HandshakeInitiator).0;
+        send(&mut p, names::PROG_UNDER_EGRESS, &frame(eth_udp6(ours, theirs, &wg::initiation(0x0a0b0c0d))));
+        send(&mut p, names::PROG_UNDER_INGRESS, &frame(eth_udp6(theirs, ours, &wg::response(5, 0x0a0b0c0d))));
+        assert_eq!(samples(&p, Kind::HandshakeInitiator), (before + 1, 0));
+        // Another port of the same host is not ours.
+        let other = "[2001:db8::1]:51999".parse().unwrap();
+        send(&mut p, names::PROG_UNDER_EGRESS, &frame(eth_udp6(other, theirs, &wg::data(7, 1, 64))));
+    }
+    // Each frame's data messages and handshakes went to the peer, none to the device.
+    send(&mut p, names::PROG_UNDER_EGRESS, &eth_udp6(ours, theirs, &wg::data(7, 1, 64)));
+    send(&mut p, names::PROG_UNDER_EGRESS, &tagged(eth_udp6(ours, theirs, &wg::data(7, 2, 64))));
+    let r = p.read(std::time::Duration::from_secs(3600)).unwrap();
+    let m = r.messages.get(&PEER).expect("the peer's messages");
+    use wg_common::{protocol::MessageType as T, DIR_RX, DIR_TX};
+    assert_eq!(m.counts[DIR_TX][T::HandshakeInitiation as usize], 2);
+    assert_eq!(m.counts[DIR_RX][T::HandshakeResponse as usize], 2);
+    assert_eq!(m.counts[DIR_TX][T::Data as usize], 2);
+    assert_eq!(r.device_messages.counts.iter().flatten().sum::<u64>(), 0);
 }
