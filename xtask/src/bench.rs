@@ -68,7 +68,9 @@ pub fn run(quick: bool) -> Result<()> {
          the collector counting (`--latency.no-delay`), with everything on, and with \
          everything on at `--latency.sample 64`, alternating, medians of 3, bpf stats on \
          throughout; a wire packet is a data message (the WireGuard interface's tx + rx \
-         packets). The test-run column is BPF_PROG_TEST_RUN's figure for the same path \
+         packets). The per-run column splits the sending side: ns per run at the plaintext \
+         egress and at the underlay egress (the empty program and the floor: per run of any \
+         hook). The test-run column is BPF_PROG_TEST_RUN's figure for the same path \
          (plaintext egress + the data message at the underlay's egress, net of the empty \
          program) with that many peers in the maps.\n\n\
          Latency settings: the lab's wireguard-go tunnel (one peer), TCP bulk (iperf3) and an \
