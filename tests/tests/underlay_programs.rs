@@ -218,7 +218,7 @@ fn ipv6_endpoints_are_read_alike_on_the_fast_and_the_slow_path() {
         let other = "[2001:db8::1]:51999".parse().unwrap();
         send(&mut p, names::PROG_UNDER_EGRESS, &frame(eth_udp6(other, theirs, &wg::data(7, 1, 64))));
     }
-    // Each frame's data messages and handshakes went to the peer, none to the device.
+    // A data message through each path: with the handshakes, all the peer's, none the device's.
     send(&mut p, names::PROG_UNDER_EGRESS, &eth_udp6(ours, theirs, &wg::data(7, 1, 64)));
     send(&mut p, names::PROG_UNDER_EGRESS, &tagged(eth_udp6(ours, theirs, &wg::data(7, 2, 64))));
     let r = p.read(std::time::Duration::from_secs(3600)).unwrap();

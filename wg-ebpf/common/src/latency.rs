@@ -346,9 +346,10 @@ pub mod stats {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn endpoints_built_from_words_are_the_field_by_field_ones() {
-        use super::Endpoint;
         let v4 = [192, 0, 2, 7];
         let mut mapped = Endpoint { port: 51820, ..Default::default() };
         mapped.addr[10..12].copy_from_slice(&[0xff, 0xff]);
@@ -358,8 +359,6 @@ mod tests {
         let words: [u32; 4] = core::array::from_fn(|i| u32::from_ne_bytes(v6[4 * i..4 * i + 4].try_into().unwrap()));
         assert_eq!(Endpoint::of_words(words, 443), Endpoint { addr: v6, port: 443, _pad: 0 });
     }
-
-    use super::*;
 
     #[test]
     fn a_fifo_entry_keeps_the_time_the_size_or_the_batch() {
