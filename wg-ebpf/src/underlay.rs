@@ -204,8 +204,9 @@ fn parse_slow<const DIR: usize>(ctx: &TcContext, port: u32) -> Option<Datagram> 
         }
         head[..4].copy_from_slice(&h4);
     }
-    let word = |i: usize| u32::from_ne_bytes([head[i], head[i + 1], head[i + 2], head[i + 3]]);
-    Some(Datagram { remote, len, msg, head: [word(0), word(4), word(8)] })
+    // Bytes from the stack (the verifier wants stack loads aligned), not `word`'s loads.
+    let at = |i: usize| u32::from_ne_bytes([head[i], head[i + 1], head[i + 2], head[i + 3]]);
+    Some(Datagram { remote, len, msg, head: [at(0), at(4), at(8)] })
 }
 
 /// The endpoint table's size − 1 (a power of two): set by the collector at load time.
