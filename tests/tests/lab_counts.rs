@@ -142,12 +142,22 @@ fn bulk_transfer_is_counted_exactly(imp: Implementation) {
     };
     let (out0, re0, in0) = settled(snmp).unwrap();
     lab.exec('a', "iperf3", &["-c", &b, "-n", "30M", "-l", "64K"]).unwrap();
-    // The last segments of the connections' teardown (the ACK of the server's FIN) may leave
-    // after iperf3 exits: read both sides once they have come to rest (SNMP first, as a scrape
-    // adds loopback segments to it but none to the tunnel's counters).
+    // The last segments of the connections' teardown (the server's FIN and its ACK) may leave
+    // after iperf3 exits, and more than 100 ms later when the server is slow to exit: wait
+    // for the server to exit and for both sides to hold no connection of the test but in
+    // TIME-WAIT (which sends nothing more), then read both sides once they have come to rest
+    // (SNMP first, as a scrape adds loopback segments to it but none to the tunnel's counters).
+    let _ = server.wait();
+    let open = |side| {
+        let filter = ["-Htan", "state", "connected", "exclude", "time-wait", "( sport = :5201 or dport = :5201 )"];
+        lab.exec(side, "ss", &filter).map(|o| o.trim().to_string())
+    };
+    wait_until(Duration::from_secs(10), || {
+        open('a').is_ok_and(|o| o.is_empty()) && open('b').is_ok_and(|o| o.is_empty())
+    })
+    .unwrap_or_else(|e| panic!("{e}: connections still open: {:?} {:?}", open('a'), open('b')));
     let (out1, re1, in1) = settled(snmp).unwrap();
     let d = settled(|| view(&c, &lab)).unwrap().minus(before);
-    let _ = server.wait();
 
     let sent = (out1 - out0) + (re1 - re0);
     let received = in1 - in0;
