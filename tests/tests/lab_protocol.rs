@@ -326,3 +326,47 @@ fn cardinality_flags_leave_out_what_they_name() {
     assert!(per_peer > 90 && per_peer <= 100, "{per_peer} per-peer series for a budget of 100");
     wait_until(Duration::from_secs(2), || c.log_text().contains("series limit reached")).unwrap();
 }
+
+/// `--underlay none`: the programs count on the WireGuard interface alone, as exactly as
+/// with the underlay's (100 echo requests and replies), and time round trips there (100 ICMP
+/// samples); nothing is attached to the underlay
+/// (no link pinned for it, none logged), and the families only the underlay
+/// measures are absent rather than zeros that would read as "nothing lost".
+#[test]
+fn without_the_underlay_traffic_is_counted_exactly_and_the_underlay_families_are_absent() {
+    use wg_common::names::{PROG_EGRESS, PROG_INGRESS, PROG_UNDER_EGRESS, PROG_UNDER_INGRESS};
+    let lab = Lab::new(Implementation::WireguardGo).unwrap();
+    let c = Collector::start(&lab.a.ns, &["--underlay", "none"]).unwrap();
+    let peer = [("device", lab.a.iface.as_str()), ("public_key", lab.b.public_key.as_str())];
+    let packets = |m: &Metrics| {
+        let f = |name| m.get(name, &peer).unwrap_or_else(|| panic!("no {name}:\n{}", m.text));
+        let icmp = [peer[0], peer[1], ("method", "icmp")];
+        let rtts = m.get_or_zero("wireguard_peer_latency_seconds_count", &icmp);
+        (f("wireguard_peer_transmit_packets_total"), f("wireguard_peer_receive_packets_total"), rtts)
+    };
+    let before = packets(&c.scrape().unwrap());
+    lab.exec('a', "ping", &["-c", "100", "-i", "0.002", "-q", &lab.b.tunnel_v4.to_string()]).unwrap();
+    let m = c.scrape().unwrap();
+    let after = packets(&m);
+    // Round trips are timed on the WireGuard interface: every echo request answered.
+    assert_eq!((after.0 - before.0, after.1 - before.1, after.2 - before.2), (100.0, 100.0, 100.0));
+    for family in [
+        "wireguard_messages_total",
+        "wireguard_peer_lost_messages_total",
+        "wireguard_device_handshake_rtt_seconds_count",
+    ] {
+        assert_eq!(m.find(family, &[]).count(), 0, "{family} on the page:\n{}", m.text);
+    }
+    assert_eq!(m.get("wireguard_collector_errors_total", &[("source", "bpf")]), Some(0.0));
+    // Each hook's link is pinned under the device's directory as link_<program>@<interface>.
+    let dir = c.pins.clone().unwrap().join(&lab.a.iface);
+    let links: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("link_"))
+        .collect();
+    let plain = [PROG_EGRESS, PROG_INGRESS].map(|p| format!("link_{p}@{}", lab.a.iface));
+    assert!(plain.iter().all(|l| links.contains(l)), "{links:?}");
+    assert!(!links.iter().any(|l| l.contains(PROG_UNDER_EGRESS) || l.contains(PROG_UNDER_INGRESS)), "{links:?}");
+    assert!(!c.log_text().contains("underlay programs attached"), "{}", c.log_text());
+}

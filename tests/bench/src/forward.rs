@@ -242,6 +242,9 @@ pub(crate) enum Variant {
     /// Counting by the build $WG_BENCH_COLLECTOR_BEFORE names (the per-wire-packet table,
     /// when set).
     CountingBefore,
+    /// Counting on the WireGuard interface alone, nothing on the underlay (the
+    /// per-wire-packet table only).
+    PlaintextOnly,
 }
 
 impl Variant {
@@ -256,6 +259,7 @@ impl Variant {
             Self::Sampled => "everything, one packet in 64 sampled (--latency.sample 64)",
             Self::Floor => "one counter up by one, nothing parsed (the floor)",
             Self::CountingBefore => "counting, $WG_BENCH_COLLECTOR_BEFORE's build",
+            Self::PlaintextOnly => "counting on the WireGuard interface alone (--underlay none)",
         }
     }
 }

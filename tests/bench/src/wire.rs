@@ -37,6 +37,8 @@ const HOOKS: [&str; 4] = [names::PROG_EGRESS, names::PROG_INGRESS, names::PROG_U
 #[derive(Clone, Copy, Default)]
 struct Wire {
     ns: f64,
+    /// Program runs, all hooks.
+    runs: f64,
     plain_runs: f64,
     under_runs: f64,
     packets: f64,
@@ -82,6 +84,7 @@ fn with_collector(lab: &Lab, peers: u32, v: Variant, secs: f64, rate: Option<f64
     match v {
         Variant::Counting | Variant::CountingBefore => args.push("--latency.no-delay"),
         Variant::Sampled => args.extend(["--latency.sample", "64"]),
+        Variant::PlaintextOnly => args.extend(["--underlay", "none"]),
         _ => {}
     }
     let c = if v == Variant::CountingBefore {
@@ -104,9 +107,11 @@ fn with_collector(lab: &Lab, peers: u32, v: Variant, secs: f64, rate: Option<f64
     let delta = |prog: &str, f: &str| read(&after, prog, f) - read(&before, prog, f);
     let dev = lab.a.iface.as_str();
     let ns = (all_hooks(&after, dev, RUN_TIME) - all_hooks(&before, dev, RUN_TIME)) * 1e9;
+    let runs = all_hooks(&after, dev, RUNS) - all_hooks(&before, dev, RUNS);
     let per_run = |prog: &str| delta(prog, RUN_TIME) * 1e9 / delta(prog, RUNS);
     Ok(Wire {
         ns,
+        runs,
         plain_runs: delta(names::PROG_EGRESS, RUNS),
         under_runs: delta(names::PROG_UNDER_EGRESS, RUNS),
         packets,
@@ -134,7 +139,7 @@ fn with_bare(lab: &Lab, peers: u32, v: Variant, secs: f64, rate: Option<f64>) ->
     let packets = blast_through(lab, peers, secs, rate)?;
     let s = attached.finish()?;
     let per_run = s.ns as f64 / s.runs as f64;
-    Ok(Wire { ns: s.ns as f64, plain_runs: f64::NAN, under_runs: f64::NAN, packets, per_run: [per_run; 2] })
+    Ok(Wire { ns: s.ns as f64, runs: s.runs as f64, plain_runs: f64::NAN, under_runs: f64::NAN, packets, per_run: [per_run; 2] })
 }
 
 /// BPF_PROG_TEST_RUN's figure for the same path (plaintext egress + the data message at the
@@ -196,8 +201,14 @@ pub fn run(quick: bool, peers: &[u32], reps: Option<usize>) -> Result<()> {
         let (counting, everything) = (test_run(n, false, quick)?, test_run(n, true, quick)?);
         let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("enabling bpf stats")?;
         for rate in RATES {
-            let mut variants =
-                vec![Variant::Empty, Variant::Floor, Variant::Counting, Variant::Everything, Variant::Sampled];
+            let mut variants = vec![
+                Variant::Empty,
+                Variant::Floor,
+                Variant::Counting,
+                Variant::PlaintextOnly,
+                Variant::Everything,
+                Variant::Sampled,
+            ];
             if before_binary().is_some() {
                 variants.push(Variant::CountingBefore);
             }
@@ -212,6 +223,7 @@ pub fn run(quick: bool, peers: &[u32], reps: Option<usize>) -> Result<()> {
             }
             let per_packet = |w: &[Wire]| median(w.iter().map(|w| w.ns / w.packets).collect());
             let empty = per_packet(&runs[0]);
+            let empty_per_run = median(runs[0].iter().map(|w| w.ns / w.runs).collect());
             let blaster = rate.map_or("as fast as it can".to_string(), |r| format!("{:.0}k/s", r / 1e3));
             for (i, &v) in variants.iter().enumerate() {
                 let w = &runs[i];
@@ -224,6 +236,12 @@ pub fn run(quick: bool, peers: &[u32], reps: Option<usize>) -> Result<()> {
                     Variant::Sampled | Variant::Floor | Variant::CountingBefore => {
                         (format!("{:.0}", ns - empty), String::new(), String::new())
                     }
+                    // Fewer runs than the empty program's four hooks: its cost per run, times
+                    // this variant's runs per wire packet.
+                    Variant::PlaintextOnly => {
+                        let runs = median(w.iter().map(|w| w.runs / w.packets).collect());
+                        (format!("{:.0}", ns - empty_per_run * runs), String::new(), String::new())
+                    }
                     _ => {
                         let (warm, cold) = if v == Variant::Everything { everything } else { counting };
                         (format!("{:.0}", ns - empty), format!("{warm:.0}"), format!("{cold:.0}"))
@@ -233,6 +251,8 @@ pub fn run(quick: bool, peers: &[u32], reps: Option<usize>) -> Result<()> {
                 let hook = |h: usize| median(w.iter().map(|w| w.per_run[h]).collect());
                 let per_run = if v == Variant::Empty || v == Variant::Floor {
                     format!("{:.0}", hook(0))
+                } else if v == Variant::PlaintextOnly {
+                    format!("{:.0} / none", hook(0))
                 } else {
                     format!("{:.0} / {:.0}", hook(0), hook(1))
                 };

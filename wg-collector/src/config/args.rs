@@ -159,7 +159,9 @@ pub struct Args {
     #[arg(long = "peer.up-after", value_name = "DURATION", default_value = "180s", value_parser = parse_duration)]
     pub up_after: Duration,
     /// Underlay interface carrying the devices' encrypted datagrams (repeat for several;
-    /// default: those the peers' endpoints are routed through).
+    /// default: those the peers' endpoints are routed through). `none`: no programs on the
+    /// underlay, counting on the WireGuard interface alone at a wire packet's least cost
+    /// (no messages, handshake round trips, encap/decap delay or path loss).
     #[arg(long = "underlay", value_name = "IFACE")]
     pub underlays: Vec<String>,
     /// Enable the kernel's per-program run-time accounting (costs ~40 ns per packet while

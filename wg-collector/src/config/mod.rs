@@ -20,7 +20,7 @@ use crate::{
     names::NameSources,
     netns::Selection,
     redact::Redact,
-    refresh,
+    refresh::{self, Underlays},
 };
 
 /// Everything the collector runs with.
@@ -124,6 +124,13 @@ impl TryFrom<Args> for Config {
                 "must be between 1 and --web.max-connections",
             ));
         }
+        let underlays = match a.underlays.iter().any(|u| u == "none") {
+            false if a.underlays.is_empty() => Underlays::Routed,
+            false => Underlays::Named(a.underlays.clone()),
+            true if a.underlays.len() == 1 => Underlays::Off,
+            true => return Err(refuse("--underlay", a.underlays.join(","), "none cannot go with interfaces")),
+        };
+        let off = underlays == Underlays::Off;
         let redact = |what: &str| a.redact.iter().any(|r| r == what || r == "all");
         let netns = Selection::parse(&a.netns)
             .map_err(|value| refuse("--netns", value, "neither all, a name under /run/netns, nor an absolute path"))?;
@@ -153,11 +160,13 @@ impl TryFrom<Args> for Config {
                     max_pending: a.max_pending,
                     max_hist_entries: a.max_hist_entries,
                     latency_sample: a.latency_sample,
-                    delay: !a.no_delay,
+                    // Encap/decap delay pairs the two sides: without the underlay's
+                    // programs the FIFOs would only fill.
+                    delay: !a.no_delay && !off,
                     log_level: log::max_level(),
                 },
                 pending_ttl,
-                underlays: a.underlays,
+                underlays,
                 pins: None,
                 netns,
                 redact: Redact { endpoints: redact("endpoints"), allowed_ips: redact("allowed-ips") },
@@ -172,6 +181,7 @@ impl TryFrom<Args> for Config {
                 max_series: a.max_series,
                 peer_name_label: a.peer_name_label,
                 up_after: a.up_after,
+                underlay: !off,
                 compat: crate::metrics::Compat {
                     on: a.compat.is_some(),
                     separate_allowed_ips: a.compat_separate_allowed_ips,

@@ -210,7 +210,7 @@ fn listen_devices_names_and_sizes() {
     assert_eq!(c.web.listen.map(|l| l.to_string()), Some("127.0.0.1:9999".into()));
     assert_eq!(c.refresh.devices, ["wg0", "wg1"]);
     assert_eq!(c.names.names_files, [std::path::PathBuf::from("/n")]);
-    assert_eq!(c.refresh.underlays, ["eth0"]);
+    assert_eq!(c.refresh.underlays, Underlays::Named(vec!["eth0".into()]));
     assert_eq!(c.refresh.probe.max_peers, 100);
     assert_eq!(c.export.max_series, 0);
     assert!(!c.refresh.probe.delay && c.bpf_stats);
@@ -229,4 +229,21 @@ fn netns() {
         "--netns \"pods/blue\": neither all, a name under /run/netns, nor an absolute path"
     );
     assert!(refused(&["--netns", ""]).starts_with("--netns \"\": "));
+}
+
+#[test]
+fn underlays() {
+    let routed = config(&[]).unwrap();
+    assert_eq!(routed.refresh.underlays, Underlays::Routed);
+    assert!(routed.refresh.probe.delay && routed.export.underlay);
+    let two = config(&["--underlay", "eth0", "--underlay", "eth1"]).unwrap();
+    assert_eq!(two.refresh.underlays, Underlays::Named(vec!["eth0".into(), "eth1".into()]));
+    // none: no programs there, so no pairing for encap/decap delay and no families of its own.
+    let off = config(&["--underlay", "none"]).unwrap();
+    assert_eq!(off.refresh.underlays, Underlays::Off);
+    assert!(!off.refresh.probe.delay && !off.export.underlay);
+    assert_eq!(
+        refused(&["--underlay", "none", "--underlay", "eth0"]),
+        "--underlay none,eth0: none cannot go with interfaces"
+    );
 }

@@ -103,6 +103,12 @@ pub fn always(_: &Page) -> bool {
     true
 }
 
+/// `shown` for the families only the underlay's programs measure (not with `--underlay
+/// none`): absent rather than zeros that would read as "nothing lost".
+pub fn on_the_underlay(page: &Page) -> bool {
+    page.opts.underlay
+}
+
 /// Families that belong together, one file each (device, peer, traffic, ...); the page
 /// shows the groups in order, each encoded on a thread of its own.
 pub struct Group {
@@ -192,5 +198,51 @@ impl Samples<'_> {
             created: None,
         };
         enc.encode_histogram_with_native::<NoLabelSet>(s.sum_seconds(), s.count, &classic, None, native)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{tests::page, ExportOptions, Format};
+
+    /// The families [`on_the_underlay`] shows.
+    const UNDERLAY: [&str; 14] = [
+        "wireguard_messages",
+        "wireguard_invalid_messages",
+        "wireguard_peer_lost_messages",
+        "wireguard_peer_reordered_messages",
+        "wireguard_peer_duplicate_messages",
+        "wireguard_collector_unchecked_messages",
+        "wireguard_peer_handshake_rtt_seconds",
+        "wireguard_device_handshake_rtt_seconds",
+        "wireguard_peer_encap_delay_seconds",
+        "wireguard_device_encap_delay_seconds",
+        "wireguard_peer_decap_delay_seconds",
+        "wireguard_device_decap_delay_seconds",
+        "wireguard_collector_delay_fifo_resyncs",
+        "wireguard_collector_delay_fifo_overflows",
+    ];
+
+    /// The family a line of a text page belongs to, if it is one of [`UNDERLAY`].
+    fn underlay_family(line: &str) -> Option<&'static str> {
+        let sample = line.strip_prefix("# HELP ").or_else(|| line.strip_prefix("# TYPE ")).unwrap_or(line);
+        let name = sample.split(['{', ' ']).next()?;
+        UNDERLAY.into_iter().find(|f| {
+            name.strip_prefix(f).is_some_and(|rest| ["", "_total", "_bucket", "_sum", "_count"].contains(&rest))
+        })
+    }
+
+    /// `--underlay none`: the page leaves out exactly the families only the underlay's
+    /// programs measure (each of them on the full page, where the fixture's reading has samples
+    /// of most), and the rest is the same byte for byte.
+    #[test]
+    fn without_the_underlay_its_families_are_left_out_and_nothing_else() {
+        let full = page(&ExportOptions::default(), Format::TEXT);
+        let off = page(&ExportOptions { underlay: false, ..ExportOptions::default() }, Format::TEXT);
+        for f in UNDERLAY {
+            assert!(full.lines().any(|l| l.starts_with("# HELP") && underlay_family(l) == Some(f)), "{f} not on the page");
+        }
+        let rest: String = full.lines().filter(|l| underlay_family(l).is_none()).map(|l| format!("{l}\n")).collect();
+        assert!(off == rest, "the page without the underlay:\n{off}");
     }
 }

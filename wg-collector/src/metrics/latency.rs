@@ -4,7 +4,7 @@
 
 use wg_common::latency::Kind;
 
-use super::family::{always, Family, Group, Samples, Type};
+use super::family::{always, on_the_underlay, Family, Group, Samples, Type};
 use super::page::{DeviceLabels, Page, PeerView};
 use crate::{bpf::Reading, histogram::Series, refresh::DeviceSnapshot};
 
@@ -46,7 +46,7 @@ pub const GROUP: Group = Group {
             kind: Type::Histogram,
             labels: &["device", "public_key", "role"],
             per_peer: Some(peer_series::<HANDSHAKE>),
-            shown: always,
+            shown: on_the_underlay,
             samples: peer_histograms::<HANDSHAKE>,
         },
         Family {
@@ -55,7 +55,7 @@ pub const GROUP: Group = Group {
             kind: Type::Histogram,
             labels: &["device", "role"],
             per_peer: None,
-            shown: always,
+            shown: on_the_underlay,
             samples: device_histograms::<HANDSHAKE>,
         },
         Family {
@@ -64,7 +64,7 @@ pub const GROUP: Group = Group {
             kind: Type::Histogram,
             labels: &["device", "public_key"],
             per_peer: Some(peer_series::<ENCAP>),
-            shown: always,
+            shown: on_the_underlay,
             samples: peer_histograms::<ENCAP>,
         },
         Family {
@@ -73,7 +73,7 @@ pub const GROUP: Group = Group {
             kind: Type::Histogram,
             labels: DEVICE,
             per_peer: None,
-            shown: always,
+            shown: on_the_underlay,
             samples: device_histograms::<ENCAP>,
         },
         Family {
@@ -82,7 +82,7 @@ pub const GROUP: Group = Group {
             kind: Type::Histogram,
             labels: &["device", "public_key"],
             per_peer: Some(peer_series::<DECAP>),
-            shown: always,
+            shown: on_the_underlay,
             samples: peer_histograms::<DECAP>,
         },
         Family {
@@ -91,7 +91,7 @@ pub const GROUP: Group = Group {
             kind: Type::Histogram,
             labels: DEVICE,
             per_peer: None,
-            shown: always,
+            shown: on_the_underlay,
             samples: device_histograms::<DECAP>,
         },
         Family {
@@ -135,7 +135,7 @@ pub const GROUP: Group = Group {
             kind: Type::Counter,
             labels: DEVICE,
             per_peer: None,
-            shown: always,
+            shown: on_the_underlay,
             samples: |page, s| each_measuring(page, |d, r| s.counter(&DeviceLabels::of(&d.found), r.latency_stats.fifo_resync)),
         },
         Family {
@@ -144,7 +144,7 @@ pub const GROUP: Group = Group {
             kind: Type::Counter,
             labels: DEVICE,
             per_peer: None,
-            shown: always,
+            shown: on_the_underlay,
             samples: |page, s| {
                 each_measuring(page, |d, r| s.counter(&DeviceLabels::of(&d.found), r.latency_stats.fifo_overflow))
             },

@@ -6,7 +6,7 @@ use wg_common::{
     DIRECTIONS, DIR_RX, DIR_TX,
 };
 
-use super::family::{always, Family, Group, Samples, Type};
+use super::family::{on_the_underlay, Family, Group, Samples, Type};
 use super::page::{DeviceLabels, Page, PeerLabels};
 
 pub const GROUP: Group = Group {
@@ -24,7 +24,7 @@ pub const GROUP: Group = Group {
                     0
                 }
             }),
-            shown: always,
+            shown: on_the_underlay,
             samples: messages,
         },
         Family {
@@ -33,7 +33,7 @@ pub const GROUP: Group = Group {
             kind: Type::Counter,
             labels: &["device", "reason"],
             per_peer: None,
-            shown: always,
+            shown: on_the_underlay,
             samples: |page, s| {
                 for d in &page.snap.devices {
                     let Some(inv) = d.reading.as_ref().map(|r| &r.invalid) else { continue };

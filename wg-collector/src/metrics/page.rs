@@ -35,6 +35,8 @@ pub struct ExportOptions {
     pub up_after: Duration,
     /// prometheus_wireguard_exporter's families (`--compat`).
     pub compat: super::Compat,
+    /// Programs on the underlay (not `--underlay none`): the families only they measure.
+    pub underlay: bool,
 }
 
 /// `--metrics.max-series`' default.
@@ -51,6 +53,7 @@ impl Default for ExportOptions {
             peer_name_label: false,
             up_after: Duration::from_secs(180),
             compat: super::Compat::default(),
+            underlay: true,
         }
     }
 }

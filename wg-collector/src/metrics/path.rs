@@ -4,7 +4,7 @@
 
 use wg_common::path::PathCounts;
 
-use super::family::{always, Family, Group, Samples, Type};
+use super::family::{on_the_underlay, Family, Group, Samples, Type};
 use super::page::{DeviceLabels, Page};
 use super::traffic::{measured, PEER};
 
@@ -17,7 +17,7 @@ pub const GROUP: Group = Group {
             kind: Type::Counter,
             labels: PEER,
             per_peer: Some(measured),
-            shown: always,
+            shown: on_the_underlay,
             samples: |page, s| per_peer(page, s, |p| p.lost),
         },
         Family {
@@ -26,7 +26,7 @@ pub const GROUP: Group = Group {
             kind: Type::Counter,
             labels: PEER,
             per_peer: Some(measured),
-            shown: always,
+            shown: on_the_underlay,
             samples: |page, s| per_peer(page, s, |p| p.reordered),
         },
         Family {
@@ -35,7 +35,7 @@ pub const GROUP: Group = Group {
             kind: Type::Counter,
             labels: PEER,
             per_peer: Some(measured),
-            shown: always,
+            shown: on_the_underlay,
             samples: |page, s| per_peer(page, s, |p| p.duplicate),
         },
         Family {
@@ -44,7 +44,7 @@ pub const GROUP: Group = Group {
             kind: Type::Counter,
             labels: &["device"],
             per_peer: None,
-            shown: always,
+            shown: on_the_underlay,
             samples: unchecked,
         },
     ],

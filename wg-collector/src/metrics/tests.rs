@@ -6,7 +6,7 @@ use crate::fixture;
 
 /// The page of the fixture's reading; the reading's age (a clock) is the one value
 /// written as AGE.
-fn page(opts: &ExportOptions, format: Format) -> String {
+pub(super) fn page(opts: &ExportOptions, format: Format) -> String {
     let body = encode(Page::new(fixture::snapshot(), opts, fixture::conns()), format).unwrap();
     let text = match format.encoding {
         Encoding::Gzip => {

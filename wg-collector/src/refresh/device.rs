@@ -20,7 +20,7 @@ use std::{
 use super::{
     derive::{derive, State},
     snapshot::DeviceSnapshot,
-    ErrorSource, Monitor,
+    ErrorSource, Monitor, Underlays,
 };
 use crate::{
     bpf::{DeviceProbe, PinDir, Reading},
@@ -244,14 +244,19 @@ impl Monitor {
     /// interfaces, or the interface each peer endpoint is routed through (looked up once per
     /// endpoint).
     fn follow_underlays(&self, p: &mut DeviceProbe, routed: &mut HashSet<SocketAddr>, state: &Device) {
-        let mut wanted: Vec<String> = self.opts.underlays.clone();
-        if wanted.is_empty() {
-            for e in state.peers.iter().filter_map(|p| p.endpoint) {
-                if routed.insert(e) {
-                    wanted.extend(interfaces::interface_for(e));
+        let wanted = match &self.opts.underlays {
+            Underlays::Off => return,
+            Underlays::Named(names) => names.clone(),
+            Underlays::Routed => {
+                let mut found = Vec::new();
+                for e in state.peers.iter().filter_map(|p| p.endpoint) {
+                    if routed.insert(e) {
+                        found.extend(interfaces::interface_for(e));
+                    }
                 }
+                found
             }
-        }
+        };
         for iface in wanted {
             if p.underlays().contains(&iface) {
                 continue;

@@ -38,6 +38,19 @@ use crate::{
     wireguard::discovery::{self, Found},
 };
 
+/// Where a device's underlay programs go (`--underlay`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Underlays {
+    /// The interfaces the peers' endpoints are routed through.
+    #[default]
+    Routed,
+    /// These interfaces.
+    Named(Vec<String>),
+    /// None (`--underlay none`): counting on the WireGuard interface alone, at a wire
+    /// packet's least cost; what only the encrypted side shows is not measured.
+    Off,
+}
+
 #[derive(Clone, Debug)]
 pub struct Options {
     pub uapi_dir: PathBuf,
@@ -46,8 +59,8 @@ pub struct Options {
     pub probe: ProbeOptions,
     /// How long a packet may wait for its answer before the collector forgets it.
     pub pending_ttl: Duration,
-    /// Underlay interfaces to watch; empty = those the peers' endpoints are routed through.
-    pub underlays: Vec<String>,
+    /// Where the underlay programs go.
+    pub underlays: Underlays,
     /// Where the programs and maps are pinned (None: they end with the collector).
     pub pins: Option<PinOptions>,
     /// Network namespaces to read besides the collector's own (`--netns`).
