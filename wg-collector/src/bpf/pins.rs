@@ -55,6 +55,27 @@ impl PinDir {
         self.path.join(format!("link_{program}@{iface}"))
     }
 
+    /// Unpins the links of `program` on any interface; returns how many there were. A link
+    /// whose pin goes detaches (TCX: the pin is its last holder).
+    pub fn unpin_links(&self, program: &str) -> Result<usize> {
+        let prefix = format!("link_{program}@");
+        let entries = match std::fs::read_dir(&self.path) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", self.path.display())),
+        };
+        let mut n = 0;
+        for entry in entries {
+            let entry = entry?;
+            if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                let p = entry.path();
+                std::fs::remove_file(&p).with_context(|| format!("unpinning {}", p.display()))?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     /// Makes the directory ready for a load with these map sizes. Returns whether it holds
     /// maps to adopt (false: the load creates and pins them).
     pub fn prepare(&self, sizes: &[(&str, u32)]) -> Result<bool> {

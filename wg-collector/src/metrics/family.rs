@@ -240,7 +240,10 @@ mod tests {
         let full = page(&ExportOptions::default(), Format::TEXT);
         let off = page(&ExportOptions { underlay: false, ..ExportOptions::default() }, Format::TEXT);
         for f in UNDERLAY {
-            assert!(full.lines().any(|l| l.starts_with("# HELP") && underlay_family(l) == Some(f)), "{f} not on the page");
+            assert!(
+                full.lines().any(|l| l.starts_with("# HELP") && underlay_family(l) == Some(f)),
+                "{f} not on the page"
+            );
         }
         let rest: String = full.lines().filter(|l| underlay_family(l).is_none()).map(|l| format!("{l}\n")).collect();
         assert!(off == rest, "the page without the underlay:\n{off}");

@@ -245,7 +245,16 @@ impl Monitor {
     /// endpoint).
     fn follow_underlays(&self, p: &mut DeviceProbe, routed: &mut HashSet<SocketAddr>, state: &Device) {
         let wanted = match &self.opts.underlays {
-            Underlays::Off => return,
+            Underlays::Off => {
+                match p.detach_pinned_underlays() {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::info!(device = %state.name, links = n, "underlay programs an earlier collector pinned detached (--underlay none)")
+                    }
+                    Err(e) => self.error(ErrorSource::Bpf, format_args!("device {}: {e:#}", state.name)),
+                }
+                return;
+            }
             Underlays::Named(names) => names.clone(),
             Underlays::Routed => {
                 let mut found = Vec::new();

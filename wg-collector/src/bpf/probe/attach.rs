@@ -86,6 +86,15 @@ impl DeviceProbe {
         Ok(())
     }
 
+    /// Detaches the underlay programs an earlier collector pinned (`--underlay none` after a
+    /// run with them: pinned links would go on running them); returns how many links there
+    /// were. Attachments through netlink (kernels before 6.6) are not pinned: those stay until
+    /// their interface goes or they are deleted (README, "At line rate").
+    pub fn detach_pinned_underlays(&mut self) -> Result<usize> {
+        let Some(pins) = &self.pins else { return Ok(0) };
+        UNDERLAY_PROGRAMS.iter().map(|(name, _)| pins.unpin_links(name)).sum()
+    }
+
     pub fn underlays(&self) -> &HashSet<String> {
         &self.underlays
     }
