@@ -247,5 +247,13 @@ mod tests {
         }
         let rest: String = full.lines().filter(|l| underlay_family(l).is_none()).map(|l| format!("{l}\n")).collect();
         assert!(off == rest, "the page without the underlay:\n{off}");
+        // The series budget counts what the page shows: a budget of exactly the page's
+        // per-peer series leaves no peer out.
+        let per_peer = off.lines().filter(|l| !l.starts_with('#') && !l.starts_with("wireguard_device_info"));
+        let budget = per_peer.filter(|l| l.contains("public_key=\"") && !l.contains("public_key=\"\"")).count();
+        let opts = ExportOptions { underlay: false, max_series: budget, ..ExportOptions::default() };
+        let trimmed = page(&opts, Format::TEXT);
+        assert!(trimmed.lines().any(|l| l.starts_with("wireguard_collector_peers_omitted{") && l.ends_with(" 0")));
+        assert!(!trimmed.lines().any(|l| l.starts_with("wireguard_collector_peers_omitted{") && !l.ends_with(" 0")));
     }
 }
