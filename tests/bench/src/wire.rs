@@ -139,7 +139,14 @@ fn with_bare(lab: &Lab, peers: u32, v: Variant, secs: f64, rate: Option<f64>) ->
     let packets = blast_through(lab, peers, secs, rate)?;
     let s = attached.finish()?;
     let per_run = s.ns as f64 / s.runs as f64;
-    Ok(Wire { ns: s.ns as f64, runs: s.runs as f64, plain_runs: f64::NAN, under_runs: f64::NAN, packets, per_run: [per_run; 2] })
+    Ok(Wire {
+        ns: s.ns as f64,
+        runs: s.runs as f64,
+        plain_runs: f64::NAN,
+        under_runs: f64::NAN,
+        packets,
+        per_run: [per_run; 2],
+    })
 }
 
 /// BPF_PROG_TEST_RUN's figure for the same path (plaintext egress + the data message at the
