@@ -212,8 +212,18 @@ impl Monitor {
         }
         let pins = self.opts.pins.as_ref().map(|o| PinDir::new(o, &f.key()));
         match DeviceProbe::load(self.opts.probe, pins).and_then(|mut p| p.attach(&f.name).map(|_| p)) {
-            Ok(p) => {
+            Ok(mut p) => {
                 tracing::info!(device = %f.name, implementation = %f.implementation, "programs attached");
+                if self.opts.underlays == Underlays::Off {
+                    // Once per load: the links an earlier run pinned would go on running.
+                    match p.detach_pinned_underlays() {
+                        Ok(0) => {}
+                        Ok(n) => {
+                            tracing::info!(device = %f.name, links = n, "underlay programs an earlier collector pinned detached (--underlay none)")
+                        }
+                        Err(e) => self.error(ErrorSource::Bpf, format_args!("device {}: {e:#}", f.name)),
+                    }
+                }
                 t.probe = Some(p);
                 t.attach_error = None;
             }
@@ -245,16 +255,7 @@ impl Monitor {
     /// endpoint).
     fn follow_underlays(&self, p: &mut DeviceProbe, routed: &mut HashSet<SocketAddr>, state: &Device) {
         let wanted = match &self.opts.underlays {
-            Underlays::Off => {
-                match p.detach_pinned_underlays() {
-                    Ok(0) => {}
-                    Ok(n) => {
-                        tracing::info!(device = %state.name, links = n, "underlay programs an earlier collector pinned detached (--underlay none)")
-                    }
-                    Err(e) => self.error(ErrorSource::Bpf, format_args!("device {}: {e:#}", state.name)),
-                }
-                return;
-            }
+            Underlays::Off => return,
             Underlays::Named(names) => names.clone(),
             Underlays::Routed => {
                 let mut found = Vec::new();

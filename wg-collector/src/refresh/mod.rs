@@ -39,15 +39,13 @@ use crate::{
 };
 
 /// Where a device's underlay programs go (`--underlay`).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Underlays {
     /// The interfaces the peers' endpoints are routed through.
-    #[default]
     Routed,
     /// These interfaces.
     Named(Vec<String>),
-    /// None (`--underlay none`): counting on the WireGuard interface alone, at a wire
-    /// packet's least cost; what only the encrypted side shows is not measured.
+    /// None (`--underlay none`): counting on the WireGuard interface alone, at the least cost.
     Off,
 }
 
