@@ -59,21 +59,7 @@ impl PinDir {
     /// whose pin goes detaches (TCX: the pin is its last holder).
     pub fn unpin_links(&self, program: &str) -> Result<usize> {
         let prefix = format!("link_{program}@");
-        let entries = match std::fs::read_dir(&self.path) {
-            Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", self.path.display())),
-        };
-        let mut n = 0;
-        for entry in entries {
-            let entry = entry?;
-            if entry.file_name().to_string_lossy().starts_with(&prefix) {
-                let p = entry.path();
-                std::fs::remove_file(&p).with_context(|| format!("unpinning {}", p.display()))?;
-                n += 1;
-            }
-        }
-        Ok(n)
+        self.unpin_where(|name| name.starts_with(&prefix))
     }
 
     /// Makes the directory ready for a load with these map sizes. Returns whether it holds
@@ -128,16 +114,26 @@ impl PinDir {
 
     /// Unpins everything of this device: links whose program no longer has a pin detach.
     pub fn clear(&self) -> Result<()> {
+        self.unpin_where(|_| true).map(|_| ())
+    }
+
+    /// Unpins the pins whose name `which` picks; returns how many.
+    fn unpin_where(&self, which: impl Fn(&str) -> bool) -> Result<usize> {
         let entries = match std::fs::read_dir(&self.path) {
             Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
             Err(e) => return Err(e).with_context(|| format!("reading {}", self.path.display())),
         };
+        let mut n = 0;
         for entry in entries {
-            let p = entry?.path();
-            std::fs::remove_file(&p).with_context(|| format!("unpinning {}", p.display()))?;
+            let entry = entry?;
+            if which(&entry.file_name().to_string_lossy()) {
+                let p = entry.path();
+                std::fs::remove_file(&p).with_context(|| format!("unpinning {}", p.display()))?;
+                n += 1;
+            }
         }
-        Ok(())
+        Ok(n)
     }
 
     /// Unpins everything and removes the directory.
