@@ -65,12 +65,13 @@ pub fn run(quick: bool) -> Result<()> {
          UDP datagrams round-robin to them at 20,000/s (wireguard-go drops none), then as \
          fast as it can, 3 s per measurement; an empty program on the four hooks, the floor \
          (a program that adds one to one per-CPU counter, nothing parsed) on the same hooks, \
-         the collector counting (`--latency.no-delay`), counting on the WireGuard interface \
+         the floor after reading what any counting reads of its packet (length, GSO size, a \
+         header word), the collector counting (`--latency.no-delay`), counting on the WireGuard interface \
          alone (`--underlay none`: net of the empty program's cost per run times its own runs), \
          with everything on, and with everything on at `--latency.sample 64`, alternating, medians of 3, bpf stats on \
          throughout; a wire packet is a data message (the WireGuard interface's tx + rx \
          packets). The per-run column splits the sending side: ns per run at the plaintext \
-         egress and at the underlay egress (the empty program and the floor: per run of any \
+         egress and at the underlay egress (the empty program and the floors: per run of any \
          hook). The test-run column is BPF_PROG_TEST_RUN's figure for the same path \
          (plaintext egress + the data message at the underlay's egress, net of the empty \
          program) with that many peers in the maps.\n\n\

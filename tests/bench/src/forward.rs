@@ -176,8 +176,12 @@ impl Attached {
                 let egress = match v {
                     // The hook's own cost: a program that does nothing (or the least that
                     // counts), attached the same way.
-                    Variant::Empty | Variant::Floor => {
-                        let bare = if v == Variant::Empty { "bench_noop" } else { "bench_floor" };
+                    Variant::Empty | Variant::Floor | Variant::Reading => {
+                        let bare = match v {
+                            Variant::Empty => "bench_noop",
+                            Variant::Floor => "bench_floor",
+                            _ => "bench_read",
+                        };
                         for (iface, hook) in &hooks {
                             p.program(bare)?.attach(iface, *hook)?;
                         }
@@ -239,6 +243,9 @@ pub(crate) enum Variant {
     /// One per-CPU counter up by one (`bench_floor`), at the hooks the empty program takes
     /// (the per-wire-packet table only).
     Floor,
+    /// The floor after reading what any counting reads of its packet (`bench_read`: length,
+    /// GSO size, a word of the header), at the same hooks (the per-wire-packet table only).
+    Reading,
     /// Counting by the build $WG_BENCH_COLLECTOR_BEFORE names (the per-wire-packet table,
     /// when set).
     CountingBefore,
@@ -258,6 +265,7 @@ impl Variant {
             Self::Everything => "everything on (the defaults)",
             Self::Sampled => "everything, one packet in 64 sampled (--latency.sample 64)",
             Self::Floor => "one counter up by one, nothing parsed (the floor)",
+            Self::Reading => "the floor after reading the packet's length, GSO size and a header word",
             Self::CountingBefore => "counting, $WG_BENCH_COLLECTOR_BEFORE's build",
             Self::PlaintextOnly => "counting on the WireGuard interface alone (--underlay none)",
         }

@@ -61,6 +61,7 @@ fn probe(peers: u32, delay: bool) -> Result<DeviceProbe> {
     p.set_listen_port(51820)?;
     p.program("bench_noop")?.load()?;
     p.program("bench_floor")?.load()?;
+    p.program("bench_read")?.load()?;
     p.program("check_bucket_of")?.load()?;
     Ok(p)
 }

@@ -211,6 +211,7 @@ pub fn run(quick: bool, peers: &[u32], reps: Option<usize>) -> Result<()> {
             let mut variants = vec![
                 Variant::Empty,
                 Variant::Floor,
+                Variant::Reading,
                 Variant::Counting,
                 Variant::PlaintextOnly,
                 Variant::Everything,
@@ -223,7 +224,7 @@ pub fn run(quick: bool, peers: &[u32], reps: Option<usize>) -> Result<()> {
             for _ in 0..reps {
                 for (i, &v) in variants.iter().enumerate() {
                     runs[i].push(match v {
-                        Variant::Empty | Variant::Floor => with_bare(&lab, n, v, secs, rate)?,
+                        Variant::Empty | Variant::Floor | Variant::Reading => with_bare(&lab, n, v, secs, rate)?,
                         _ => with_collector(&lab, n, v, secs, rate)?,
                     });
                 }
@@ -240,7 +241,7 @@ pub fn run(quick: bool, peers: &[u32], reps: Option<usize>) -> Result<()> {
                 let (net, warm, cold) = match v {
                     Variant::Empty => Default::default(),
                     // Random samples: one packet repeated in a test run says nothing of them.
-                    Variant::Sampled | Variant::Floor | Variant::CountingBefore => {
+                    Variant::Sampled | Variant::Floor | Variant::Reading | Variant::CountingBefore => {
                         (format!("{:.0}", ns - empty), String::new(), String::new())
                     }
                     // Fewer runs than the empty program's four hooks: its cost per run, times
@@ -256,7 +257,7 @@ pub fn run(quick: bool, peers: &[u32], reps: Option<usize>) -> Result<()> {
                 };
                 let batch = if batch.is_finite() { format!("{batch:.2}") } else { "".into() };
                 let hook = |h: usize| median(w.iter().map(|w| w.per_run[h]).collect());
-                let per_run = if v == Variant::Empty || v == Variant::Floor {
+                let per_run = if matches!(v, Variant::Empty | Variant::Floor | Variant::Reading) {
                     format!("{:.0}", hook(0))
                 } else if v == Variant::PlaintextOnly {
                     format!("{:.0} / none", hook(0))
