@@ -10,18 +10,33 @@ use crate::{
     wireguard::{KeySet, Peer},
 };
 
+/// What one peer adds to each family the page shows (asked once per reading: `shown` may
+/// look at the whole snapshot).
+type PerPeer = Vec<fn(&PeerView) -> usize>;
+
+fn per_peer_of_shown(snap: &Snapshot, opts: &ExportOptions) -> PerPeer {
+    GROUPS.iter().flat_map(|g| g.families).filter(|f| (f.shown)(opts, snap)).filter_map(|f| f.per_peer).collect()
+}
+
 /// Series one peer brings to the page.
-fn peer_series(device: &DeviceSnapshot, peer: &Peer, latency: &LatencySeries, opts: &ExportOptions) -> usize {
+fn peer_series(
+    counted: &PerPeer,
+    device: &DeviceSnapshot,
+    peer: &Peer,
+    latency: &LatencySeries,
+    opts: &ExportOptions,
+) -> usize {
     let view = PeerView::new(device, peer, latency, opts);
-    GROUPS.iter().flat_map(|g| g.families).filter_map(|f| f.per_peer).map(|n| n(&view)).sum()
+    counted.iter().map(|n| n(&view)).sum()
 }
 
 /// Per-peer series the snapshot would give.
 pub fn total(snap: &Snapshot, latency: &[LatencySeries], opts: &ExportOptions) -> usize {
+    let counted = per_peer_of_shown(snap, opts);
     snap.devices
         .iter()
         .zip(latency)
-        .map(|(d, l)| d.state.peers.iter().map(|p| peer_series(d, p, l, opts)).sum::<usize>())
+        .map(|(d, l)| d.state.peers.iter().map(|p| peer_series(&counted, d, p, l, opts)).sum::<usize>())
         .sum()
 }
 
@@ -32,13 +47,14 @@ pub fn limit(snap: &mut Snapshot, latency: &[LatencySeries], opts: &ExportOption
     if opts.max_series == 0 {
         return (Vec::new(), left_out);
     }
+    let counted = per_peer_of_shown(snap, opts);
     let mut budget = opts.max_series;
     let mut omitted = Vec::new();
     for (d, l) in snap.devices.iter_mut().zip(latency) {
         let mut keep = Vec::with_capacity(d.state.peers.len());
         let mut dropped = 0;
         for p in &d.state.peers {
-            let n = peer_series(d, p, l, opts);
+            let n = peer_series(&counted, d, p, l, opts);
             if n <= budget {
                 budget -= n;
                 keep.push(p.clone());

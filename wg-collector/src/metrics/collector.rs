@@ -5,7 +5,8 @@ use prometheus_client::encoding::EncodeCounterValue;
 
 use super::family::{always, Family, Group, Samples, Type};
 use super::lines::TextValue;
-use super::page::{DeviceLabels, Page};
+use super::page::{DeviceLabels, ExportOptions, Page};
+use crate::refresh::Snapshot;
 
 pub const GROUP: Group = Group {
     name: "collector",
@@ -138,8 +139,8 @@ fn build_info(page: &Page, s: &mut Samples) -> std::fmt::Result {
 }
 
 /// The kernel counts run time only while bpf stats are on (`--bpf.stats`).
-fn stats_enabled(page: &Page) -> bool {
-    page.snap.devices.iter().filter_map(|d| d.reading.as_ref()).flat_map(|r| &r.program_stats).any(|s| s.runs > 0)
+fn stats_enabled(_: &ExportOptions, snap: &Snapshot) -> bool {
+    snap.devices.iter().filter_map(|d| d.reading.as_ref()).flat_map(|r| &r.program_stats).any(|s| s.runs > 0)
 }
 
 fn program_stats<V: EncodeCounterValue + TextValue>(

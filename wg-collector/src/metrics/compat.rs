@@ -8,8 +8,8 @@
 use std::fmt::Write as _;
 
 use super::family::{Family, Group, Samples, Type};
-use super::page::{DeviceLabels, Page, PeerView, Row};
-use crate::wireguard::Peer;
+use super::page::{DeviceLabels, ExportOptions, Page, PeerView, Row};
+use crate::{refresh::Snapshot, wireguard::Peer};
 
 /// What `--compat` asks for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -28,12 +28,12 @@ pub struct Compat {
 /// options; friendly_name only for named peers).
 const LABELS: &[&str] = &["interface", "public_key", "allowed_ips", "friendly_name"];
 
-fn on(page: &Page) -> bool {
-    page.opts.compat.on
+fn on(opts: &ExportOptions, _: &Snapshot) -> bool {
+    opts.compat.on
 }
 
-fn one(v: &PeerView) -> usize {
-    v.opts.compat.on as usize
+fn one(_: &PeerView) -> usize {
+    1
 }
 
 pub const GROUP: Group = Group {
@@ -71,8 +71,8 @@ pub const GROUP: Group = Group {
             help: "Seconds from the last handshake",
             kind: Type::Gauge,
             labels: LABELS,
-            per_peer: Some(|v| (v.opts.compat.on && v.opts.compat.handshake_delay) as usize),
-            shown: |page| page.opts.compat.on && page.opts.compat.handshake_delay,
+            per_peer: Some(one),
+            shown: |opts, _| opts.compat.on && opts.compat.handshake_delay,
             // As the exporter: from the last handshake to now, also for a peer that never had
             // one (then since 1970).
             samples: |page, s| {

@@ -11,8 +11,12 @@ use prometheus_client::{
 };
 
 use super::lines::{Lines, TextLabels, TextValue};
-use super::page::{DeviceLabels, Page, PeerView, Row};
-use crate::{histogram::Series, refresh::DeviceSnapshot, wireguard::Peer};
+use super::page::{DeviceLabels, ExportOptions, Page, PeerView, Row};
+use crate::{
+    histogram::Series,
+    refresh::{DeviceSnapshot, Snapshot},
+    wireguard::Peer,
+};
 
 /// The Prometheus type of a family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,15 +53,19 @@ pub struct Family {
     /// The labels of its samples, in order (histograms add `le`).
     pub labels: &'static [&'static str],
     /// Series one peer adds to it (per-peer families only): what `--metrics.max-series`
-    /// budgets.
+    /// budgets, for the families `shown` (the budget asks it first, so this need not).
     pub per_peer: Option<fn(&PeerView) -> usize>,
-    /// Whether the page has it at all (most always do).
-    pub shown: fn(&Page) -> bool,
+    /// Whether the page has it at all (most always do), by the options and the reading.
+    pub shown: fn(&ExportOptions, &Snapshot) -> bool,
     /// Writes its samples.
     pub samples: fn(&Page, &mut Samples) -> std::fmt::Result,
 }
 
 impl Family {
+    fn is_shown(&self, page: &Page) -> bool {
+        (self.shown)(&page.opts, &page.snap)
+    }
+
     /// The name as the page shows it.
     pub fn exposed_name(&self) -> String {
         match self.kind {
@@ -68,7 +76,7 @@ impl Family {
 
     /// Its descriptor and samples; `native`: histograms with their native buckets too.
     pub fn encode(&self, page: &Page, enc: &mut DescriptorEncoder, native: bool) -> std::fmt::Result {
-        if !(self.shown)(page) {
+        if !self.is_shown(page) {
             return Ok(());
         }
         let m = enc.encode_descriptor(self.name, self.help, None, self.kind.metric_type())?;
@@ -83,7 +91,7 @@ impl Family {
 
     /// Its descriptor alone (a text page then takes its samples from `write_lines`).
     pub fn describe(&self, page: &Page, enc: &mut DescriptorEncoder) -> std::fmt::Result {
-        if (self.shown)(page) {
+        if self.is_shown(page) {
             enc.encode_descriptor(self.name, self.help, None, self.kind.metric_type())?;
         }
         Ok(())
@@ -91,7 +99,7 @@ impl Family {
 
     /// Its samples in the text formats, appended to `out` (see lines.rs).
     pub fn write_lines(&self, page: &Page, out: &mut String) -> std::fmt::Result {
-        if !(self.shown)(page) {
+        if !self.is_shown(page) {
             return Ok(());
         }
         (self.samples)(page, &mut Samples { to: To::Lines(Lines::new(out, self.exposed_name())), native: false })
@@ -99,14 +107,14 @@ impl Family {
 }
 
 /// `shown` for the families every page has.
-pub fn always(_: &Page) -> bool {
+pub fn always(_: &ExportOptions, _: &Snapshot) -> bool {
     true
 }
 
 /// `shown` for the families only the underlay's programs measure (not with `--underlay
 /// none`): absent rather than zeros that would read as "nothing lost".
-pub fn on_the_underlay(page: &Page) -> bool {
-    page.opts.underlay
+pub fn on_the_underlay(opts: &ExportOptions, _: &Snapshot) -> bool {
+    opts.underlay
 }
 
 /// Families that belong together, one file each (device, peer, traffic, ...); the page

@@ -170,11 +170,6 @@ fn labels<const K: usize>(base: Vec<(&'static str, String)>, kind: Kind) -> Vec<
 
 /// Series one peer gives family K: a histogram per kind it has samples of.
 fn peer_series<const K: usize>(v: &PeerView) -> usize {
-    // Only round trips are measured without the underlay; the others are not on the page
-    // then, whatever pinned maps an earlier run left hold.
-    if K != RTT && !v.opts.underlay {
-        return 0;
-    }
     let kinds = KINDS[K].0.iter().filter(|k| v.has_kind(**k as u16)).count();
     kinds * v.histogram_series()
 }

@@ -17,10 +17,8 @@ pub const GROUP: Group = Group {
             help: "WireGuard messages on the underlay by direction and type (handshake_initiation, handshake_response, cookie_reply, data, keepalive), per peer where the endpoint or the handshake index tells it, else with an empty public_key",
             kind: Type::Counter,
             labels: &["device", "public_key", "direction", "type"],
-            // None without the underlay: the family is not on the page (counts an earlier
-            // run left in pinned maps included).
             per_peer: Some(|v| {
-                if v.messaged && v.opts.underlay {
+                if v.messaged {
                     DIRECTIONS * MESSAGE_TYPES
                 } else {
                     0

@@ -5,19 +5,8 @@
 use wg_common::path::PathCounts;
 
 use super::family::{on_the_underlay, Family, Group, Samples, Type};
-use super::page::{DeviceLabels, Page, PeerView};
+use super::page::{DeviceLabels, Page};
 use super::traffic::{measured, PEER};
-
-/// A peer's series of a path family: one where its counters are read, none without the
-/// underlay's programs (the family is not on the page then, so the series budget counts
-/// none).
-fn measured_on_the_underlay(v: &PeerView) -> usize {
-    if v.opts.underlay {
-        measured(v)
-    } else {
-        0
-    }
-}
 
 pub const GROUP: Group = Group {
     name: "path",
@@ -27,7 +16,7 @@ pub const GROUP: Group = Group {
             help: "Transport messages from the peer lost on the path: counters that left the 64-message window unseen, or were unseen when their session ended (eBPF, underlay ingress)",
             kind: Type::Counter,
             labels: PEER,
-            per_peer: Some(measured_on_the_underlay),
+            per_peer: Some(measured),
             shown: on_the_underlay,
             samples: |page, s| per_peer(page, s, |p| p.lost),
         },
@@ -36,7 +25,7 @@ pub const GROUP: Group = Group {
             help: "Transport messages from the peer that arrived after a higher counter of their session (late beyond the window, or on the session before, included)",
             kind: Type::Counter,
             labels: PEER,
-            per_peer: Some(measured_on_the_underlay),
+            per_peer: Some(measured),
             shown: on_the_underlay,
             samples: |page, s| per_peer(page, s, |p| p.reordered),
         },
@@ -45,7 +34,7 @@ pub const GROUP: Group = Group {
             help: "Transport messages from the peer whose counter had already arrived in the window: duplicated on the path, or replayed",
             kind: Type::Counter,
             labels: PEER,
-            per_peer: Some(measured_on_the_underlay),
+            per_peer: Some(measured),
             shown: on_the_underlay,
             samples: |page, s| per_peer(page, s, |p| p.duplicate),
         },

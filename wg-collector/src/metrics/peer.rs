@@ -30,8 +30,8 @@ pub const GROUP: Group = Group {
             help: "One allowed IP of a peer (value 1)",
             kind: Type::Gauge,
             labels: &["device", "public_key", "allowed_ip"],
-            per_peer: Some(|v| if v.opts.redact_allowed_ips { 0 } else { v.peer.allowed_ips.len() }),
-            shown: |page| !page.opts.redact_allowed_ips,
+            per_peer: Some(|v| v.peer.allowed_ips.len()),
+            shown: |opts, _| !opts.redact_allowed_ips,
             samples: allowed_ips,
         },
         Family {
@@ -76,8 +76,8 @@ pub const GROUP: Group = Group {
             kind: Type::Gauge,
             labels: PEER,
             // With --compat, prometheus_wireguard_exporter's family of this name takes its place.
-            per_peer: Some(|v| !v.opts.compat.on as usize),
-            shown: |page| !page.opts.compat.on,
+            per_peer: Some(|_| 1),
+            shown: |opts, _| !opts.compat.on,
             samples: last_handshake,
         },
         Family {
