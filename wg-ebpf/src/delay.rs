@@ -21,8 +21,13 @@
 //! instant can lose an entry, which the size and age rules then absorb.
 //!
 //! With `--latency.sample N` one packet in N (at random) is timed; the others go in untimed
-//! ([`FifoEntry::UNTIMED`]) and keep the order without reading the clock on either side or
-//! touching the histogram: on a busy gateway those two, not the FIFO, are what a sample costs.
+//! ([`FifoEntry::untimed`]) and keep the order without reading the clock on either side or
+//! touching the histogram. Untimed packets of one size in a row share an entry (a run): a
+//! burst to one peer (sendmmsg, a TCP window) then takes an entry per timed packet and one
+//! per run between, where an entry per packet overflowed the FIFO and lost most of the burst's
+//! samples (BENCHMARKS.md). A packet WireGuard drops inside a run is not seen by its size (the
+//! run's are all one size); a timed entry behind it is then paired one packet late, or given
+//! up by its own size.
 
 use wg_common::latency::{fifo_key, stats, Fifo, FifoEntry, Kind, FIFO_LEN};
 
@@ -67,10 +72,21 @@ fn after(i: u8, n: u8) -> usize {
 }
 
 /// A packet (or `count` GSO segments) of `len` bytes (0 = don't check sizes) went in; timed
-/// (reading `clock`) if sampled.
+/// (reading `clock`) if sampled, else joining the run of untimed packets of its size at the
+/// FIFO's end, if there is one.
 #[inline(always)]
 pub(crate) fn push(slot: u32, decap: bool, clock: &Clock, len: u32, count: u32) {
     let Some(f) = fifo(slot, decap) else { return };
+    // Constant true with the default mask: the run below is then left out by the verifier.
+    let timed = latency::sampled_at_random();
+    if !timed && f.used > 0 {
+        if let Some(e) = f.entries.get_mut(after(f.head, f.used - 1)) {
+            if let Some(run) = e.joined(len, count) {
+                *e = run;
+                return;
+            }
+        }
+    }
     if f.used as usize >= FIFO_LEN {
         if let Some(old) = f.entries.get(f.head as usize) {
             f.orphans = f.orphans.wrapping_add(old.count());
@@ -80,8 +96,7 @@ pub(crate) fn push(slot: u32, decap: bool, clock: &Clock, len: u32, count: u32) 
         latency::stat(stats::FIFO_OVERFLOW);
     }
     if let Some(e) = f.entries.get_mut(after(f.head, f.used)) {
-        let t = if latency::sampled_at_random() { clock.now() } else { FifoEntry::UNTIMED };
-        *e = FifoEntry::new(t, len, count);
+        *e = if timed { FifoEntry::new(clock.now(), len, count) } else { FifoEntry::untimed(len, count) };
         f.used += 1;
     }
 }

@@ -74,7 +74,10 @@ pub fn run(quick: bool) -> Result<()> {
          egress and at the underlay egress (the empty program and the floors: per run of any \
          hook). The test-run column is BPF_PROG_TEST_RUN's figure for the same path \
          (plaintext egress + the data message at the underlay's egress, net of the empty \
-         program) with that many peers in the maps.\n\n\
+         program) with that many peers in the maps. The last column: the device's encap \
+         delay samples per 1,000 wire packets (the blaster's bursts of 64 datagrams to one \
+         peer against the delay FIFO's seven entries: all 1,000 would be every packet, ~16 \
+         one in 64).\n\n\
          Latency settings: the lab's wireguard-go tunnel (one peer), TCP bulk (iperf3) and an \
          ICMP echo flood (`ping -f`) from a to b, 3 s per measurement, the collector on a with \
          each setting in turn and an empty program on the four hooks, alternating, medians of \

@@ -45,6 +45,8 @@ struct Wire {
     /// ns per run at the plaintext and the underlay egress (a wire packet's two hooks on the
     /// sending side; a bare program: per run of any hook).
     per_run: [f64; 2],
+    /// Encap delay samples the collector took (the device's histogram).
+    encap_samples: f64,
 }
 
 /// Data messages that crossed the wire, both ways: the plaintext packets each side's
@@ -71,6 +73,10 @@ fn blast_through(lab: &Lab, peers: u32, secs: f64, rate: Option<f64>) -> Result<
 /// The collector's account of its programs' time (seconds) and runs, per program.
 pub(crate) const RUN_TIME: &str = "wireguard_collector_bpf_run_time_seconds_total";
 pub(crate) const RUNS: &str = "wireguard_collector_bpf_runs_total";
+/// Encap delay samples of the device: with the packets sent, whether the delay FIFOs kept
+/// their pairing through the blaster's bursts (every packet at the defaults, one in 64 at
+/// `--latency.sample 64`).
+const ENCAP_SAMPLES: &str = "wireguard_device_encap_delay_seconds_count";
 
 /// `family` ([`RUN_TIME`] or [`RUNS`]) of device `dev`'s programs on all four hooks together,
 /// as a collector's page `m` gives it.
@@ -109,6 +115,7 @@ fn with_collector(lab: &Lab, peers: u32, v: Variant, secs: f64, rate: Option<f64
     let ns = (all_hooks(&after, dev, RUN_TIME) - all_hooks(&before, dev, RUN_TIME)) * 1e9;
     let runs = all_hooks(&after, dev, RUNS) - all_hooks(&before, dev, RUNS);
     let per_run = |prog: &str| delta(prog, RUN_TIME) * 1e9 / delta(prog, RUNS);
+    let samples = |m: &Metrics| m.get_or_zero(ENCAP_SAMPLES, &[("device", dev)]);
     Ok(Wire {
         ns,
         runs,
@@ -116,6 +123,7 @@ fn with_collector(lab: &Lab, peers: u32, v: Variant, secs: f64, rate: Option<f64
         under_runs: delta(names::PROG_UNDER_EGRESS, RUNS),
         packets,
         per_run: [per_run(names::PROG_EGRESS), per_run(names::PROG_UNDER_EGRESS)],
+        encap_samples: samples(&after) - samples(&before),
     })
 }
 
@@ -146,6 +154,7 @@ fn with_bare(lab: &Lab, peers: u32, v: Variant, secs: f64, rate: Option<f64>) ->
         under_runs: f64::NAN,
         packets,
         per_run: [per_run; 2],
+        encap_samples: 0.0,
     })
 }
 
@@ -196,8 +205,8 @@ pub fn run(quick: bool, peers: &[u32], reps: Option<usize>) -> Result<()> {
     let counts = if peers.is_empty() { counts } else { peers };
     let reps = reps.unwrap_or(reps_default);
     std::env::set_var("WG_COLLECTOR_BIN", crate::collector_binary()?);
-    println!("| destinations (/32s of b; peers on the device) | blaster | variant | wire packets per run (median) | plaintext packets per underlay egress run | ns per wire packet, all four hooks (bpf stats) | net of the empty program | ns per run: plaintext / underlay egress (bare programs: any hook) | test run, same path (net) | test run, caches cold |");
-    println!("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| destinations (/32s of b; peers on the device) | blaster | variant | wire packets per run (median) | plaintext packets per underlay egress run | ns per wire packet, all four hooks (bpf stats) | net of the empty program | ns per run: plaintext / underlay egress (bare programs: any hook) | test run, same path (net) | test run, caches cold | encap delay samples per 1,000 wire packets |");
+    println!("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &n in counts {
         let dests: Vec<Ipv4Addr> = (0..n).map(peer_addr).collect();
         let lab = Lab::new(Implementation::WireguardGo)?;
@@ -264,8 +273,14 @@ pub fn run(quick: bool, peers: &[u32], reps: Option<usize>) -> Result<()> {
                 } else {
                     format!("{:.0} / {:.0}", hook(0), hook(1))
                 };
+                let samples = match v {
+                    Variant::Everything | Variant::Sampled => {
+                        format!("{:.1}", median(w.iter().map(|w| w.encap_samples * 1e3 / w.packets).collect()))
+                    }
+                    _ => String::new(),
+                };
                 println!(
-                    "| {n} | {blaster} | {} | {packets:.0} | {batch} | {ns:.0} | {net} | {per_run} | {warm} | {cold} |",
+                    "| {n} | {blaster} | {} | {packets:.0} | {batch} | {ns:.0} | {net} | {per_run} | {warm} | {cold} | {samples} |",
                     v.label()
                 );
             }

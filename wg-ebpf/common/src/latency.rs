@@ -222,10 +222,13 @@ impl EndpointPlace {
 /// samples to overflow (counted), never the pairing.
 pub const FIFO_LEN: usize = 7;
 
-/// One packet (or GSO batch) that entered WireGuard and has not come out yet, in 8 bytes:
-/// when it went in (CLOCK_MONOTONIC ns, the low 48 bits: ages are taken modulo 2^48 ns, 3.2
-/// days, far beyond [`FifoEntry::MAX_AGE_NS`]) and, in the high 16, either a single packet's
-/// length or, with the top bit set, how many packets of a batch are still to come out.
+/// One packet (or GSO batch) that entered WireGuard and has not come out yet, in 8 bytes.
+/// Timed: when it went in (CLOCK_MONOTONIC ns, the low 47 bits: ages are taken modulo 2^47
+/// ns, 1.6 days, far beyond [`FifoEntry::MAX_AGE_NS`]) and, in the high 16, either a single
+/// packet's length or, with the top bit set, how many packets of a batch are still to come
+/// out. Untimed (`--latency.sample` passed it over; bit 47 set): no time, the packets' length
+/// in the low 16 bits and their count in the high 16, so a run of passed-over packets of one
+/// size shares one entry ([`FifoEntry::joined`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FifoEntry(pub u64);
@@ -233,35 +236,59 @@ pub struct FifoEntry(pub u64);
 impl FifoEntry {
     /// An entry older than this is a packet that never came out (a dropped one), not a slow one.
     pub const MAX_AGE_NS: u64 = 500_000_000;
-    const TIME: u64 = (1 << 48) - 1;
+    const TIME: u64 = (1 << 47) - 1;
+    const UNTIMED: u64 = 1 << 47;
     const BATCH: u64 = 1 << 15;
+
+    /// A length as entries keep it: 0 (sizes not checked) for one too long for 15 bits.
+    #[inline(always)]
+    const fn kept_len(len: u32) -> u64 {
+        if len < Self::BATCH as u32 {
+            len as u64
+        } else {
+            0
+        }
+    }
+
+    /// The high 16 bits of `count` packets: the batch bit and the count, saturating.
+    #[inline(always)]
+    const fn batch_tag(count: u32) -> u64 {
+        Self::BATCH | if count < Self::BATCH as u32 { count as u64 } else { Self::BATCH - 1 }
+    }
 
     /// `count` packets of `len` bytes each (0 = sizes not checked: GSO batches, whose
     /// segments differ, or a packet too long for 15 bits) that went in at `t`.
     #[inline(always)]
     pub const fn new(t: u64, len: u32, count: u32) -> Self {
-        let tag = if count == 1 {
-            if len < Self::BATCH as u32 {
-                len as u64
-            } else {
-                0
-            }
-        } else {
-            Self::BATCH | if count < Self::BATCH as u32 { count as u64 } else { Self::BATCH - 1 }
-        };
+        let tag = if count == 1 { Self::kept_len(len) } else { Self::batch_tag(count) };
         FifoEntry((t & Self::TIME) | tag << 48)
     }
 
-    /// A packet not timed (`--latency.sample` passed it over): it keeps its place in the
-    /// order, comes out without a sample, and nobody reads the clock for it. (A clock whose
-    /// low 48 bits are all zero, one nanosecond in 3.2 days, reads as this too: that packet
-    /// goes without a sample.)
-    pub const UNTIMED: u64 = 0;
+    /// `count` packets of `len` bytes each (0 = not checked) that went in untimed: they keep
+    /// their place in the order, come out without a sample, and nobody reads the clock for
+    /// them.
+    #[inline(always)]
+    pub const fn untimed(len: u32, count: u32) -> Self {
+        FifoEntry(Self::UNTIMED | Self::kept_len(len) | Self::batch_tag(count) << 48)
+    }
 
-    /// Whether it went in with its time (see [`Self::UNTIMED`]).
+    /// This untimed entry with `count` more packets of `len` bytes after it, if they are of
+    /// its size and the count fits: with `--latency.sample N` a burst of many packets to one
+    /// peer then takes an entry per timed packet and one per run between, where an entry
+    /// each overflowed the FIFO (seven entries) and lost the burst's samples.
+    #[inline(always)]
+    pub const fn joined(self, len: u32, count: u32) -> Option<Self> {
+        let total = self.count() as u64 + count as u64;
+        if self.timed() || self.size() as u64 != Self::kept_len(len) || total >= Self::BATCH {
+            return None;
+        }
+        Some(Self::untimed(len, total as u32))
+    }
+
+    /// Whether it went in with its time (see [`Self::untimed`]).
     #[inline(always)]
     pub const fn timed(self) -> bool {
-        self.0 & Self::TIME != Self::UNTIMED
+        self.0 & Self::UNTIMED == 0
     }
 
     /// Nanoseconds since it went in (the clock is monotonic; an entry from "the future",
@@ -271,11 +298,13 @@ impl FifoEntry {
         now.wrapping_sub(self.0) & Self::TIME
     }
 
-    /// Its packet's size, 0 when not checked.
+    /// Its packets' size, 0 when not checked.
     #[inline(always)]
     pub const fn size(self) -> u32 {
         let tag = self.0 >> 48;
-        if tag & Self::BATCH != 0 {
+        if !self.timed() {
+            (self.0 & 0xffff) as u32
+        } else if tag & Self::BATCH != 0 {
             0
         } else {
             tag as u32
@@ -293,10 +322,14 @@ impl FifoEntry {
         }
     }
 
-    /// The same entry with `count` packets left (only a batch has more than one).
+    /// The same entry with `count` packets left.
     #[inline(always)]
     pub const fn with_count(self, count: u32) -> Self {
-        FifoEntry::new(self.0, self.size(), count)
+        if self.timed() {
+            FifoEntry::new(self.0, self.size(), count)
+        } else {
+            FifoEntry::untimed(self.size(), count)
+        }
     }
 }
 
@@ -374,19 +407,26 @@ mod tests {
     }
 
     #[test]
-    fn an_untimed_entry_keeps_its_size_and_batch() {
-        let u = FifoEntry::new(FifoEntry::UNTIMED, 1420, 1);
+    fn an_untimed_entry_keeps_its_size_and_count_and_joins_a_run_of_its_size() {
+        let u = FifoEntry::untimed(1420, 1);
         assert_eq!((u.timed(), u.size(), u.count()), (false, 1420, 1));
-        let b = FifoEntry::new(FifoEntry::UNTIMED, 0, 45);
+        let b = FifoEntry::untimed(0, 45);
         assert_eq!((b.timed(), b.with_count(3).timed(), b.with_count(3).count()), (false, false, 3));
-        assert!(!FifoEntry::new(1 << 48, 100, 1).timed(), "a time of 0 modulo 2^48 reads as untimed");
-        assert!(FifoEntry::new(0x1234_5678_9abc_def0, 100, 1).timed());
+        assert_eq!(u.joined(1420, 1), Some(FifoEntry::untimed(1420, 2)));
+        assert_eq!(u.joined(1420, 1).unwrap().with_count(1), u, "a run comes out one by one, its size kept");
+        assert_eq!(b.joined(0, 5).map(|e| (e.size(), e.count())), Some((0, 50)), "GSO batches join unchecked");
+        assert_eq!(u.joined(100, 1), None, "another size starts an entry of its own");
+        assert_eq!(FifoEntry::untimed(40_000, 1).joined(50_000, 1).map(|e| e.count()), Some(2), "both unchecked");
+        assert_eq!(FifoEntry::untimed(100, 32_767).joined(100, 1), None, "the count is full");
+        assert_eq!(FifoEntry::new(7, 1420, 1).joined(1420, 1), None, "a timed entry takes no others");
+        // Every time is a time, 0 included (the untimed mark is its own bit).
+        assert!(FifoEntry::new(0, 100, 1).timed() && FifoEntry::new(1 << 47, 100, 1).timed());
     }
 
     #[test]
-    fn ages_wrap_at_48_bits_and_the_future_is_stale() {
-        // The clock crosses a multiple of 2^48 ns while the packet is inside.
-        let t = (5 << 48) - 10;
+    fn ages_wrap_at_47_bits_and_the_future_is_stale() {
+        // The clock crosses a multiple of 2^47 ns while the packet is inside.
+        let t = (5 << 47) - 10;
         assert_eq!(FifoEntry::new(t, 100, 1).age(t + 25), 25);
         // Written by another CPU a moment after this one read its clock.
         assert!(FifoEntry::new(t + 5, 100, 1).age(t) > FifoEntry::MAX_AGE_NS);
