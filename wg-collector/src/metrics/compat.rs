@@ -7,8 +7,8 @@
 
 use std::fmt::Write as _;
 
-use super::family::{Family, Group, Samples, Type};
-use super::page::{DeviceLabels, ExportOptions, Page, PeerView, Row};
+use super::family::{one_per_peer, Family, Group, Samples, Type};
+use super::page::{DeviceLabels, ExportOptions, Page, Row};
 use crate::{refresh::Snapshot, wireguard::Peer};
 
 /// What `--compat` asks for.
@@ -32,10 +32,6 @@ fn on(opts: &ExportOptions, _: &Snapshot) -> bool {
     opts.compat.on
 }
 
-fn one(_: &PeerView) -> usize {
-    1
-}
-
 pub const GROUP: Group = Group {
     name: "compat",
     families: &[
@@ -44,7 +40,7 @@ pub const GROUP: Group = Group {
             help: "Bytes sent to the peer",
             kind: Type::Counter,
             labels: LABELS,
-            per_peer: Some(one),
+            per_peer: Some(one_per_peer),
             shown: on,
             samples: |page, s| each(page, s, |p, s, l| s.counter(l, p.tx_bytes)),
         },
@@ -53,7 +49,7 @@ pub const GROUP: Group = Group {
             help: "Bytes received from the peer",
             kind: Type::Counter,
             labels: LABELS,
-            per_peer: Some(one),
+            per_peer: Some(one_per_peer),
             shown: on,
             samples: |page, s| each(page, s, |p, s, l| s.counter(l, p.rx_bytes)),
         },
@@ -62,7 +58,7 @@ pub const GROUP: Group = Group {
             help: "UNIX timestamp seconds of the last handshake",
             kind: Type::Gauge,
             labels: LABELS,
-            per_peer: Some(one),
+            per_peer: Some(one_per_peer),
             shown: on,
             samples: |page, s| each(page, s, |p, s, l| s.gauge(l, handshake(p) as i64)),
         },
@@ -71,7 +67,7 @@ pub const GROUP: Group = Group {
             help: "Seconds from the last handshake",
             kind: Type::Gauge,
             labels: LABELS,
-            per_peer: Some(one),
+            per_peer: Some(one_per_peer),
             shown: |opts, _| opts.compat.on && opts.compat.handshake_delay,
             // As the exporter: from the last handshake to now, also for a peer that never had
             // one (then since 1970).

@@ -111,6 +111,11 @@ pub fn always(_: &ExportOptions, _: &Snapshot) -> bool {
     true
 }
 
+/// `per_peer` for a family with one series per peer.
+pub fn one_per_peer(_: &PeerView) -> usize {
+    1
+}
+
 /// `shown` for the families only the underlay's programs measure (not with `--underlay
 /// none`): absent rather than zeros that would read as "nothing lost".
 pub fn on_the_underlay(opts: &ExportOptions, _: &Snapshot) -> bool {

@@ -3,15 +3,10 @@
 
 use std::fmt::Write as _;
 
-use super::family::{always, Family, Group, Samples, Type};
-use super::page::{Page, PeerView};
+use super::family::{always, one_per_peer, Family, Group, Samples, Type};
+use super::page::Page;
 
 const PEER: &[&str] = &["device", "public_key"];
-
-/// Every per-peer family but the allowed IPs has one series per peer.
-fn one(_: &PeerView) -> usize {
-    1
-}
 
 pub const GROUP: Group = Group {
     name: "peer",
@@ -21,7 +16,7 @@ pub const GROUP: Group = Group {
             help: "WireGuard peer: its friendly name (names file, or friendly_name comments in wg-quick files) and current endpoint (value 1)",
             kind: Type::Gauge,
             labels: &["device", "public_key", "name", "endpoint"],
-            per_peer: Some(one),
+            per_peer: Some(one_per_peer),
             shown: always,
             samples: info,
         },
@@ -39,7 +34,7 @@ pub const GROUP: Group = Group {
             help: "Times the peer's endpoint changed since the collector started (roaming, or set anew)",
             kind: Type::Counter,
             labels: PEER,
-            per_peer: Some(one),
+            per_peer: Some(one_per_peer),
             shown: always,
             samples: |page, s| s.peer_counters(page, |_, row| row.endpoint_changes),
         },
@@ -48,7 +43,7 @@ pub const GROUP: Group = Group {
             help: "Bytes received from the peer, as WireGuard counts them (encrypted UDP payload)",
             kind: Type::Counter,
             labels: PEER,
-            per_peer: Some(one),
+            per_peer: Some(one_per_peer),
             shown: always,
             samples: |page, s| s.peer_counters(page, |p, _| p.rx_bytes),
         },
@@ -57,7 +52,7 @@ pub const GROUP: Group = Group {
             help: "Bytes sent to the peer, as WireGuard counts them (encrypted UDP payload)",
             kind: Type::Counter,
             labels: PEER,
-            per_peer: Some(one),
+            per_peer: Some(one_per_peer),
             shown: always,
             samples: |page, s| s.peer_counters(page, |p, _| p.tx_bytes),
         },
@@ -66,7 +61,7 @@ pub const GROUP: Group = Group {
             help: "Unix time of the peer's last completed handshake; 0 = never",
             kind: Type::Gauge,
             labels: PEER,
-            per_peer: Some(one),
+            per_peer: Some(one_per_peer),
             shown: always,
             samples: last_handshake,
         },
@@ -76,7 +71,7 @@ pub const GROUP: Group = Group {
             kind: Type::Gauge,
             labels: PEER,
             // With --compat, prometheus_wireguard_exporter's family of this name takes its place.
-            per_peer: Some(|_| 1),
+            per_peer: Some(one_per_peer),
             shown: |opts, _| !opts.compat.on,
             samples: last_handshake,
         },
@@ -85,7 +80,7 @@ pub const GROUP: Group = Group {
             help: "1 while the peer's last handshake is younger than --peer.up-after (default 180 s; WireGuard shakes hands every 2 minutes while traffic flows), else 0; 0 for a peer that never completed one",
             kind: Type::Gauge,
             labels: PEER,
-            per_peer: Some(one),
+            per_peer: Some(one_per_peer),
             shown: always,
             samples: up,
         },
